@@ -1,0 +1,112 @@
+"""Tiny models of the demo task, built locally from configs (nothing is downloaded).
+
+``demo://tiny-llama`` is a 2-layer Llama causal LM with a byte-level BPE tokenizer;
+``demo://tiny-deberta`` is a 2-layer DeBERTa-v2 sequence classifier (the architecture
+of DeBERTa-v3) with its own word-level tokenizer, so policy and reward model do not
+share a tokenizer, as in the real recipe. Weights are randomly initialised from a
+seed: the demo's "pretraining" is its SFT stage.
+"""
+
+from __future__ import annotations
+
+from kuberlhf.errors import ConfigError
+
+DEMO_MODELS = ("demo://tiny-llama", "demo://tiny-deberta")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def is_demo_model(name: str) -> bool:
+    return name.startswith("demo://")
+
+
+def build_tokenizer(name: str):
+    """The tokenizer of a demo model, trained in well under a second on the task's corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from kuberlhf.demo.task import corpus
+
+    if name == "demo://tiny-llama":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=512,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(corpus(), trainer)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+        fast.chat_template = CHAT_TEMPLATE
+        return fast
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.train_from_iterator(
+        corpus(),
+        trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"], show_progress=False),
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+    )
+
+
+def build_model(name: str, task: str, seed: int = 0):
+    """(model, tokenizer) of a demo model; ``task`` is "causal-lm" or "sequence-classification"."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        DebertaV2Config,
+        LlamaConfig,
+    )
+
+    if name not in DEMO_MODELS:
+        raise ConfigError(f"model {name!r}: unknown demo model; expected one of {', '.join(DEMO_MODELS)}")
+    tokenizer = build_tokenizer(name)
+    torch.manual_seed(seed)
+    if name == "demo://tiny-llama":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    else:
+        config = DebertaV2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            position_buckets=32,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    config.num_labels = 1
+    if task == "causal-lm":
+        return AutoModelForCausalLM.from_config(config), tokenizer
+    if task == "sequence-classification":
+        return AutoModelForSequenceClassification.from_config(config), tokenizer
+    raise ValueError(f"unknown task {task!r}")

@@ -1,0 +1,121 @@
+"""Loading datasets from a real S3 server (SeaweedFS, the ``s3_bucket`` fixture)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import boto3
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kuberlhf.data import iter_rows, load_examples
+from kuberlhf.data.sources import deeplake_creds
+from kuberlhf.errors import DataError
+
+ORCA = [{"system_prompt": "", "question": f"q{i}", "response": f"r{i}"} for i in range(30)]
+PAIRS = [{"prompt": f"p{i}", "chosen": " good", "rejected": " bad"} for i in range(2000)]
+
+
+def _client():
+    return boto3.client("s3")  # AWS_ENDPOINT_URL etc. come from the fixture's environment
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+
+
+def _parquet(rows: list[dict], row_group_size: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf, row_group_size=row_group_size)
+    return buf.getvalue()
+
+
+def test_jsonl_and_parquet_objects(s3_bucket):
+    s3 = _client()
+    s3.put_object(Bucket=s3_bucket, Key="sft/train.jsonl", Body=_jsonl(ORCA))
+    s3.put_object(Bucket=s3_bucket, Key="rm/pairs.parquet", Body=_parquet(PAIRS, row_group_size=500))
+
+    ds, stats = load_examples(f"s3://{s3_bucket}/sft/train.jsonl", "sft")
+    assert isinstance(ds, datasets.Dataset) and ds.num_rows == 30 and stats.rows_read == 30
+    assert ds[7] == {"prompt": "Question: q7\n\nAnswer:", "completion": " r7"}
+
+    ds, stats = load_examples(f"s3://{s3_bucket}/rm/pairs.parquet", "preference")
+    assert ds.num_rows == 2000 and ds[1999] == {"prompt": "p1999", "chosen": " good", "rejected": " bad"}
+
+    stream, stats = load_examples(f"s3://{s3_bucket}/rm/pairs.parquet", "preference", streaming=True, max_rows=1500)
+    assert isinstance(stream, datasets.IterableDataset)
+    assert sum(1 for _ in stream) == 1500 and stats.rows_read == 1500
+
+
+def test_prefix_of_files(s3_bucket):
+    s3 = _client()
+    s3.put_object(Bucket=s3_bucket, Key="data/part-1.parquet", Body=_parquet(ORCA[10:]))
+    s3.put_object(Bucket=s3_bucket, Key="data/part-0.jsonl", Body=_jsonl(ORCA[:10]))
+    s3.put_object(Bucket=s3_bucket, Key="data/README.md", Body=b"# readme")
+    s3.put_object(Bucket=s3_bucket, Key="data/nested/part-9.jsonl", Body=_jsonl(ORCA[:1]))
+    for uri in (f"s3://{s3_bucket}/data", f"s3://{s3_bucket}/data/"):
+        assert list(iter_rows(uri)) == ORCA
+    assert list(iter_rows(f"s3://{s3_bucket}/data/", format="parquet")) == ORCA[10:]
+
+
+def test_bad_row_and_missing_objects(s3_bucket):
+    rows = list(ORCA)
+    rows[4] = {"question": "q", "response": None}
+    _client().put_object(Bucket=s3_bucket, Key="bad.jsonl", Body=_jsonl(rows) + b"{not json\n")
+    uri = f"s3://{s3_bucket}/bad.jsonl"
+    with pytest.raises(DataError, match=rf"^{uri} row 4: field 'response' must be a string, got None$"):
+        load_examples(uri, "sft")
+    ds, stats = load_examples(uri, "sft", on_bad_row="skip")
+    assert ds.num_rows == 29 and stats.rows_skipped == 2
+    assert stats.skipped_examples[1] == f"{uri} line 31: invalid JSON (Expecting property name enclosed in double quotes)"
+    with pytest.raises(DataError, match=rf"s3://{s3_bucket}/nope\.jsonl: no such object"):
+        load_examples(f"s3://{s3_bucket}/nope.jsonl", "sft")
+    with pytest.raises(DataError, match=rf"s3://{s3_bucket}/nothing-here: no such object or prefix"):
+        load_examples(f"s3://{s3_bucket}/nothing-here", "sft")
+
+
+def test_deeplake_dataset_on_s3(s3_bucket):
+    import deeplake
+
+    creds = deeplake_creds()
+    assert creds is not None and creds["endpoint_url"].startswith("http://127.0.0.1")
+    assert {"aws_access_key_id", "aws_secret_access_key", "aws_region"} <= set(creds)
+    uri = f"s3://{s3_bucket}/deeplake/hh"
+    ds = deeplake.create(uri, creds=creds)
+    ds.add_column("chosen", deeplake.types.Text())
+    ds.add_column("rejected", deeplake.types.Text())
+    n = 1300
+    ds.append(
+        {
+            "chosen": [f"\n\nHuman: question {i}?\n\nAssistant: good answer {i}" for i in range(n)],
+            "rejected": [f"\n\nHuman: question {i}?\n\nAssistant: bad" for i in range(n)],
+        }
+    )
+    ds.commit()
+
+    loaded, stats = load_examples(uri, "preference", format="deeplake")
+    assert loaded.num_rows == n and stats.rows_read == n
+    assert loaded[n - 1] == {
+        "prompt": f"\n\nHuman: question {n - 1}?\n\nAssistant:",
+        "chosen": f" good answer {n - 1}",
+        "rejected": " bad",
+    }
+    # format=auto recognises the dataset by its _deeplake_log/ folder
+    assert list(iter_rows(uri))[0]["chosen"].endswith("good answer 0")
+
+
+def test_deeplake_on_s3_with_wrong_credentials(s3_bucket, monkeypatch):
+    import deeplake
+
+    uri = f"s3://{s3_bucket}/deeplake/x"
+    ds = deeplake.create(uri, creds=deeplake_creds())
+    ds.add_column("prompt", deeplake.types.Text())
+    ds.append({"prompt": ["hello"]})
+    ds.commit()
+    assert list(iter_rows(uri, format="deeplake")) == [{"prompt": "hello"}]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(DataError, match=rf"^{uri}: cannot open Deep Lake dataset \(.*SignatureDoesNotMatch"):
+        list(iter_rows(uri, format="deeplake"))
