@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -59,6 +61,12 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send weed SIGTERM if the process that started it dies (a killed pytest)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _identity(name: str, creds: Creds, actions: list[str]) -> dict:
@@ -134,7 +142,8 @@ class S3Server:
         cmd = self._command()
         with open(self.root / "weed.out", "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while True:

@@ -78,6 +78,22 @@ class DataConfig:
     def template_kwargs(self) -> dict:
         return {"prompt_template": self.prompt_template, "system_template": self.system_template}
 
+    def load(self, kind: str, seed: int):
+        """(train, eval or None, DataStats of train): eval from ``eval`` or a seeded ``eval_fraction`` split."""
+        from kuberlhf.data import load_examples
+
+        common = {"format": self.format, "on_bad_row": self.on_bad_row, "template_kwargs": self.template_kwargs}
+        train, stats = load_examples(
+            self.train, kind, split=self.split, streaming=self.streaming, max_rows=self.max_rows, **common
+        )
+        if self.eval:
+            held_out, _ = load_examples(self.eval, kind, split=self.eval_split, **common)
+            return train, held_out, stats
+        if self.eval_fraction > 0 and not self.streaming:
+            parts = train.train_test_split(test_size=self.eval_fraction, seed=seed)
+            return parts["train"], parts["test"], stats
+        return train, None, stats
+
 
 @dataclass
 class TrainingConfig:
@@ -157,7 +173,7 @@ class TrainingConfig:
             disable_tqdm=self.disable_tqdm,
             dataloader_num_workers=self.dataloader_num_workers,
             use_cpu=self.use_cpu or not torch.cuda.is_available(),
-            ddp_backend=None if on_gpu else "gloo",
+            ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
             save_only_model=False,
         )
         return kwargs

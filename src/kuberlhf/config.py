@@ -8,10 +8,10 @@ anything heavy is imported, and names the offending key on error.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -29,6 +29,9 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
     if dataclasses.is_dataclass(default) and isinstance(default, type):
         return dataclasses.field(default_factory=default, metadata={"help": help}, **kwargs)
+    if dataclasses.is_dataclass(default):  # a section whose defaults differ from its class's
+        instance = default
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(instance), metadata={"help": help}, **kwargs)
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
@@ -92,6 +95,11 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {name!r}{hint}")
+        field_ = known[key]
+        section_default = field_.default_factory not in (dataclasses.MISSING, hints[key])
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and section_default:
+            # Keys given for a section override that section's own defaults, key by key.
+            value = _deep_merge(dataclasses.asdict(field_.default_factory()), value)
         kwargs[key] = _coerce(hints[key], value, name)
     missing = [
         f"{prefix}{f.name}"
@@ -106,6 +114,15 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config {prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _deep_merge(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def _coerce(tp: Any, value: Any, name: str) -> Any:
@@ -178,4 +195,4 @@ def require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key {key!r}: {message}")
 
 
-__all__ = ["option", "load_config", "from_dict", "to_dict", "to_yaml", "describe", "require", "typing"]
+__all__ = ["option", "load_config", "from_dict", "to_dict", "to_yaml", "describe", "require"]

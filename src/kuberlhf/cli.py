@@ -1,0 +1,70 @@
+"""The ``kuberlhf`` command: one verb per stage.
+
+$ kuberlhf sft --config configs/sft/demo.yaml [key=value ...]
+$ kuberlhf reward --config configs/reward/demo.yaml [key=value ...]
+$ kuberlhf sft --help-config            # every config key, its default and help
+$ torchrun --nproc_per_node 2 -m kuberlhf.cli sft --config configs/sft/demo.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from kuberlhf import __version__
+from kuberlhf.errors import KuberlhfError
+
+# stage verb -> (module, config class); each module has ``run(cfg) -> dict``.
+STAGES = {
+    "sft": ("kuberlhf.sft", "SftConfig"),
+    "reward": ("kuberlhf.reward", "RewardConfig"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kuberlhf", description="Kubernetes-native RLHF stages.")
+    parser.add_argument("--version", action="version", version=f"kuberlhf {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="STAGE")
+    for name, (module, _) in STAGES.items():
+        doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()[0]
+        sub = verbs.add_parser(name, help=doc, description=doc)
+        sub.add_argument("--config", help="YAML config file (configs/%s/*.yaml)" % name)
+        sub.add_argument("--help-config", action="store_true", help="list every config key and exit")
+        sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.max_steps=10")
+    return parser
+
+
+def run_stage(verb: str, config: str | None, overrides: list[str]) -> dict:
+    from kuberlhf.config import load_config
+
+    module_name, class_name = STAGES[verb]
+    module = importlib.import_module(module_name)
+    cfg = load_config(getattr(module, class_name), config, overrides)
+    return module.run(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.help_config:
+            from kuberlhf.config import describe
+
+            module_name, class_name = STAGES[args.verb]
+            cls = getattr(importlib.import_module(module_name), class_name)
+            for key, default, text in describe(cls):
+                print(f"{key} = {default}\n    {text}")
+            return 0
+        metrics = run_stage(args.verb, args.config, args.overrides)
+    except KuberlhfError as err:
+        print(f"kuberlhf {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"kuberlhf {args.verb}: done: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Supervised fine-tuning of a causal LM on instruction data (full, LoRA or QLoRA; packing).
+
+$ kuberlhf sft --config configs/sft/demo.yaml
+$ kuberlhf sft --config configs/sft/demo.yaml output_dir=s3://bucket/runs/sft training.max_steps=50
+$ torchrun --nproc_per_node 2 -m kuberlhf.cli sft --config configs/sft/demo.yaml
+$ torchrun --nproc_per_node 8 -m kuberlhf.cli sft --config configs/sft/opt-1.3b-qlora.yaml
+
+Rows are OpenOrca-style ``question``/``response`` (optional ``system_prompt``), chat
+``messages``, or ``prompt``/``completion``; the loss is on the response only unless
+``completion_only_loss=false``. With LoRA/QLoRA the adapter is merged into a standalone
+model (the stage's output); the adapter itself is kept under ``adapter/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from kuberlhf.common import DataConfig, LoraConfig, ModelConfig, QuantizationConfig, StorageConfig, TrainingConfig
+from kuberlhf.config import option, require
+
+log = logging.getLogger("kuberlhf")
+
+
+@dataclass
+class SftConfig:
+    output_dir: str = option("", "where the model, card, metrics.json and checkpoints go: a local path or s3:// URI")
+    overwrite: bool = option(False, "replace a finished artifact in output_dir instead of refusing")
+    model: ModelConfig = option(ModelConfig, "the pretrained causal LM to fine-tune")
+    data: DataConfig = option(DataConfig, "instruction data")
+    finetune: Literal["full", "lora", "qlora"] = option("full", "full fine-tuning, LoRA, or QLoRA (4-bit base)")
+    lora: LoraConfig = option(LoraConfig, "adapter settings (finetune=lora|qlora)")
+    quantization: QuantizationConfig = option(QuantizationConfig, "4-bit settings (finetune=qlora)")
+    max_length: int = option(1024, "tokens per training sequence (packed or truncated)")
+    packing: bool = option(False, "pack several examples into each sequence")
+    packing_strategy: Literal["bfd", "wrapped"] = option(
+        "bfd", "bfd: best-fit decreasing, padding-free, examples kept apart; wrapped: concatenate and cut"
+    )
+    completion_only_loss: bool = option(True, "compute the loss on the response tokens only")
+    training: TrainingConfig = option(TrainingConfig, "optimisation, checkpointing, precision and tracking")
+    storage: StorageConfig = option(StorageConfig, "S3-compatible object store")
+
+    def __post_init__(self) -> None:
+        require(bool(self.output_dir), "output_dir", "required (a local path or s3://bucket/prefix)")
+        require(self.max_length > 0, "max_length", "must be positive")
+        if self.data.streaming:
+            require(self.training.max_steps > 0, "training.max_steps", "must be set (> 0) with data.streaming=true")
+
+
+def run(cfg: SftConfig) -> dict:
+    """Train, then publish the model, card and metrics.json to ``cfg.output_dir``; returns the metrics."""
+    import trl
+
+    from kuberlhf import modeling, runner
+    from kuberlhf.distributed import is_world_main
+
+    cfg.storage.apply()
+    run_dir = runner.prepare_run(cfg.output_dir, "sft", cfg.overwrite, is_main=is_world_main())
+    train_ds, eval_ds, stats = cfg.data.load("sft", cfg.training.seed)
+
+    args = trl.SFTConfig(
+        output_dir=str(run_dir.checkpoints),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        packing_strategy=cfg.packing_strategy,
+        padding_free=cfg.packing and cfg.packing_strategy == "bfd",
+        completion_only_loss=cfg.completion_only_loss,
+        dataset_text_field="text",
+        **cfg.training.trainer_kwargs(str(run_dir.work_dir)),
+    )
+    with args.main_process_first(local=True, desc="fetch model"):
+        base_path = modeling.resolve_model_path(cfg.model.name_or_path, "causal-lm", cfg.training.seed)
+        tokenizer = modeling.load_tokenizer(cfg.model, base_path)
+        quant = cfg.quantization if cfg.finetune == "qlora" else None
+        model = modeling.load_causal_lm(cfg.model, base_path, quant)
+        resume = runner.latest_checkpoint(run_dir)
+    if cfg.packing and cfg.packing_strategy == "bfd":
+        model.config.use_cache = False  # padding-free packing keeps sequences apart only without the cache
+    peft = modeling.peft_config(cfg.lora, "CAUSAL_LM") if cfg.finetune in ("lora", "qlora") else None
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft,
+        callbacks=[runner.checkpoint_callback(run_dir, cfg.training.save_total_limit)],
+    )
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {
+        "train_loss": result.metrics["train_loss"],
+        "train_runtime": result.metrics["train_runtime"],
+        "tokens_per_second": result.metrics.get("num_tokens", 0.0) / max(result.metrics["train_runtime"], 1e-9),
+        "train_tokens": result.metrics.get("num_tokens", 0.0),
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": runner.step_of(resume),
+        "finetune": cfg.finetune,
+        "data": stats.to_dict(),
+    }
+    if eval_ds is not None:
+        metrics.update({k: v for k, v in trainer.evaluate().items() if k in ("eval_loss", "eval_mean_token_accuracy")})
+
+    staging = run_dir.staging
+    if peft is None:
+        trainer.save_model(str(staging))
+    else:
+        trainer.save_model(str(staging / "adapter"))
+    if trainer.is_world_process_zero():
+        if peft is not None and cfg.lora.merge:
+            merged = modeling.merge_adapter(cfg.model, base_path, str(staging / "adapter"))
+            merged.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        card = runner.model_card("sft", cfg, metrics, cfg.model.name_or_path)
+        runner.publish(run_dir, staging, metrics, card)
+    return metrics
+
+
