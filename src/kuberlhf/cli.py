@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="YAML config file (configs/%s/*.yaml)" % name)
         sub.add_argument("--help-config", action="store_true", help="list every config key and exit")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.max_steps=10")
+    ev = verbs.add_parser("evaluate", help="score a policy with the demo task's gold judge")
+    ev.add_argument("--model", required=True, help="policy: local dir, s3:// artifact or hub name")
+    ev.add_argument("--prompts", default="demo://prompts?n=200&split=test", help="held-out prompts (any data source)")
+    ev.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed")
     return parser
 
 
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.verb == "evaluate":
+            return _evaluate(args)
         if args.help_config:
             from kuberlhf.config import describe
 
@@ -63,6 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
     print(f"kuberlhf {args.verb}: done: {summary}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from kuberlhf.evaluate import gold_eval
+
+    result = gold_eval(args.model, args.prompts, greedy=args.greedy, seed=args.seed)
+    for sample in result.pop("samples"):
+        print(f"  [{sample['gold']:.2f}] {sample['prompt'].splitlines()[0]} ->{sample['response']}")
+    print(json.dumps(result))
     return 0
 
 
