@@ -93,7 +93,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         name = f"{prefix}{key}"
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {name!r}{hint}")
         field_ = known[key]
         section_default = field_.default_factory not in (dataclasses.MISSING, hints[key])

@@ -71,7 +71,7 @@ def parse_phrases(response: str) -> list[tuple[str, str]] | None:
 def gold_score(prompt: str, response: str) -> float:
     """Score in [0, 1]: per phrase, 0.5 for a positive adjective plus 0.5 for an on-topic noun.
 
-    >>> gold_score("Write a cheerful note about coffee.", " fresh beans, dull mugs, warm maps.")
+    >>> gold_score("Write a cheerful note about coffee.", " fresh beans, dull mugs, stale maps.")
     0.5
     """
     topic = topic_of(prompt)
