@@ -16,3 +16,18 @@ def world_size() -> int:
 def is_world_main() -> bool:
     """True on the one process that writes shared outputs (rank 0, or a single process)."""
     return world_rank() == 0
+
+
+def init_deepspeed(config_path: str | None) -> None:
+    """Join the process group through DeepSpeed before any model is built.
+
+    Under ZeRO-3, ``from_pretrained`` partitions weights as it loads them (``zero.Init``);
+    without an initialised group it sees a world of one and DeepSpeed's batch-size check
+    fails. gloo on CPU, NCCL on GPUs.
+    """
+    if not config_path or world_size() == 1:
+        return
+    import deepspeed
+    import torch
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")

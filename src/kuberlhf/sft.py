@@ -53,9 +53,10 @@ def run(cfg: SftConfig) -> dict:
     import trl
 
     from kuberlhf import modeling, runner
-    from kuberlhf.distributed import is_world_main
+    from kuberlhf.distributed import init_deepspeed, is_world_main
 
     cfg.storage.apply()
+    init_deepspeed(cfg.training.deepspeed)
     run_dir = runner.prepare_run(cfg.output_dir, "sft", cfg.overwrite, is_main=is_world_main())
     train_ds, eval_ds, stats = cfg.data.load("sft", cfg.training.seed)
 
@@ -90,11 +91,12 @@ def run(cfg: SftConfig) -> dict:
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
+    tokens = session_tokens(trainer.state.log_history, runner.step_of(resume))
     metrics = {
         "train_loss": result.metrics["train_loss"],
         "train_runtime": result.metrics["train_runtime"],
-        "tokens_per_second": result.metrics.get("num_tokens", 0.0) / max(result.metrics["train_runtime"], 1e-9),
-        "train_tokens": result.metrics.get("num_tokens", 0.0),
+        "tokens_per_second": tokens / max(result.metrics["train_runtime"], 1e-9),
+        "train_tokens": tokens,
         "global_step": trainer.state.global_step,
         "resumed_from_step": runner.step_of(resume),
         "finetune": cfg.finetune,
@@ -118,3 +120,9 @@ def run(cfg: SftConfig) -> dict:
     return metrics
 
 
+
+
+def session_tokens(log_history: list[dict], resumed_from_step: int) -> float:
+    """Tokens trained on by this process: TRL logs a running ``num_tokens`` that restarts with each process."""
+    counts = [h["num_tokens"] for h in log_history if "num_tokens" in h and h.get("step", 0) > resumed_from_step]
+    return float(counts[-1]) if counts else 0.0
