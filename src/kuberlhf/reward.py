@@ -65,11 +65,12 @@ def run(cfg: RewardConfig) -> dict:
         center_rewards_coefficient=cfg.center_rewards_coefficient,
         **cfg.training.trainer_kwargs(str(run_dir.work_dir)),
     )
-    with args.main_process_first(local=True, desc="fetch model"):
+    # Downloads happen once per node; loading is collective (ZeRO-3 partitions weights as they load).
+    with args.main_process_first(local=True, desc="fetch model and checkpoint"):
         base_path = modeling.resolve_model_path(cfg.model.name_or_path, "sequence-classification", cfg.training.seed)
-        tokenizer = modeling.load_tokenizer(cfg.model, base_path)
-        model = modeling.load_sequence_classifier(cfg.model, base_path, tokenizer.pad_token_id)
         resume = runner.latest_checkpoint(run_dir)
+    tokenizer = modeling.load_tokenizer(cfg.model, base_path)
+    model = modeling.load_sequence_classifier(cfg.model, base_path, tokenizer.pad_token_id)
     peft = None
     if cfg.finetune == "lora":
         peft = modeling.peft_config(cfg.lora, "SEQ_CLS")

@@ -70,12 +70,12 @@ def run(cfg: SftConfig) -> dict:
         dataset_text_field="text",
         **cfg.training.trainer_kwargs(str(run_dir.work_dir)),
     )
-    with args.main_process_first(local=True, desc="fetch model"):
+    # Downloads happen once per node; loading is collective (ZeRO-3 partitions weights as they load).
+    with args.main_process_first(local=True, desc="fetch model and checkpoint"):
         base_path = modeling.resolve_model_path(cfg.model.name_or_path, "causal-lm", cfg.training.seed)
-        tokenizer = modeling.load_tokenizer(cfg.model, base_path)
-        quant = cfg.quantization if cfg.finetune == "qlora" else None
-        model = modeling.load_causal_lm(cfg.model, base_path, quant)
         resume = runner.latest_checkpoint(run_dir)
+    tokenizer = modeling.load_tokenizer(cfg.model, base_path)
+    model = modeling.load_causal_lm(cfg.model, base_path, cfg.quantization if cfg.finetune == "qlora" else None)
     if cfg.packing and cfg.packing_strategy == "bfd":
         model.config.use_cache = False  # padding-free packing keeps sequences apart only without the cache
     peft = modeling.peft_config(cfg.lora, "CAUSAL_LM") if cfg.finetune in ("lora", "qlora") else None

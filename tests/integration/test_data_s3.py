@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import boto3
 import datasets
@@ -15,6 +19,7 @@ from kuberlhf.data import iter_rows, load_examples
 from kuberlhf.data.sources import deeplake_creds
 from kuberlhf.errors import DataError
 
+SRC = Path(__file__).resolve().parents[2] / "src"
 ORCA = [{"system_prompt": "", "question": f"q{i}", "response": f"r{i}"} for i in range(30)]
 PAIRS = [{"prompt": f"p{i}", "chosen": " good", "rejected": " bad"} for i in range(2000)]
 
@@ -107,7 +112,13 @@ def test_deeplake_dataset_on_s3(s3_bucket):
     assert list(iter_rows(uri))[0]["chosen"].endswith("good answer 0")
 
 
-def test_deeplake_on_s3_with_wrong_credentials(s3_bucket, monkeypatch):
+def test_deeplake_on_s3_uses_env_credentials(s3_bucket):
+    """A wrong AWS_SECRET_ACCESS_KEY must reach deeplake (so the env creds are what it uses).
+
+    The failing open runs in a child process: after a failed S3 open, deeplake 4.7.4's
+    exit handler spins or crashes once the S3 server has gone away (as it does at the
+    end of the test session), which would hang pytest.
+    """
     import deeplake
 
     uri = f"s3://{s3_bucket}/deeplake/x"
@@ -116,6 +127,20 @@ def test_deeplake_on_s3_with_wrong_credentials(s3_bucket, monkeypatch):
     ds.append({"prompt": ["hello"]})
     ds.commit()
     assert list(iter_rows(uri, format="deeplake")) == [{"prompt": "hello"}]
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    with pytest.raises(DataError, match=rf"^{uri}: cannot open Deep Lake dataset \(.*SignatureDoesNotMatch"):
-        list(iter_rows(uri, format="deeplake"))
+
+    code = (
+        "import sys\n"
+        "from kuberlhf.data import iter_rows\n"
+        "try:\n"
+        "    list(iter_rows(sys.argv[1], format='deeplake'))\n"
+        "except Exception as err:\n"
+        "    print(type(err).__name__, err)\n"
+        "    sys.exit(3)\n"
+    )
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": "wrong-secret", "PYTHONPATH": str(SRC)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, uri], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.startswith(f"DataError {uri}: cannot open Deep Lake dataset (")
+    assert "SignatureDoesNotMatch" in result.stdout
