@@ -50,7 +50,9 @@ def test_jsonl_and_parquet_objects(s3_bucket):
     ds, stats = load_examples(f"s3://{s3_bucket}/rm/pairs.parquet", "preference")
     assert ds.num_rows == 2000 and ds[1999] == {"prompt": "p1999", "chosen": " good", "rejected": " bad"}
 
-    stream, stats = load_examples(f"s3://{s3_bucket}/rm/pairs.parquet", "preference", streaming=True, max_rows=1500)
+    stream, stats = load_examples(
+        f"s3://{s3_bucket}/rm/pairs.parquet", "preference", streaming=True, max_rows=1500
+    )
     assert isinstance(stream, datasets.IterableDataset)
     assert sum(1 for _ in stream) == 1500 and stats.rows_read == 1500
 
@@ -75,7 +77,10 @@ def test_bad_row_and_missing_objects(s3_bucket):
         load_examples(uri, "sft")
     ds, stats = load_examples(uri, "sft", on_bad_row="skip")
     assert ds.num_rows == 29 and stats.rows_skipped == 2
-    assert stats.skipped_examples[1] == f"{uri} line 31: invalid JSON (Expecting property name enclosed in double quotes)"
+    assert (
+        stats.skipped_examples[1]
+        == f"{uri} line 31: invalid JSON (Expecting property name enclosed in double quotes)"
+    )
     with pytest.raises(DataError, match=rf"s3://{s3_bucket}/nope\.jsonl: no such object"):
         load_examples(f"s3://{s3_bucket}/nope.jsonl", "sft")
     with pytest.raises(DataError, match=rf"s3://{s3_bucket}/nothing-here: no such object or prefix"):
@@ -112,9 +117,10 @@ def test_deeplake_dataset_on_s3(s3_bucket):
     assert list(iter_rows(uri))[0]["chosen"].endswith("good answer 0")
 
 
-def test_deeplake_on_s3_uses_env_credentials(s3_bucket):
-    """A wrong AWS_SECRET_ACCESS_KEY must reach deeplake (so the env creds are what it uses).
+def test_deeplake_on_s3_wrong_credentials(s3_bucket):
+    """Deep Lake reads with the AWS_* credentials; a wrong secret is a one-line DataError.
 
+    (Unit tests check the exact ``creds`` dict; deeplake also reads AWS_* by itself.)
     The failing open runs in a child process: after a failed S3 open, deeplake 4.7.4's
     exit handler spins or crashes once the S3 server has gone away (as it does at the
     end of the test session), which would hang pytest.
@@ -144,3 +150,17 @@ def test_deeplake_on_s3_uses_env_credentials(s3_bucket):
     assert result.returncode == 3, result.stdout + result.stderr
     assert result.stdout.startswith(f"DataError {uri}: cannot open Deep Lake dataset (")
     assert "SignatureDoesNotMatch" in result.stdout
+
+
+def test_save_to_disk_dataset_on_s3(s3_bucket):
+    from kuberlhf.storage import fs_for
+
+    uri = f"s3://{s3_bucket}/hf/pairs"
+    dd = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(PAIRS[:5]), "test": datasets.Dataset.from_list(PAIRS[5:7])}
+    )
+    dd.save_to_disk(uri, storage_options=fs_for(uri).storage_options)
+    ds, stats = load_examples(uri, "preference", split="test")
+    assert ds.to_list() == PAIRS[5:7] and stats.rows_read == 2
+    with pytest.raises(DataError, match=r"no split 'validation'; available splits: test, train"):
+        load_examples(uri, "preference", split="validation")

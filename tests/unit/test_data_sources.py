@@ -403,3 +403,80 @@ def test_datastats_caps_examples():
         stats.skip(f"row {i}")
     assert stats.to_dict()["skipped_examples"] == [f"row {i}" for i in range(10)]
     assert stats.rows_skipped == 15 and stats.rows_kept == 0
+
+
+def test_jsonl_encoding(tmp_path):
+    path = tmp_path / "t.jsonl"
+    good = json.dumps(ORCA[0]).encode()
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\r\n" + b'{"question": "caf\xe9"}\n' + good + b"\n")
+    with pytest.raises(DataError, match=rf"^{path} line 2: not UTF-8 text \(invalid continuation byte\)$"):
+        load_examples(str(path), "sft")
+    ds, stats = load_examples(str(path), "sft", on_bad_row="skip")  # BOM and CRLF are fine
+    assert ds.num_rows == 2 and stats.rows_skipped == 1
+
+
+AWS_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+)
+
+
+def test_deeplake_creds_from_env(monkeypatch):
+    from kuberlhf.data.sources import deeplake_creds
+
+    for var in AWS_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert deeplake_creds() is None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AK")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SK")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert deeplake_creds() == {
+        "aws_access_key_id": "AK",
+        "aws_secret_access_key": "SK",
+        "endpoint_url": "http://minio:9000",
+        "aws_region": "eu-west-1",
+    }
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-only:9000")
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "TOK")
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    creds = deeplake_creds()
+    assert creds["endpoint_url"] == "http://s3-only:9000" and creds["aws_region"] == "us-west-2"
+    assert creds["aws_session_token"] == "TOK" and creds["profile_name"] == "team"
+
+
+def test_deeplake_urls_pass_creds_and_token(monkeypatch):
+    import deeplake
+
+    calls = []
+
+    def fake_open_read_only(url, creds=None, token=None):
+        calls.append((url, creds, token))
+        raise RuntimeError("Dataset does not exist\nat that path")
+
+    monkeypatch.setattr(deeplake, "open_read_only", fake_open_read_only)
+    for var in AWS_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AK")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SK")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("ACTIVELOOP_TOKEN", "al-token")
+    with pytest.raises(
+        DataError, match=r"^s3://b/ds: cannot open Deep Lake dataset \(Dataset does not exist at"
+    ):
+        list(iter_rows("s3://b/ds", format="deeplake"))
+    with pytest.raises(DataError, match=r"^al://org/ds: cannot open Deep Lake dataset"):
+        list(iter_rows("hub://org/ds"))
+    creds = {
+        "aws_access_key_id": "AK",
+        "aws_secret_access_key": "SK",
+        "endpoint_url": "http://127.0.0.1:9000",
+    }
+    assert calls == [("s3://b/ds", creds, None), ("al://org/ds", None, "al-token")]

@@ -9,12 +9,14 @@ Sources and how ``format="auto"`` picks them:
 
 * ``demo://...``: built-in demo data (:mod:`kuberlhf.demo.data`);
 * ``hf://org/name``: a Hugging Face Hub dataset; ``al://``/``hub://``: Deep Lake;
-* ``s3://bucket/key.{jsonl,json,parquet}`` or an ``s3://`` prefix holding such files
-  (or a Deep Lake dataset: ``_deeplake_log/``); ``format="deeplake"`` forces Deep Lake;
-* a local ``.jsonl``/``.json``/``.parquet`` file, or a directory: a Deep Lake 4 dataset
-  (it holds ``_deeplake_log/``), a ``save_to_disk`` dataset (``dataset_dict.json`` or
-  ``state.json``), or else its files of those types, in sorted order;
+* a local path or ``s3://`` URI: a ``.jsonl``/``.json``/``.parquet`` file, or a directory
+  (prefix) holding a Deep Lake 4 dataset (``_deeplake_log/``), a ``save_to_disk``
+  dataset (``dataset_dict.json`` or ``state.json``), or else such files (read in sorted
+  order, others ignored); ``format="deeplake"`` forces Deep Lake;
 * an ``org/name`` that is no local path: a Hugging Face Hub dataset.
+
+S3 files are opened with :mod:`kuberlhf.storage`; Deep Lake gets its S3 ``creds`` from
+the standard ``AWS_*`` variables (:func:`deeplake_creds`).
 """
 
 from __future__ import annotations
@@ -232,34 +234,29 @@ def _json_row(obj: Any, source: str, index: int) -> dict[str, Any] | BadRecord:
     return BadRecord(f"{source} row {index}: row must be a JSON object, got {type(obj).__name__}")
 
 
-def _read_jsonl(handle: IO[bytes], source: str, first_line: int = 1) -> Iterator[Record]:
+def _read_jsonl(handle: IO[bytes], source: str) -> Iterator[Record]:
+    """One JSON object per line; blank lines are ignored, line numbers are 1-based."""
     index = 0
-    text = io.TextIOWrapper(handle, encoding="utf-8", errors="strict", newline=None)
-    lineno = first_line - 1
-    try:
-        for lineno, line in enumerate(text, start=first_line):  # noqa: B007
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                row: dict[str, Any] | BadRecord = BadRecord(
-                    f"{source} line {lineno}: invalid JSON ({err.msg})"
-                )
-            else:
-                row = _json_row(obj, source, index)
-            yield Record(source, index, row)
-            index += 1
-    except UnicodeDecodeError as err:
-        raise DataError(f"{source} line {lineno + 1}: not UTF-8 text ({err.reason})") from None
-    finally:
-        text.detach()
+    for lineno, raw in enumerate(handle, start=1):
+        if not raw.strip():
+            continue
+        row: dict[str, Any] | BadRecord
+        try:
+            obj = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+        except UnicodeDecodeError as err:
+            row = BadRecord(f"{source} line {lineno}: not UTF-8 text ({err.reason})")
+        except json.JSONDecodeError as err:
+            row = BadRecord(f"{source} line {lineno}: invalid JSON ({err.msg})")
+        else:
+            row = _json_row(obj, source, index)
+        yield Record(source, index, row)
+        index += 1
 
 
 def _read_json(handle: IO[bytes], source: str) -> Iterator[Record]:
     raw = handle.read()
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise DataError(f"{source}: not UTF-8 text ({err.reason})") from None
     except json.JSONDecodeError as err:
@@ -308,7 +305,7 @@ def _hf_disk(
 
     try:
         loaded = datasets.load_from_disk(path, storage_options=storage_options)
-    except Exception as err:  # noqa: BLE001 - any failure means an unreadable source
+    except Exception as err:  # any failure means an unreadable source
         raise DataError(f"{shown}: cannot load a save_to_disk dataset ({_one_line(err)})") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
@@ -338,7 +335,7 @@ def _hf_hub(
             index += 1
     except DataError:
         raise
-    except Exception as err:  # noqa: BLE001 - hub, network and builder errors alike
+    except Exception as err:  # hub, network and builder errors alike
         raise DataError(
             f"{prefix}cannot load Hugging Face dataset {name!r} (split {split!r})"
             + (f" after {index} rows" if index else "")
@@ -347,11 +344,10 @@ def _hf_hub(
 
 
 def _columns_to_rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Rows of a column-major batch (dict of equally long lists)."""
     columns = list(batch)
-    if not columns:
-        return
     for values in zip(*(batch[c] for c in columns), strict=True):
-        yield {c: _plain(v) for c, v in zip(columns, values, strict=True)}
+        yield dict(zip(columns, values, strict=True))
 
 
 # ---------------------------------------------------------------------- Deep Lake
@@ -382,15 +378,15 @@ def _deeplake(url: str) -> Iterator[Record]:
     try:
         ds = deeplake.open_read_only(url, creds=creds, token=token)
         columns = [column.name for column in ds.schema.columns]
-    except Exception as err:  # noqa: BLE001 - deeplake raises its own exception types
+    except Exception as err:  # deeplake has its own exception types
         raise DataError(f"{url}: cannot open Deep Lake dataset ({_one_line(err)})") from None
     index = 0
     try:
         for batch in ds.batches(BATCH_ROWS):
-            for row in _columns_to_rows({c: batch[c] for c in columns}):
+            for row in _columns_to_rows({c: _plain(batch[c]) for c in columns}):
                 yield Record(url, index, row)
                 index += 1
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise DataError(f"{url} row {index}: cannot read Deep Lake data ({_one_line(err)})") from None
 
 
