@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, _) in STAGES.items():
         doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()[0]
         sub = verbs.add_parser(name, help=doc, description=doc)
-        sub.add_argument("--config", help="YAML config file (configs/%s/*.yaml)" % name)
+        sub.add_argument("--config", help=f"YAML config file (configs/{name}/*.yaml)")
         sub.add_argument("--help-config", action="store_true", help="list every config key and exit")
-        sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.max_steps=10")
+        sub.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.max_steps=10"
+        )
     ev = verbs.add_parser("evaluate", help="score a policy with the demo task's gold judge")
     ev.add_argument("--model", required=True, help="policy: local dir, s3:// artifact or hub name")
     ev.add_argument("--prompts", default="demo://prompts?n=200&split=test", help="held-out prompts (any data source)")

@@ -61,10 +61,13 @@ def gold_eval(model_path: str, prompts_uri: str, *, greedy: bool = False, seed: 
     dataset, _ = load_examples(prompts_uri, "prompt")
     prompts = list(dataset["prompt"])
     responses = generate(model, tokenizer, prompts, greedy=greedy, seed=seed)
-    scores = [gold_score(p, r) for p, r in zip(prompts, responses)]
+    scores = [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]
     return {
         "gold_score": sum(scores) / len(scores),
         "well_formed": sum(s > 0 for s in scores) / len(scores),
         "prompts": len(scores),
-        "samples": [{"prompt": p, "response": r, "gold": s} for p, r, s in list(zip(prompts, responses, scores))[:samples]],
+        "samples": [
+            {"prompt": p, "response": r, "gold": s}
+            for p, r, s in list(zip(prompts, responses, scores, strict=True))[:samples]
+        ],
     }

@@ -83,7 +83,6 @@ def load_tokenizer(cfg: ModelConfig, path: str, *, padding_side: str = "right") 
 
 
 def bnb_config(quant: QuantizationConfig) -> Any:
-    import torch
     from transformers import BitsAndBytesConfig
 
     compute = torch_dtype("auto" if quant.compute_dtype == "auto" else quant.compute_dtype)

@@ -117,9 +117,11 @@ def evaluate_pairs(trainer: Any, eval_ds: Any, tokenizer: Any, cfg: RewardConfig
         return {"eval_accuracy": out["eval_accuracy"], "eval_margin": out["eval_margin"], "eval_pairs": len(eval_ds)}
     model = trainer.accelerator.unwrap_model(trainer.model)
     prompts = list(eval_ds["prompt"]) if "prompt" in eval_ds.column_names else [""] * len(eval_ds)
-    chosen = score_texts(model, tokenizer, [p + c for p, c in zip(prompts, eval_ds["chosen"])], cfg.max_length)
-    rejected = score_texts(model, tokenizer, [p + r for p, r in zip(prompts, eval_ds["rejected"])], cfg.max_length)
-    margins = [c - r for c, r in zip(chosen, rejected)]
+    chosen_texts = [p + c for p, c in zip(prompts, eval_ds["chosen"], strict=True)]
+    rejected_texts = [p + r for p, r in zip(prompts, eval_ds["rejected"], strict=True)]
+    chosen = score_texts(model, tokenizer, chosen_texts, cfg.max_length)
+    rejected = score_texts(model, tokenizer, rejected_texts, cfg.max_length)
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
     return {
         "eval_accuracy": sum(m > 0 for m in margins) / len(margins),
         "eval_margin": sum(margins) / len(margins),

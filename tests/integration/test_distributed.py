@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-
 from helpers import REPO, cli_command, reward_args, run, sft_args, subprocess_env, torchrun_command
 
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from helpers import REPO, base_weights, load_state, reward_args, run_cli, sft_args
 
 
@@ -107,7 +106,10 @@ def test_reward_reads_hh_rlhf_conversations(tmp_path):
     data = tmp_path / "hh.jsonl"
     human = "\n\nHuman: Say something nice about coffee.\n\nAssistant:"
     rows = [
-        {"chosen": f"{human} fresh beans, warm mugs, bright crema.", "rejected": f"{human} dull maps, cold rain, stale goals."}
+        {
+            "chosen": f"{human} fresh beans, warm mugs, bright crema.",
+            "rejected": f"{human} dull maps, cold rain, stale goals.",
+        }
     ] * 24
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "reward"

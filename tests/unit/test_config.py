@@ -12,9 +12,7 @@ from kuberlhf.sft import SftConfig
 def yaml_file(tmp_path):
     path = tmp_path / "sft.yaml"
     path.write_text(
-        "output_dir: out/sft\n"
-        "data:\n  train: demo://sft?n=10\n"
-        "training:\n  learning_rate: 1.0e-4\n  max_steps: 5\n"
+        "output_dir: out/sft\ndata:\n  train: demo://sft?n=10\ntraining:\n  learning_rate: 1.0e-4\n  max_steps: 5\n"
     )
     return path
 
@@ -37,7 +35,10 @@ def test_section_default_instance_is_merged_key_by_key():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("training.learning_rat=1e-4", "unknown config key 'training.learning_rat' (did you mean 'training.learning_rate'?)"),
+        (
+            "training.learning_rat=1e-4",
+            "unknown config key 'training.learning_rat' (did you mean 'training.learning_rate'?)",
+        ),
         ("bogus=1", "unknown config key 'bogus'"),
         ("training.max_steps=ten", "config key 'training.max_steps': expected int, got str 'ten'"),
         ("training.max_steps=true", "config key 'training.max_steps': expected int, got bool True"),

@@ -39,7 +39,9 @@ def test_demonstrator_is_seeded_and_mediocre():
     a = [Demonstrator(3).example() for _ in range(2)]
     assert Demonstrator(3).example() == a[0]
     writer = Demonstrator(0)
-    scores = [gold_score(format_prompt(ex.question), " " + ex.response) for ex in (writer.example() for _ in range(2000))]
+    scores = [
+        gold_score(format_prompt(ex.question), " " + ex.response) for ex in (writer.example() for _ in range(2000))
+    ]
     mean = sum(scores) / len(scores)
     assert 0.5 < mean < 0.7  # room for RLHF above the demonstrations
     assert min(scores) >= 0.0 and max(scores) == 1.0
