@@ -43,7 +43,7 @@ lint: install ## ruff
 	$(BIN)/ruff check src tests bench
 
 bench: install ## throughput benchmarks; results go to docs/benchmarks.md by hand
-	$(BIN)/python bench/sft_throughput.py
+	$(BIN)/python bench/sft_throughput.py --repeats 3
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
