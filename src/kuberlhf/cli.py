@@ -70,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except KuberlhfError as err:
         print(f"kuberlhf {args.verb}: error: {err}", file=sys.stderr)
         return 2
-    summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-    print(f"kuberlhf {args.verb}: done: {summary}")
+    from kuberlhf.distributed import is_world_main
+
+    if is_world_main():
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"kuberlhf {args.verb}: done: {summary}")
     return 0
 
 

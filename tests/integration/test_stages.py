@@ -90,6 +90,17 @@ def test_sft_packing_and_chat_messages(tmp_path):
         assert assert_artifact(out, ["train_loss"])["data"]["rows_read"] == 40
 
 
+def test_sft_streams_a_large_source(tmp_path):
+    data = tmp_path / "big.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Say hi {i}.", "response": "hi."}) + "\n" for i in range(5000)))
+    out = tmp_path / "stream"
+    args = sft_args(out, f"data.train={data}", "data.streaming=true", "data.eval=null", "training.max_steps=3")
+    assert run_cli(args) == 0
+    metrics = assert_artifact(out, ["train_loss"])
+    # Streaming read only what 3 steps of 8 rows needed (plus read-ahead), not the 5000 rows.
+    assert metrics["global_step"] == 3 and metrics["data"]["rows_read"] < 5000
+
+
 def test_reward_trains_and_reports_pairwise_metrics(tmp_path):
     out = tmp_path / "reward"
     assert run_cli(reward_args(out, "training.max_steps=20")) == 0
