@@ -31,7 +31,7 @@ def resolve_model_path(name_or_path: str, task: str, seed: int = 0) -> str:
     from kuberlhf.demo.models import build_model, is_demo_model
 
     if is_demo_model(name_or_path):
-        key = f"{name_or_path.removeprefix('demo://')}-{task}-seed{seed}"
+        key = f"{name_or_path.removeprefix('demo://')}-{task}-seed{seed}-{_demo_source_fingerprint()}"
         target = cache_root() / "demo-models" / key
         if not (target / "config.json").is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +47,15 @@ def resolve_model_path(name_or_path: str, task: str, seed: int = 0) -> str:
     if storage.is_remote(name_or_path):
         return str(storage.fetch_dir(name_or_path, cache_root() / "artifacts"))
     return name_or_path
+
+
+def _demo_source_fingerprint() -> str:
+    """Changes whenever the code that builds demo models or their tokenizers' corpus changes."""
+    import kuberlhf.demo.models
+    import kuberlhf.demo.task
+
+    sources = "".join(Path(m.__file__).read_text() for m in (kuberlhf.demo.models, kuberlhf.demo.task))
+    return fingerprint(sources)[:8]
 
 
 def torch_dtype(name: str) -> Any:
