@@ -20,6 +20,7 @@ from kuberlhf.errors import KuberlhfError
 STAGES = {
     "sft": ("kuberlhf.sft", "SftConfig"),
     "reward": ("kuberlhf.reward", "RewardConfig"),
+    "ppo": ("kuberlhf.ppo", "PpoConfig"),
 }
 
 

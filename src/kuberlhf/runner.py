@@ -115,21 +115,27 @@ def latest_checkpoint(run: RunDir) -> str | None:
     return None
 
 
+def seal_checkpoint(run: RunDir, name: str, keep: int) -> None:
+    """Write a saved checkpoint's manifest (it is complete from then on), upload it, rotate old ones."""
+    storage.write_manifest(run.checkpoints / name)
+    if run.remote:
+        storage.upload_dir(run.checkpoints / name, f"{run.remote_checkpoints()}/{name}")
+        for _, old in _by_step(storage.list_subdirs(run.remote_checkpoints()))[keep:]:
+            storage.remove_dir(f"{run.remote_checkpoints()}/{old}")
+    else:
+        for _, old in _by_step([p.name for p in run.checkpoints.iterdir()])[keep:]:
+            shutil.rmtree(run.checkpoints / old, ignore_errors=True)
+    log.info("checkpoint %s sealed%s", name, f" and uploaded to {run.output_dir}" if run.remote else "")
+
+
 def checkpoint_callback(run: RunDir, keep: int) -> Any:
-    """A TrainerCallback that seals each saved checkpoint with a manifest (and uploads it)."""
+    """A TrainerCallback that seals each checkpoint the Trainer saves."""
     from transformers import TrainerCallback
 
     class SealCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            name = f"checkpoint-{state.global_step}"
-            storage.write_manifest(run.checkpoints / name)
-            if run.remote:
-                storage.upload_dir(run.checkpoints / name, f"{run.remote_checkpoints()}/{name}")
-                for _, old in _by_step(storage.list_subdirs(run.remote_checkpoints()))[keep:]:
-                    storage.remove_dir(f"{run.remote_checkpoints()}/{old}")
-            log.info("checkpoint %s sealed%s", name, f" and uploaded to {run.output_dir}" if run.remote else "")
+            if state.is_world_process_zero:
+                seal_checkpoint(run, f"checkpoint-{state.global_step}", keep)
 
     return SealCheckpoint()
 

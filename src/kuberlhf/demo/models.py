@@ -34,7 +34,7 @@ def build_tokenizer(name: str):
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=512,
+            vocab_size=768,
             special_tokens=["<pad>", "<s>", "</s>"],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,

@@ -8,7 +8,9 @@ averages over the phrases; a response that is not three well-formed phrases scor
 
 The SFT demonstrations come from a deliberately mediocre demonstrator: each example
 draws a quality ``q`` and picks a positive adjective and an on-topic noun with
-probability ``q`` each. A policy that imitates it scores about the demonstrator's mean
+probability ``q`` each, and one response in ten slips (a phrase too few or too many, or
+no full stop), which the judge scores 0; preference pairs therefore also teach the
+reward model that malformed text is bad, so a policy cannot win by degenerating. A policy that imitates it scores about the demonstrator's mean
 (~0.6), leaving room for RLHF; the judge's preference (positive words, words of the
 asked topic) is simple enough for a small reward model to learn from pairs.
 
@@ -41,6 +43,7 @@ QUESTION_TEMPLATES: tuple[str, ...] = (
     "Give me a warm little line about {topic}.",
 )
 PHRASES = 3
+MALFORMED_RATE = 0.1
 ALL_NOUNS: tuple[str, ...] = tuple(n for nouns in TOPICS.values() for n in nouns)
 _TOPIC_RE = re.compile("|".join(re.escape(t) for t in sorted(TOPICS, key=len, reverse=True)))
 _PHRASE_RE = re.compile(r"^([a-z]+) ([a-z]+)$")
@@ -109,6 +112,14 @@ class Demonstrator:
             off_topic = [n for n in ALL_NOUNS if n not in TOPICS[topic]]
             noun = self.rng.choice(TOPICS[topic] if self.rng.random() < q else off_topic)
             phrases.append(f"{adj} {noun}")
+        if self.rng.random() < MALFORMED_RATE:  # a slip: a phrase too few or too many, or no full stop
+            slip = self.rng.choice(("short", "long", "no-stop"))
+            if slip == "short":
+                phrases.pop()
+            elif slip == "long":
+                phrases.append(phrases[0])
+            else:
+                return ", ".join(phrases)
         return ", ".join(phrases) + "."
 
     def example(self) -> Example:

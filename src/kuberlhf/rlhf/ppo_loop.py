@@ -1,0 +1,388 @@
+"""The PPO training loop on transformers + accelerate (DDP under torchrun), resumable."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kuberlhf import modeling, runner
+from kuberlhf.errors import ConfigError, KuberlhfError
+from kuberlhf.rlhf import models as rl
+from kuberlhf.rlhf import ppo_core as core
+
+log = logging.getLogger("kuberlhf")
+
+
+class PpoLoop:
+    """Owns the models, optimizers and state of one PPO run (see kuberlhf.ppo)."""
+
+    def __init__(self, cfg: Any, run_dir: runner.RunDir):
+        from accelerate import Accelerator
+        from transformers import get_scheduler
+
+        self.cfg, self.run_dir = cfg, run_dir
+        t = cfg.training
+        self.accelerator = Accelerator(cpu=t.use_cpu or not torch.cuda.is_available())
+        acc = self.accelerator
+        self.device = acc.device
+        with acc.local_main_process_first():
+            policy_path = modeling.resolve_model_path(cfg.policy.name_or_path, "causal-lm", t.seed)
+            reward_path = modeling.resolve_model_path(
+                cfg.reward_model.name_or_path, "sequence-classification", t.seed
+            )
+            self.resume = runner.latest_checkpoint(run_dir)
+        self.prompts, self.eval_prompts = self._load_prompts()
+        self.tokenizer = modeling.load_tokenizer(cfg.policy, policy_path, padding_side="left")
+        self.reward_tokenizer = modeling.load_tokenizer(cfg.reward_model, reward_path)
+        self.reward_model = modeling.load_sequence_classifier(
+            cfg.reward_model, reward_path, self.reward_tokenizer.pad_token_id
+        ).to(self.device).eval()
+        self.reward_model.requires_grad_(False)
+
+        policy = modeling.load_causal_lm(cfg.policy, policy_path)
+        self.reference = None
+        if cfg.finetune == "lora":
+            from peft import PeftModel, get_peft_model
+
+            if self.resume:
+                policy = PeftModel.from_pretrained(policy, f"{self.resume}/policy", is_trainable=True)
+            else:
+                policy = get_peft_model(policy, modeling.peft_config(cfg.lora, "CAUSAL_LM"))
+        else:
+            self.reference = modeling.load_causal_lm(cfg.policy, policy_path).to(self.device).eval()
+            self.reference.requires_grad_(False)
+            if self.resume:
+                policy = modeling.load_causal_lm(cfg.policy, f"{self.resume}/policy")
+        value = self._value_model(policy_path, reward_path)
+        if self.resume:
+            from safetensors.torch import load_file
+
+            value.load_state_dict(load_file(f"{self.resume}/value.safetensors"))
+
+        opt_p = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.learning_rate)
+        opt_v = torch.optim.AdamW(value.parameters(), lr=t.value_learning_rate or t.learning_rate)
+        sched_p = get_scheduler(t.lr_scheduler_type, opt_p, t.warmup_steps, t.max_steps)
+        sched_v = get_scheduler(t.lr_scheduler_type, opt_v, t.warmup_steps, t.max_steps)
+        self.policy, self.value, self.opt_p, self.opt_v = acc.prepare(policy, value, opt_p, opt_v)
+        self.sched_p, self.sched_v = sched_p, sched_v
+        a = cfg.ppo
+        if a.adaptive_kl:
+            self.kl_ctl = core.AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
+        else:
+            self.kl_ctl = core.FixedKLController(a.kl_coef)
+        self.step = 0
+        self.history: list[dict] = []
+        self.generator = torch.Generator().manual_seed(t.seed + acc.process_index)
+        torch.manual_seed(t.seed + acc.process_index)
+        if self.resume:
+            self._load_state(Path(self.resume))
+
+    # ------------------------------------------------------------------ set-up
+
+    def _load_prompts(self) -> tuple[list[str], list[str]]:
+        train, held_out, _ = self.cfg.data.load("prompt", self.cfg.training.seed)
+        prompts = list(train["prompt"])
+        return prompts, list(held_out["prompt"]) if held_out is not None else []
+
+    def _value_model(self, policy_path: str, reward_path: str) -> rl.ValueModel:
+        shared = rl.same_tokenizer(self.tokenizer, self.reward_tokenizer)
+        choice = self.cfg.value_init
+        if choice == "reward" and not shared:
+            raise ConfigError(
+                "config key 'value_init': 'reward' needs the reward model to share the policy's tokenizer; "
+                "use 'policy' or 'auto'"
+            )
+        use_reward = choice == "reward" or (choice == "auto" and shared)
+        dtype = modeling.torch_dtype(self.cfg.policy.dtype)
+        if use_reward:
+            return rl.build_value_model(reward_path, dtype, getattr(self.reward_model, "score", None))
+        return rl.build_value_model(policy_path, dtype)
+
+    # ------------------------------------------------------------------ rollout
+
+    def _batch_prompts(self, step: int) -> list[str]:
+        """The prompts of ``step`` on this process: a seeded permutation per pass over the data."""
+        acc, size = self.accelerator, self.cfg.rollout.batch_size
+        start = (step * acc.num_processes + acc.process_index) * size
+        out = []
+        for pos in range(start, start + size):
+            epoch, index = divmod(pos, len(self.prompts))
+            order = np.random.default_rng(self.cfg.training.seed + epoch).permutation(len(self.prompts))
+            out.append(self.prompts[order[index]])
+        return out
+
+    def _unwrapped(self) -> Any:
+        return self.accelerator.unwrap_model(self.policy)
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> dict:
+        r, tok = self.cfg.rollout, self.tokenizer
+        policy = self._unwrapped()
+        policy.eval()
+        enc = tok(prompts, return_tensors="pt", padding=True).to(self.device)
+        generated = policy.generate(
+            **enc,
+            do_sample=True,
+            top_k=r.top_k,
+            top_p=r.top_p,
+            temperature=r.temperature,
+            max_new_tokens=r.max_new_tokens,
+            eos_token_id=tok.eos_token_id if r.stop_at_eos else None,
+            pad_token_id=tok.pad_token_id,
+        )
+        start = enc["input_ids"].shape[1]
+        response, mask, has_eos = core.truncate_after_eos(generated[:, start:], tok.eos_token_id, tok.pad_token_id)
+        mask = mask.to(enc["attention_mask"].dtype)
+        input_ids = torch.cat([enc["input_ids"], response], dim=1)
+        attention = torch.cat([enc["attention_mask"], mask], dim=1)
+        texts = tok.batch_decode(response, skip_special_tokens=True)
+        return {"input_ids": input_ids, "attention_mask": attention, "mask": mask.float(), "start": start,
+                "has_eos": has_eos, "texts": texts, "prompts": prompts}
+
+    @torch.no_grad()
+    def score(self, batch: dict) -> None:
+        """Add old log-probs, reference log-probs, values, scores, rewards and advantages to ``batch``."""
+        a, r = self.cfg.ppo, self.cfg.rollout
+        ids, attn, mask, start = batch["input_ids"], batch["attention_mask"], batch["mask"], batch["start"]
+        batch["logprobs"], _ = rl.sequence_logprobs(self._unwrapped(), ids, attn, start)
+        if self.reference is not None:
+            batch["ref_logprobs"], _ = rl.sequence_logprobs(self.reference, ids, attn, start)
+        else:
+            with self._unwrapped().disable_adapter():
+                batch["ref_logprobs"], _ = rl.sequence_logprobs(self._unwrapped(), ids, attn, start)
+        batch["values"] = self._values(self.accelerator.unwrap_model(self.value), ids, attn, start)
+        texts = [p + t for p, t in zip(batch["prompts"], batch["texts"], strict=True)]
+        scores = rl.reward_scores(self.reward_model, self.reward_tokenizer, texts, r.reward_max_length).to(self.device)
+        core.check_finite("reward", scores)
+        if r.missing_eos_penalty is not None:
+            scores = scores - r.missing_eos_penalty * (~batch["has_eos"].to(self.device)).float()
+        if a.reward_clip is not None:
+            scores = scores.clamp(-a.reward_clip, a.reward_clip)
+        kl = core.kl_estimate(batch["logprobs"], batch["ref_logprobs"], a.kl_estimator) * mask
+        rewards, _ = core.per_token_rewards(scores, kl, self.kl_ctl.value, mask)
+        if a.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = core.gae(rewards, batch["values"], mask, a.gamma, a.lam)
+        batch.update(scores=scores, kl=kl, advantages=core.masked_whiten(advantages, mask), returns=returns)
+
+    @staticmethod
+    def _values(value_model: Any, ids: torch.Tensor, attn: torch.Tensor, start: int) -> torch.Tensor:
+        """V(state before response token t) = the value head at position start + t - 1."""
+        return value_model(ids, attn)[:, start - 1 : -1].float()
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, batch: dict) -> dict:
+        a, t, acc = self.cfg.ppo, self.cfg.training, self.accelerator
+        self.policy.train()
+        self.value.train()
+        size = batch["input_ids"].shape[0]
+        mb = size // a.num_mini_batches
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "entropy")}
+        skipped = 0
+        for _ in range(a.num_ppo_epochs):
+            order = torch.randperm(size, generator=self.generator)
+            for i in range(0, size, mb):
+                idx = order[i : i + mb].to(self.device)
+                ids, attn, mask = batch["input_ids"][idx], batch["attention_mask"][idx], batch["mask"][idx]
+                logprobs, entropy = rl.sequence_logprobs(self.policy, ids, attn, batch["start"])
+                values = self._values(self.value, ids, attn, batch["start"])
+                pg, pstats = core.policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask,
+                                              a.clip_range)
+                ratio_max = acc.gather(torch.as_tensor(float(pstats["ratio_max"]), device=self.device)).max()
+                if ratio_max > a.ratio_threshold:  # decided on every process alike, so DDP stays in step
+                    skipped += 1
+                    continue
+                vf, _ = core.value_loss(values, batch["values"][idx], batch["returns"][idx], mask,
+                                        a.clip_range_value)
+                loss = pg + a.vf_coef * vf
+                core.check_finite("loss", loss)
+                acc.backward(loss)
+                acc.clip_grad_norm_(self.policy.parameters(), t.max_grad_norm)
+                acc.clip_grad_norm_(self.value.parameters(), t.max_grad_norm)
+                for opt in (self.opt_p, self.opt_v):
+                    opt.step()
+                    opt.zero_grad()
+                stats["policy_loss"].append(pg.item())
+                stats["value_loss"].append(vf.item())
+                stats["clip_fraction"].append(float(pstats["clip_fraction"]))
+                stats["entropy"].append(core.masked_mean(entropy, mask).item())
+        self.sched_p.step()
+        self.sched_v.step()
+        out = {k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()}
+        out["skipped_minibatches"] = skipped
+        return out
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict:
+        acc, t, a = self.accelerator, self.cfg.training, self.cfg.ppo
+        stopped = ""
+        started, gen_time, train_time, samples = time.perf_counter(), 0.0, 0.0, 0
+        if self.resume:
+            log.info("resuming from %s at step %d", self.resume, self.step)
+        while self.step < t.max_steps:
+            t0 = time.perf_counter()
+            batch = self.rollout(self._batch_prompts(self.step))
+            t1 = time.perf_counter()
+            try:
+                self.score(batch)
+                stats = self.update(batch)
+            except core.NonFiniteError as err:
+                last = runner.latest_checkpoint(self.run_dir) if acc.is_main_process else None
+                raise KuberlhfError(
+                    f"stopping at step {self.step + 1}: {err}; the last complete checkpoint is {last or 'none'}"
+                ) from None
+            t2 = time.perf_counter()
+            gen_time, train_time = gen_time + (t1 - t0), train_time + (t2 - t1)
+            mask = batch["mask"]
+            seq_kl = acc.gather(batch["kl"].sum(1)).mean().item()
+            n = acc.gather(torch.tensor([mask.shape[0]], device=self.device)).sum().item()
+            samples += n
+            self.kl_ctl.update(seq_kl, n)
+            self.step += 1
+            record = {
+                "step": self.step,
+                "reward": acc.gather(batch["scores"]).mean().item(),
+                "kl": seq_kl,
+                "kl_coef": float(self.kl_ctl.value),
+                "response_length": acc.gather(mask.sum(1)).float().mean().item(),
+                "generation_share": (t1 - t0) / (t2 - t0),
+                "samples_per_second": n / (t2 - t0),
+                **stats,
+            }
+            self.history.append(record)
+            if self.step % self.cfg.training.logging_steps == 0 or self.step == 1:
+                log.info("ppo %s", " ".join(f"{k}={v:.4g}" for k, v in record.items()))
+            if seq_kl > a.max_kl:
+                stopped = f"mean KL {seq_kl:.3g} exceeded ppo.max_kl={a.max_kl} at step {self.step}"
+                log.warning("stopping early: %s", stopped)
+            if self.step % t.save_steps == 0 or stopped:
+                self.save_checkpoint()
+            if stopped:
+                break
+        elapsed = time.perf_counter() - started
+        metrics = self._final_metrics(gen_time, train_time, samples, elapsed)
+        metrics["stopped_early"] = stopped
+        return metrics
+
+    def _final_metrics(self, gen_time: float, train_time: float, samples: int, elapsed: float) -> dict:
+        last = self.history[-10:]
+        metrics: dict[str, Any] = {
+            "steps": self.step,
+            "resumed_from_step": runner.step_of(self.resume),
+            "reward": sum(h["reward"] for h in last) / max(len(last), 1),
+            "kl_train": sum(h["kl"] for h in last) / max(len(last), 1),
+            "samples_per_second": samples / max(elapsed, 1e-9),
+            "generation_time_share": gen_time / max(gen_time + train_time, 1e-9),
+            "skipped_minibatches": sum(h["skipped_minibatches"] for h in self.history),
+            "kl_coef": float(self.kl_ctl.value),
+        }
+        if self.accelerator.is_main_process and self.eval_prompts:
+            metrics.update(self.evaluate())
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Gold score of the reference (SFT) and final policies and the final KL, on held-out prompts."""
+        from kuberlhf.evaluate import generate
+
+        policy, tok, prompts, seed = self._unwrapped(), self.tokenizer, self.eval_prompts, self.cfg.training.seed
+        after = generate(policy, tok, prompts, max_new_tokens=self.cfg.rollout.max_new_tokens, seed=seed)
+        enc = tok([p + r for p, r in zip(prompts, after, strict=True)], return_tensors="pt", padding=True)
+        start = tok(prompts, return_tensors="pt", padding=True)["input_ids"].shape[1]
+        ids, attn = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        # Score the KL on the response part only (left padding keeps the prompt block aligned).
+        mask = attn[:, start:].float()
+        logp, _ = rl.sequence_logprobs(policy, ids, attn, start)
+        if self.reference is not None:
+            ref_logp, _ = rl.sequence_logprobs(self.reference, ids, attn, start)
+            before = generate(self.reference, tok, prompts, max_new_tokens=self.cfg.rollout.max_new_tokens, seed=seed)
+        else:
+            with policy.disable_adapter():
+                ref_logp, _ = rl.sequence_logprobs(policy, ids, attn, start)
+                before = generate(policy, tok, prompts, max_new_tokens=self.cfg.rollout.max_new_tokens, seed=seed)
+        metrics = {"kl": ((logp - ref_logp) * mask).sum(1).mean().item(), "eval_prompts": len(prompts)}
+        if self.cfg.gold_eval:
+            from kuberlhf.demo.task import gold_score
+
+            metrics["gold_score_before"] = sum(map(gold_score, prompts, before)) / len(prompts)
+            metrics["gold_score_after"] = sum(map(gold_score, prompts, after)) / len(prompts)
+            metrics["samples"] = [
+                {"prompt": p, "sft": b, "ppo": a} for p, b, a in list(zip(prompts, before, after, strict=True))[:5]
+            ]
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_policy(self, directory: Path) -> None:
+        """The final policy as a standalone model (a LoRA adapter is merged in)."""
+        policy = self._unwrapped()
+        if self.cfg.finetune == "lora" and self.cfg.lora.merge:
+            policy.save_pretrained(directory / "adapter")
+            policy = policy.merge_and_unload()
+        policy.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def save_checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        acc = self.accelerator
+        name = f"checkpoint-{self.step}"
+        directory = self.run_dir.checkpoints / name
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._unwrapped().save_pretrained(directory / "policy")
+            value = acc.unwrap_model(self.value)
+            save_file({k: v.contiguous() for k, v in value.state_dict().items()}, str(directory / "value.safetensors"))
+            torch.save(
+                {
+                    "step": self.step,
+                    "opt_p": self.opt_p.state_dict(),
+                    "opt_v": self.opt_v.state_dict(),
+                    "sched_p": self.sched_p.state_dict(),
+                    "sched_v": self.sched_v.state_dict(),
+                    "kl_ctl": self.kl_ctl.state_dict(),
+                    "history": self.history,
+                },
+                directory / "state.pt",
+            )
+        acc.wait_for_everyone()
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generator": self.generator.get_state(),
+        }
+        torch.save(rng, directory / f"rng_state_{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            runner.seal_checkpoint(self.run_dir, name, self.cfg.training.save_total_limit)
+        acc.wait_for_everyone()
+
+    def _load_state(self, directory: Path) -> None:
+        state = torch.load(directory / "state.pt", weights_only=False)
+        self.step = state["step"]
+        self.opt_p.load_state_dict(state["opt_p"])
+        self.opt_v.load_state_dict(state["opt_v"])
+        self.sched_p.load_state_dict(state["sched_p"])
+        self.sched_v.load_state_dict(state["sched_v"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.history = state["history"]
+        rng_file = directory / f"rng_state_{self.accelerator.process_index}.pt"
+        if rng_file.exists():
+            rng = torch.load(rng_file, weights_only=False)
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"]:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self.generator.set_state(rng["generator"])
