@@ -31,6 +31,7 @@ class PpoLoop:
         self.accelerator = Accelerator(cpu=t.use_cpu or not torch.cuda.is_available())
         acc = self.accelerator
         self.device = acc.device
+        torch.manual_seed(t.seed + acc.process_index)  # before any weight is initialised (the value head)
         with acc.local_main_process_first():
             policy_path = modeling.resolve_model_path(cfg.policy.name_or_path, "causal-lm", t.seed)
             reward_path = modeling.resolve_model_path(
@@ -79,7 +80,6 @@ class PpoLoop:
         self.step = 0
         self.history: list[dict] = []
         self.generator = torch.Generator().manual_seed(t.seed + acc.process_index)
-        torch.manual_seed(t.seed + acc.process_index)
         if self.resume:
             self._load_state(Path(self.resume))
 

@@ -1,0 +1,135 @@
+"""The PPO stage on tiny models: training, resume, guards, LoRA, torchrun."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from helpers import REPO, cli_command, reward_args, run, run_cli, sft_args, torchrun_command
+from test_distributed import _kill_after_first_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A briefly trained SFT policy and reward model (enough to be better than random)."""
+    root = tmp_path_factory.mktemp("models")
+    assert run_cli(sft_args(root / "sft", "training.max_steps=40", "data.train=demo://sft?n=320")) == 0
+    assert run_cli(reward_args(root / "reward", "training.max_steps=30")) == 0
+    return root
+
+
+def ppo_args(out, trained, *extra):
+    return [
+        "ppo",
+        "--config",
+        str(REPO / "configs/ppo/demo.yaml"),
+        f"output_dir={out}",
+        f"policy.name_or_path={trained / 'sft'}",
+        f"reward_model.name_or_path={trained / 'reward'}",
+        "data.eval=demo://prompts?n=32&split=test",
+        "rollout.batch_size=16",
+        "training.max_steps=4",
+        "training.logging_steps=1",
+        *extra,
+    ]
+
+
+def test_ppo_trains_and_reports_gold_scores(tmp_path, trained):
+    out = tmp_path / "ppo"
+    assert run_cli(ppo_args(out, trained)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("gold_score_before", "gold_score_after", "kl", "reward", "samples_per_second", "generation_time_share"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert metrics["steps"] == 4 and metrics["eval_prompts"] == 32 and metrics["stopped_early"] == ""
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in log] == [1, 2, 3, 4]
+    assert all(0 < h["generation_share"] < 1 and h["value_loss"] >= 0 for h in log)
+    from safetensors.torch import load_file
+
+    before, after = load_file(str(trained / "sft/model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert any(not (before[k] == after[k]).all() for k in before), "the policy did not change"
+
+
+def test_value_model_from_a_reward_model_with_another_tokenizer_is_refused(tmp_path, trained):
+    code, err = run_cli([*ppo_args(tmp_path / "ppo", trained), "value_init=reward"], capture=True)
+    assert code == 2 and "value_init" in err and "tokenizer" in err
+
+
+def test_killed_ppo_run_resumes_exactly(tmp_path, trained):
+    """An uninterrupted run and a run killed after step 3 and resumed log the same steps 1-6.
+
+    Equal rewards and KL after the resume mean the policy, value model, optimizers, KL
+    controller, RNG and prompt position all came back from the checkpoint.
+    """
+    common = ["training.save_steps=3", "training.lr_scheduler_type=constant", "ppo.adaptive_kl=true",
+              "ppo.kl_target=0.5", "ppo.kl_horizon=100"]
+    straight = tmp_path / "straight"
+    assert run_cli([*ppo_args(straight, trained, *common), "training.max_steps=6"]) == 0
+    resumed = tmp_path / "resumed"
+    _kill_after_first_checkpoint(
+        cli_command(*ppo_args(resumed, trained, *common), "training.max_steps=500"),
+        lambda: (resumed / "checkpoints/checkpoint-3/manifest.json").exists(),
+    )
+    assert not (resumed / "metrics.json").exists()
+    proc = run(cli_command(*ppo_args(resumed, trained, *common), "training.max_steps=6"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 3 and metrics["steps"] == 6
+    a = [json.loads(x) for x in (straight / "train_log.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (resumed / "train_log.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in b] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(a, b, strict=True):
+        for key in ("reward", "kl", "kl_coef", "policy_loss", "value_loss"):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), (x["step"], key)
+    assert a[-1]["kl_coef"] != 0.2  # the adaptive controller moved, and the resume carried it on
+
+
+def test_nan_reward_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, trained, monkeypatch):
+    import torch
+
+    from kuberlhf import storage
+    from kuberlhf.rlhf import models
+
+    real, calls = models.reward_scores, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        scores = real(*args, **kwargs)
+        return scores * float("nan") if len(calls) == 3 else scores
+
+    monkeypatch.setattr(models, "reward_scores", poisoned)
+    out = tmp_path / "ppo"
+    code, err = run_cli(ppo_args(out, trained, "training.save_steps=2", "training.max_steps=10"), capture=True)
+    assert code == 2
+    assert "stopping at step 3: non-finite reward" in err and "checkpoint-2" in err
+    assert not (out / "manifest.json").exists()
+    storage.verify_local(out / "checkpoints/checkpoint-2")
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(out / "checkpoints/checkpoint-2/policy")
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+
+
+def test_kl_bound_stops_early(tmp_path, trained):
+    out = tmp_path / "ppo"
+    assert run_cli(ppo_args(out, trained, "ppo.max_kl=1e-6", "training.learning_rate=0.01", "training.max_steps=20")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "exceeded ppo.max_kl" in metrics["stopped_early"] and metrics["steps"] < 20
+
+
+def test_ppo_lora_uses_the_disabled_adapter_as_reference(tmp_path, trained):
+    out = tmp_path / "ppo-lora"
+    assert run_cli(ppo_args(out, trained, "finetune=lora", "lora.r=4", "training.max_steps=2")) == 0
+    assert (out / "adapter/adapter_config.json").is_file() and not (out / "adapter_config.json").exists()
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
+def test_ppo_under_torchrun(tmp_path, trained):
+    out = tmp_path / "ppo-ddp"
+    proc = run(torchrun_command(2, *ppo_args(out, trained, "training.max_steps=2")), timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in log] == [1, 2]
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
