@@ -96,7 +96,9 @@ class PpoConfig:
         "auto", "value model backbone: reward (needs the policy's tokenizer), policy, or auto (reward if possible)"
     )
     finetune: Literal["full", "lora"] = option("full", "update all policy weights, or a LoRA adapter")
-    lora: LoraConfig = option(LoraConfig, "adapter settings (finetune=lora; the adapter-disabled base is the reference)")
+    lora: LoraConfig = option(
+        LoraConfig, "adapter settings (finetune=lora; the adapter-disabled base is the reference)"
+    )
     data: DataConfig = option(DataConfig, "prompts (eval: held-out prompts for the gold-judge score)")
     rollout: RolloutConfig = option(RolloutConfig, "sampling")
     ppo: PpoAlgoConfig = option(PpoAlgoConfig, "the PPO objective")

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-
 from helpers import REPO, cli_command, reward_args, run, run_cli, sft_args, torchrun_command
 from test_distributed import _kill_after_first_checkpoint
 

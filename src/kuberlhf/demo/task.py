@@ -10,9 +10,10 @@ The SFT demonstrations come from a deliberately mediocre demonstrator: each exam
 draws a quality ``q`` and picks a positive adjective and an on-topic noun with
 probability ``q`` each, and one response in ten slips (a phrase too few or too many, or
 no full stop), which the judge scores 0; preference pairs therefore also teach the
-reward model that malformed text is bad, so a policy cannot win by degenerating. A policy that imitates it scores about the demonstrator's mean
-(~0.6), leaving room for RLHF; the judge's preference (positive words, words of the
-asked topic) is simple enough for a small reward model to learn from pairs.
+reward model that malformed text is bad, so a policy cannot win by degenerating. A
+policy that imitates the demonstrator scores about its mean (~0.55), leaving room for
+RLHF; the judge's preference (positive words, words of the asked topic) is simple
+enough for a small reward model to learn from pairs.
 
 The gold judge is the ground truth that stages are measured against. It never trains
 anything: preference labels come from it, exactly as human labels would.
