@@ -25,10 +25,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation -c $(CONSTRAINTS) deepspeed
 	touch $(STAMP)
 
-demo: install ## run the built-in demo locally: SFT, then the reward model (outputs/demo/)
+demo: install ## run the built-in demo locally: SFT, reward model, PPO (outputs/demo/)
 	$(BIN)/kuberlhf sft --config configs/sft/demo.yaml overwrite=true training.disable_tqdm=true
 	$(BIN)/kuberlhf reward --config configs/reward/demo.yaml overwrite=true training.disable_tqdm=true
-	$(BIN)/kuberlhf evaluate --model outputs/demo/sft --prompts "demo://prompts?n=200&split=test"
+	$(BIN)/kuberlhf ppo --config configs/ppo/demo.yaml overwrite=true
+	@echo "gold-judge scores on held-out prompts (SFT policy -> PPO policy), from outputs/demo/ppo/metrics.json:"
+	@$(BIN)/python -c "import json; m = json.load(open('outputs/demo/ppo/metrics.json')); \
+	print(f\"  SFT {m['gold_score_before']:.3f} -> PPO {m['gold_score_after']:.3f} (KL {m['kl']:.2f})\")"
 
 test: install ## run every test (unit + integration; S3 server started by the suite)
 	$(BIN)/python -m pytest tests -q

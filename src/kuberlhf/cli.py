@@ -21,6 +21,9 @@ STAGES = {
     "sft": ("kuberlhf.sft", "SftConfig"),
     "reward": ("kuberlhf.reward", "RewardConfig"),
     "ppo": ("kuberlhf.ppo", "PpoConfig"),
+    "dpo": ("kuberlhf.dpo", "DpoConfig"),
+    "rloo": ("kuberlhf.rloo", "RlooConfig"),
+    "grpo": ("kuberlhf.grpo", "GrpoConfig"),
 }
 
 

@@ -71,3 +71,51 @@ def gold_eval(model_path: str, prompts_uri: str, *, greedy: bool = False, seed: 
             for p, r, s in list(zip(prompts, responses, scores, strict=True))[:samples]
         ],
     }
+
+
+def compare_to_reference(
+    policy: Any,
+    reference: Any | None,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    seed: int = 0,
+    gold: bool = True,
+) -> dict:
+    """KL of ``policy`` to its reference on its own held-out samples, and both policies' gold scores.
+
+    ``reference=None`` means ``policy`` is a PEFT model whose disabled adapter is the reference.
+    ``kl`` is the mean over prompts of the summed per-token log-ratio (k1) on the response.
+    """
+    import contextlib
+
+    import torch
+
+    from kuberlhf.rlhf.models import sequence_logprobs
+
+    device = next(policy.parameters()).device
+    after = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    start = tokenizer(prompts, return_tensors="pt", padding=True)["input_ids"].shape[1]
+    enc = tokenizer([p + r for p, r in zip(prompts, after, strict=True)], return_tensors="pt", padding=True)
+    tokenizer.padding_side = padding_side
+    ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    mask = attn[:, start:].float()  # left padding keeps the prompt block aligned; score the responses only
+    reference_ctx = policy.disable_adapter() if reference is None else contextlib.nullcontext()
+    with torch.no_grad():
+        logp, _ = sequence_logprobs(policy, ids, attn, start)
+        with reference_ctx:
+            ref = policy if reference is None else reference
+            ref_logp, _ = sequence_logprobs(ref, ids, attn, start)
+            before = generate(ref, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
+    metrics: dict[str, Any] = {"kl": ((logp - ref_logp) * mask).sum(1).mean().item(), "eval_prompts": len(prompts)}
+    if gold:
+        from kuberlhf.demo.task import gold_score
+
+        metrics["gold_score_before"] = sum(map(gold_score, prompts, before)) / len(prompts)
+        metrics["gold_score_after"] = sum(map(gold_score, prompts, after)) / len(prompts)
+        metrics["samples"] = [
+            {"prompt": p, "before": b, "after": a} for p, b, a in list(zip(prompts, before, after, strict=True))[:5]
+        ]
+    return metrics

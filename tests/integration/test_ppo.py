@@ -6,17 +6,8 @@ import json
 import math
 
 import pytest
-from helpers import REPO, cli_command, reward_args, run, run_cli, sft_args, torchrun_command
+from helpers import REPO, cli_command, run, run_cli, torchrun_command
 from test_distributed import _kill_after_first_checkpoint
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A briefly trained SFT policy and reward model (enough to be better than random)."""
-    root = tmp_path_factory.mktemp("models")
-    assert run_cli(sft_args(root / "sft", "training.max_steps=40", "data.train=demo://sft?n=320")) == 0
-    assert run_cli(reward_args(root / "reward", "training.max_steps=30")) == 0
-    return root
 
 
 def ppo_args(out, trained, *extra):

@@ -288,36 +288,19 @@ class PpoLoop:
             metrics.update(self.evaluate())
         return metrics
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
         """Gold score of the reference (SFT) and final policies and the final KL, on held-out prompts."""
-        from kuberlhf.evaluate import generate
+        from kuberlhf.evaluate import compare_to_reference
 
-        policy, tok, prompts, seed = self._unwrapped(), self.tokenizer, self.eval_prompts, self.cfg.training.seed
-        after = generate(policy, tok, prompts, max_new_tokens=self.cfg.rollout.max_new_tokens, seed=seed)
-        enc = tok([p + r for p, r in zip(prompts, after, strict=True)], return_tensors="pt", padding=True)
-        start = tok(prompts, return_tensors="pt", padding=True)["input_ids"].shape[1]
-        ids, attn = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-        # Score the KL on the response part only (left padding keeps the prompt block aligned).
-        mask = attn[:, start:].float()
-        logp, _ = rl.sequence_logprobs(policy, ids, attn, start)
-        if self.reference is not None:
-            ref_logp, _ = rl.sequence_logprobs(self.reference, ids, attn, start)
-            before = generate(self.reference, tok, prompts, max_new_tokens=self.cfg.rollout.max_new_tokens, seed=seed)
-        else:
-            with policy.disable_adapter():
-                ref_logp, _ = rl.sequence_logprobs(policy, ids, attn, start)
-                before = generate(policy, tok, prompts, max_new_tokens=self.cfg.rollout.max_new_tokens, seed=seed)
-        metrics = {"kl": ((logp - ref_logp) * mask).sum(1).mean().item(), "eval_prompts": len(prompts)}
-        if self.cfg.gold_eval:
-            from kuberlhf.demo.task import gold_score
-
-            metrics["gold_score_before"] = sum(map(gold_score, prompts, before)) / len(prompts)
-            metrics["gold_score_after"] = sum(map(gold_score, prompts, after)) / len(prompts)
-            metrics["samples"] = [
-                {"prompt": p, "sft": b, "ppo": a} for p, b, a in list(zip(prompts, before, after, strict=True))[:5]
-            ]
-        return metrics
+        return compare_to_reference(
+            self._unwrapped(),
+            self.reference,
+            self.tokenizer,
+            self.eval_prompts,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            seed=self.cfg.training.seed,
+            gold=self.cfg.gold_eval,
+        )
 
     # ------------------------------------------------------------------ checkpoints
 
