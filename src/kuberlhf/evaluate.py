@@ -22,29 +22,20 @@ def generate(
     greedy: bool = False,
     seed: int = 0,
 ) -> list[str]:
-    """Responses to ``prompts`` (batched, left-padded, KV cache on); sampling is pure (top_k 0, top_p 1)."""
+    """Responses to ``prompts`` (batched, KV cache on); sampling is pure (top_k 0, top_p 1)."""
+    return [text for batch in _batches(model, tokenizer, prompts, max_new_tokens, batch_size, greedy, seed)
+            for text in batch["texts"]]
+
+
+def _batches(model, tokenizer, prompts, max_new_tokens, batch_size, greedy, seed):
     import torch
 
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    from kuberlhf.rlhf.models import sample
+
     torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    out: list[str] = []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
-            tokens = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=not greedy,
-                top_k=0,
-                top_p=1.0,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            out += tokenizer.batch_decode(tokens[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    tokenizer.padding_side = padding_side
-    return out
+    for start in range(0, len(prompts), batch_size):
+        yield sample(model, tokenizer, prompts[start : start + batch_size], max_new_tokens=max_new_tokens,
+                     do_sample=not greedy)
 
 
 def gold_eval(model_path: str, prompts_uri: str, *, greedy: bool = False, seed: int = 0, samples: int = 5) -> dict:
@@ -94,22 +85,22 @@ def compare_to_reference(
 
     from kuberlhf.rlhf.models import sequence_logprobs
 
-    device = next(policy.parameters()).device
-    after = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    start = tokenizer(prompts, return_tensors="pt", padding=True)["input_ids"].shape[1]
-    enc = tokenizer([p + r for p, r in zip(prompts, after, strict=True)], return_tensors="pt", padding=True)
-    tokenizer.padding_side = padding_side
-    ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    mask = attn[:, start:].float()  # left padding keeps the prompt block aligned; score the responses only
-    reference_ctx = policy.disable_adapter() if reference is None else contextlib.nullcontext()
+    def reference_ctx():  # a fresh context each time: a PEFT model's adapter switched off
+        return policy.disable_adapter() if reference is None else contextlib.nullcontext()
+
+    after, kls = [], []
     with torch.no_grad():
-        logp, _ = sequence_logprobs(policy, ids, attn, start)
-        with reference_ctx:
-            ref = policy if reference is None else reference
-            ref_logp, _ = sequence_logprobs(ref, ids, attn, start)
-            before = generate(ref, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
-    metrics: dict[str, Any] = {"kl": ((logp - ref_logp) * mask).sum(1).mean().item(), "eval_prompts": len(prompts)}
+        for batch in _batches(policy, tokenizer, prompts, max_new_tokens, 64, False, seed):
+            ids, attn, start = batch["input_ids"], batch["attention_mask"], batch["start"]
+            logp, _ = sequence_logprobs(policy, ids, attn, start)
+            with reference_ctx():
+                ref_logp, _ = sequence_logprobs(policy if reference is None else reference, ids, attn, start)
+            kls += ((logp - ref_logp) * batch["mask"]).sum(1).tolist()
+            after += batch["texts"]
+        with reference_ctx():
+            before = generate(policy if reference is None else reference, tokenizer, prompts,
+                              max_new_tokens=max_new_tokens, seed=seed)
+    metrics: dict[str, Any] = {"kl": sum(kls) / len(kls), "eval_prompts": len(prompts)}
     if gold:
         from kuberlhf.demo.task import gold_score
 

@@ -59,3 +59,53 @@ def reward_scores(model: nn.Module, tokenizer: Any, texts: list[str], max_length
     from kuberlhf.reward import score_texts
 
     return torch.tensor(score_texts(model, tokenizer, texts, max_length), dtype=torch.float32)
+
+
+@torch.no_grad()
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_at_eos: bool = True,
+) -> dict:
+    """One batch of responses (KV cache on), cut after the first EOS.
+
+    Returns ``input_ids``/``attention_mask`` of prompt (left-padded) + response (right-padded),
+    ``start`` (where responses begin), ``mask`` (float, 1 on response tokens incl. the EOS),
+    ``has_eos`` and the decoded response ``texts``.
+    """
+    from kuberlhf.rlhf.ppo_core import truncate_after_eos
+
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
+    tokenizer.padding_side = padding_side
+    was_training = model.training
+    model.eval()
+    sampling = {"do_sample": True, "top_k": top_k, "top_p": top_p, "temperature": temperature} if do_sample else {
+        "do_sample": False}
+    generated = model.generate(
+        **enc,
+        **sampling,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.train(was_training)
+    start = enc["input_ids"].shape[1]
+    response, mask, has_eos = truncate_after_eos(generated[:, start:], tokenizer.eos_token_id, tokenizer.pad_token_id)
+    mask = mask.to(enc["attention_mask"].dtype)
+    return {
+        "input_ids": torch.cat([enc["input_ids"], response], dim=1),
+        "attention_mask": torch.cat([enc["attention_mask"], mask], dim=1),
+        "start": start,
+        "mask": mask.float(),
+        "has_eos": has_eos,
+        "texts": tokenizer.batch_decode(response, skip_special_tokens=True),
+        "prompts": prompts,
+    }

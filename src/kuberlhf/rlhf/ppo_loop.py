@@ -120,30 +120,18 @@ class PpoLoop:
     def _unwrapped(self) -> Any:
         return self.accelerator.unwrap_model(self.policy)
 
-    @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict:
-        r, tok = self.cfg.rollout, self.tokenizer
-        policy = self._unwrapped()
-        policy.eval()
-        enc = tok(prompts, return_tensors="pt", padding=True).to(self.device)
-        generated = policy.generate(
-            **enc,
-            do_sample=True,
+        r = self.cfg.rollout
+        return rl.sample(
+            self._unwrapped(),
+            self.tokenizer,
+            prompts,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
             top_k=r.top_k,
             top_p=r.top_p,
-            temperature=r.temperature,
-            max_new_tokens=r.max_new_tokens,
-            eos_token_id=tok.eos_token_id if r.stop_at_eos else None,
-            pad_token_id=tok.pad_token_id,
+            stop_at_eos=r.stop_at_eos,
         )
-        start = enc["input_ids"].shape[1]
-        response, mask, has_eos = core.truncate_after_eos(generated[:, start:], tok.eos_token_id, tok.pad_token_id)
-        mask = mask.to(enc["attention_mask"].dtype)
-        input_ids = torch.cat([enc["input_ids"], response], dim=1)
-        attention = torch.cat([enc["attention_mask"], mask], dim=1)
-        texts = tok.batch_decode(response, skip_special_tokens=True)
-        return {"input_ids": input_ids, "attention_mask": attention, "mask": mask.float(), "start": start,
-                "has_eos": has_eos, "texts": texts, "prompts": prompts}
 
     @torch.no_grad()
     def score(self, batch: dict) -> None:
