@@ -1,7 +1,6 @@
 """Fixtures of the integration tests."""
 
 import pytest
-
 from helpers import reward_args, run_cli, sft_args
 
 
