@@ -83,17 +83,7 @@ def run(cfg: RewardConfig) -> dict:
         peft_config=peft,
         callbacks=[runner.checkpoint_callback(run_dir, cfg.training.save_total_limit)],
     )
-    if resume:
-        log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics: dict[str, Any] = {
-        "train_loss": result.metrics["train_loss"],
-        "train_runtime": result.metrics["train_runtime"],
-        "global_step": trainer.state.global_step,
-        "resumed_from_step": runner.step_of(resume),
-        "finetune": cfg.finetune,
-        "data": stats.to_dict(),
-    }
+    _, metrics = runner.train(trainer, resume, cfg.finetune, stats)
     if eval_ds is not None:
         metrics.update(evaluate_pairs(trainer, eval_ds, tokenizer, cfg))
 

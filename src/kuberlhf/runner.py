@@ -140,6 +140,22 @@ def checkpoint_callback(run: RunDir, keep: int) -> Any:
     return SealCheckpoint()
 
 
+def train(trainer: Any, resume: str | None, finetune: str, stats: Any) -> tuple[Any, dict]:
+    """Run a Trainer (resuming from ``resume`` when given); (result, the metrics every stage reports)."""
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {
+        "train_loss": result.metrics["train_loss"],
+        "train_runtime": result.metrics["train_runtime"],
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": step_of(resume),
+        "finetune": finetune,
+        "data": stats.to_dict(),
+    }
+    return result, metrics
+
+
 def model_card(stage: str, cfg: Any, metrics: dict, base_model: str) -> str:
     """README.md of an artifact: Hugging Face card metadata, the metrics and the full config."""
     rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if not isinstance(v, dict | list))

@@ -88,20 +88,10 @@ def run(cfg: SftConfig) -> dict:
         peft_config=peft,
         callbacks=[runner.checkpoint_callback(run_dir, cfg.training.save_total_limit)],
     )
-    if resume:
-        log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result, metrics = runner.train(trainer, resume, cfg.finetune, stats)
     tokens = session_tokens(trainer.state.log_history, runner.step_of(resume))
-    metrics = {
-        "train_loss": result.metrics["train_loss"],
-        "train_runtime": result.metrics["train_runtime"],
-        "tokens_per_second": tokens / max(result.metrics["train_runtime"], 1e-9),
-        "train_tokens": tokens,
-        "global_step": trainer.state.global_step,
-        "resumed_from_step": runner.step_of(resume),
-        "finetune": cfg.finetune,
-        "data": stats.to_dict(),
-    }
+    metrics["tokens_per_second"] = tokens / max(result.metrics["train_runtime"], 1e-9)
+    metrics["train_tokens"] = tokens
     if eval_ds is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k in ("eval_loss", "eval_mean_token_accuracy")})
 

@@ -97,19 +97,9 @@ def run(cfg: OnlineRLConfig, algorithm: Literal["rloo", "grpo"]) -> dict:
         peft_config=modeling.peft_config(cfg.lora, "CAUSAL_LM") if cfg.finetune == "lora" else None,
         callbacks=[runner.checkpoint_callback(run_dir, cfg.training.save_total_limit)],
     )
-    if resume:
-        log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    _, metrics = runner.train(trainer, resume, cfg.finetune, stats)
     history = [h for h in trainer.state.log_history if "reward" in h]
-    metrics: dict[str, Any] = {
-        "train_loss": result.metrics["train_loss"],
-        "train_runtime": result.metrics["train_runtime"],
-        "global_step": trainer.state.global_step,
-        "resumed_from_step": runner.step_of(resume),
-        "reward": history[-1]["reward"] if history else float("nan"),
-        "finetune": cfg.finetune,
-        "data": stats.to_dict(),
-    }
+    metrics["reward"] = history[-1]["reward"] if history else float("nan")
     staging = run_dir.staging
     lora = cfg.finetune == "lora"
     trainer.save_model(str(staging / "adapter") if lora else str(staging))
