@@ -52,12 +52,8 @@ def run(cfg: DpoConfig) -> dict:
     import trl
 
     from kuberlhf import modeling, runner
-    from kuberlhf.distributed import init_deepspeed, is_world_main
 
-    cfg.storage.apply()
-    init_deepspeed(cfg.training.deepspeed)
-    run_dir = runner.prepare_run(cfg.output_dir, "dpo", cfg.overwrite, is_main=is_world_main())
-    train_ds, eval_ds, stats = cfg.data.load("preference", cfg.training.seed)
+    run_dir, (train_ds, eval_ds, stats) = runner.start(cfg, "dpo", "preference")
     args = trl.DPOConfig(
         output_dir=str(run_dir.checkpoints),
         beta=cfg.beta,

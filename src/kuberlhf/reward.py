@@ -52,12 +52,8 @@ def run(cfg: RewardConfig) -> dict:
     import trl
 
     from kuberlhf import modeling, runner
-    from kuberlhf.distributed import init_deepspeed, is_world_main
 
-    cfg.storage.apply()
-    init_deepspeed(cfg.training.deepspeed)
-    run_dir = runner.prepare_run(cfg.output_dir, "reward", cfg.overwrite, is_main=is_world_main())
-    train_ds, eval_ds, stats = cfg.data.load("preference", cfg.training.seed)
+    run_dir, (train_ds, eval_ds, stats) = runner.start(cfg, "reward", "preference")
 
     args = trl.RewardConfig(
         output_dir=str(run_dir.checkpoints),

@@ -140,6 +140,17 @@ def checkpoint_callback(run: RunDir, keep: int) -> Any:
     return SealCheckpoint()
 
 
+def start(cfg: Any, stage: str, kind: str) -> tuple[RunDir, tuple]:
+    """The common start of a Trainer stage: storage defaults, DeepSpeed's process group (before any
+    model loads), the run dir, and the data of ``kind``: (run dir, (train, eval or None, DataStats))."""
+    from kuberlhf.distributed import init_deepspeed, is_world_main
+
+    cfg.storage.apply()
+    init_deepspeed(cfg.training.deepspeed)
+    run_dir = prepare_run(cfg.output_dir, stage, cfg.overwrite, is_main=is_world_main())
+    return run_dir, cfg.data.load(kind, cfg.training.seed)
+
+
 def train(trainer: Any, resume: str | None, finetune: str, stats: Any) -> tuple[Any, dict]:
     """Run a Trainer (resuming from ``resume`` when given); (result, the metrics every stage reports)."""
     if resume:

@@ -53,12 +53,8 @@ def run(cfg: SftConfig) -> dict:
     import trl
 
     from kuberlhf import modeling, runner
-    from kuberlhf.distributed import init_deepspeed, is_world_main
 
-    cfg.storage.apply()
-    init_deepspeed(cfg.training.deepspeed)
-    run_dir = runner.prepare_run(cfg.output_dir, "sft", cfg.overwrite, is_main=is_world_main())
-    train_ds, eval_ds, stats = cfg.data.load("sft", cfg.training.seed)
+    run_dir, (train_ds, eval_ds, stats) = runner.start(cfg, "sft", "sft")
 
     args = trl.SFTConfig(
         output_dir=str(run_dir.checkpoints),

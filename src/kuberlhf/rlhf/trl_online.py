@@ -61,13 +61,9 @@ def run(cfg: OnlineRLConfig, algorithm: Literal["rloo", "grpo"]) -> dict:
     import trl
 
     from kuberlhf import modeling, runner
-    from kuberlhf.distributed import init_deepspeed, is_world_main
     from kuberlhf.evaluate import compare_to_reference
 
-    cfg.storage.apply()
-    init_deepspeed(cfg.training.deepspeed)
-    run_dir = runner.prepare_run(cfg.output_dir, algorithm, cfg.overwrite, is_main=is_world_main())
-    train_ds, eval_ds, stats = cfg.data.load("prompt", cfg.training.seed)
+    run_dir, (train_ds, eval_ds, stats) = runner.start(cfg, algorithm, "prompt")
     config_cls, trainer_cls = (trl.RLOOConfig, trl.RLOOTrainer) if algorithm == "rloo" else (
         trl.GRPOConfig, trl.GRPOTrainer)
     args = config_cls(
