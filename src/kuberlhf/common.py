@@ -11,6 +11,13 @@ from kuberlhf.config import option, require
 REPORT_TARGETS = ("none", "wandb", "tensorboard")
 
 
+def check_trainer_stage(cfg) -> None:
+    """Checks every Trainer-based stage config shares (its ``output_dir``, ``data`` and ``training``)."""
+    require(bool(cfg.output_dir), "output_dir", "required (a local path or s3://bucket/prefix)")
+    if cfg.data.streaming:
+        require(cfg.training.max_steps > 0, "training.max_steps", "must be set (> 0) with data.streaming=true")
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = option(

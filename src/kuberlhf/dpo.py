@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kuberlhf.common import DataConfig, LoraConfig, ModelConfig, StorageConfig, TrainingConfig
+from kuberlhf.common import DataConfig, LoraConfig, ModelConfig, StorageConfig, TrainingConfig, check_trainer_stage
 from kuberlhf.config import option, require
 
 log = logging.getLogger("kuberlhf")
@@ -41,7 +41,7 @@ class DpoConfig:
     storage: StorageConfig = option(StorageConfig, "S3-compatible object store")
 
     def __post_init__(self) -> None:
-        require(bool(self.output_dir), "output_dir", "required (a local path or s3://bucket/prefix)")
+        check_trainer_stage(self)
         require(self.beta > 0, "beta", f"must be positive, got {self.beta}")
         require(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}")
         require(self.ref_model is None or self.finetune == "full", "ref_model", "with finetune=lora leave it unset")

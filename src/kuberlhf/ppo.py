@@ -108,6 +108,7 @@ class PpoConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.output_dir), "output_dir", "required (a local path or s3://bucket/prefix)")
+        require(not self.data.streaming, "data.streaming", "PPO reads its prompts up front; set it to false")
         require(
             self.rollout.batch_size % self.ppo.num_mini_batches == 0,
             "rollout.batch_size",

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kuberlhf.common import DataConfig, LoraConfig, ModelConfig, StorageConfig, TrainingConfig
+from kuberlhf.common import DataConfig, LoraConfig, ModelConfig, StorageConfig, TrainingConfig, check_trainer_stage
 from kuberlhf.config import option, require
 
 log = logging.getLogger("kuberlhf")
@@ -41,10 +41,8 @@ class RewardConfig:
     storage: StorageConfig = option(StorageConfig, "S3-compatible object store")
 
     def __post_init__(self) -> None:
-        require(bool(self.output_dir), "output_dir", "required (a local path or s3://bucket/prefix)")
+        check_trainer_stage(self)
         require(self.max_length > 0, "max_length", "must be positive")
-        if self.data.streaming:
-            require(self.training.max_steps > 0, "training.max_steps", "must be set (> 0) with data.streaming=true")
 
 
 def run(cfg: RewardConfig) -> dict:

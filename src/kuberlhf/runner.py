@@ -52,8 +52,6 @@ class RunDir:
 
 def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = True) -> RunDir:
     """Check ``output_dir`` and pick the local work dir; refuse to clobber a finished artifact."""
-    if not output_dir:
-        raise KuberlhfError("config key 'output_dir': required (a local path or s3://bucket/prefix)")
     if storage.is_remote(output_dir):
         storage.parse_s3_uri(output_dir)
         work_dir = cache_root() / "runs" / fingerprint(output_dir.rstrip("/"))

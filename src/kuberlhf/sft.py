@@ -17,7 +17,15 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from kuberlhf.common import DataConfig, LoraConfig, ModelConfig, QuantizationConfig, StorageConfig, TrainingConfig
+from kuberlhf.common import (
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    QuantizationConfig,
+    StorageConfig,
+    TrainingConfig,
+    check_trainer_stage,
+)
 from kuberlhf.config import option, require
 
 log = logging.getLogger("kuberlhf")
@@ -42,10 +50,8 @@ class SftConfig:
     storage: StorageConfig = option(StorageConfig, "S3-compatible object store")
 
     def __post_init__(self) -> None:
-        require(bool(self.output_dir), "output_dir", "required (a local path or s3://bucket/prefix)")
+        check_trainer_stage(self)
         require(self.max_length > 0, "max_length", "must be positive")
-        if self.data.streaming:
-            require(self.training.max_steps > 0, "training.max_steps", "must be set (> 0) with data.streaming=true")
 
 
 def run(cfg: SftConfig) -> dict:

@@ -89,3 +89,27 @@ def test_shipped_configs_load():
         for path in files:
             load_config(cls, path)
             assert path.read_text().startswith("#"), f"{path} must start with the command that runs it"
+
+
+@pytest.mark.parametrize(
+    "stage, extra",
+    [("sft", []), ("reward", []), ("dpo", []), ("rloo", []), ("grpo", [])],
+)
+def test_streaming_needs_max_steps_in_every_trainer_stage(stage, extra):
+    import importlib
+
+    from kuberlhf.cli import STAGES
+
+    module, name = STAGES[stage]
+    cls = getattr(importlib.import_module(module), name)
+    args = ["output_dir=x", "data.train=demo://sft", "data.streaming=true", *extra]
+    with pytest.raises(ConfigError, match="'training.max_steps': must be set"):
+        load_config(cls, None, args)
+    load_config(cls, None, [*args, "training.max_steps=5"])
+
+
+def test_ppo_refuses_streaming_prompts():
+    from kuberlhf.ppo import PpoConfig
+
+    with pytest.raises(ConfigError, match="'data.streaming': PPO reads its prompts up front"):
+        load_config(PpoConfig, None, ["output_dir=x", "data.train=demo://prompts", "data.streaming=true"])

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kuberlhf.common import DataConfig, LoraConfig, ModelConfig, StorageConfig, TrainingConfig
+from kuberlhf.common import DataConfig, LoraConfig, ModelConfig, StorageConfig, TrainingConfig, check_trainer_stage
 from kuberlhf.config import option, require
 
 log = logging.getLogger("kuberlhf")
@@ -37,7 +37,7 @@ class OnlineRLConfig:
     storage: StorageConfig = option(StorageConfig, "S3-compatible object store")
 
     def __post_init__(self) -> None:
-        require(bool(self.output_dir), "output_dir", "required (a local path or s3://bucket/prefix)")
+        check_trainer_stage(self)
         require(self.num_generations >= 2, "num_generations", "must be at least 2")
         require(
             self.training.per_device_train_batch_size % self.num_generations == 0,
