@@ -25,6 +25,11 @@ STAGES = {
     "rloo": ("kuberlhf.rloo", "RlooConfig"),
     "grpo": ("kuberlhf.grpo", "GrpoConfig"),
 }
+# verbs beyond the stages -> module with ``add_parser(verbs)`` and ``run(args) -> int`` (import-light)
+TOOLS = {
+    "launch": "kuberlhf.k8s.cli",
+    "pipeline": "kuberlhf.workflow.cli",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", default="demo://prompts?n=200&split=test", help="held-out prompts (any data source)")
     ev.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed")
+    for module in TOOLS.values():
+        importlib.import_module(module).add_parser(verbs)
     return parser
 
 
@@ -62,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "evaluate":
             return _evaluate(args)
+        if args.verb in TOOLS:
+            return importlib.import_module(TOOLS[args.verb]).run(args)
         if args.help_config:
             from kuberlhf.config import describe
 
