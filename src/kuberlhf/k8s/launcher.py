@@ -1,0 +1,351 @@
+"""Run a stage as a PyTorchJob and wait for it: idempotent, so a retried launcher re-attaches.
+
+    from kuberlhf.k8s.launcher import launch_stage
+    launch_stage(stage="ppo", config="configs/ppo/demo.yaml", overrides=["output_dir=s3://b/x"],
+                 run_id="<kfp run id>", task="ppo", manifest_out="job.yaml")
+
+The job's name is a function of (run id, task): a launcher that is retried or preempted
+creates nothing new; its create gets 409 and it re-attaches to the running job. The wait is a
+watch that reconnects after API errors and re-reads the job after a 410 Gone; ``Failed``
+raises :class:`LaunchError` with the job's reason and the tail of the master's log; a timeout
+deletes the job. The Kubernetes clients are injected (:class:`KubeApis`) so tests can pass fakes;
+the ``kubernetes`` package is imported only when real clients are built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from kuberlhf.errors import ConfigError, KuberlhfError
+from kuberlhf.k8s.pytorchjob import GROUP, PLURAL, VERSION, build_pytorchjob, primary_pod, spec_hash, to_yaml
+from kuberlhf.k8s.spec import ClusterConfig, load_cluster, split_overrides
+
+log = logging.getLogger("kuberlhf")
+BACKENDS = ("pytorchjob",)
+TERMINAL = ("Succeeded", "Failed")
+# job names leave room for the operator's pod and service names, <job>-worker-<index>, within 63
+MAX_NAME = 47
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class LaunchError(KuberlhfError):
+    """The job failed, timed out, vanished, or the API refused the launcher."""
+
+    def __init__(self, message: str, reason: str = "", log_tail: str = "") -> None:
+        self.reason, self.log_tail = reason, log_tail
+        super().__init__(message + (f"\n{log_tail}" if log_tail else ""))
+
+
+@dataclasses.dataclass
+class KubeApis:
+    """The Kubernetes clients the launcher uses, and its clock (tests pass fakes)."""
+
+    custom: Any  # CustomObjectsApi: create/get/list/delete_namespaced_custom_object
+    core: Any  # CoreV1Api: read_namespaced_pod_log
+    watch: Callable[[], Any]  # -> kubernetes.watch.Watch()
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+
+def default_apis() -> KubeApis:
+    """Real clients: in-cluster credentials (a KFP step's ServiceAccount), else the kubeconfig."""
+    from kubernetes import client, config, watch
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as err:
+            raise LaunchError(f"no Kubernetes credentials (not in a cluster, no usable kubeconfig): {err}") from None
+    return KubeApis(custom=client.CustomObjectsApi(), core=client.CoreV1Api(), watch=watch.Watch)
+
+
+def job_name(run_id: str, task: str) -> str:
+    """A DNS-1035 name, at most 47 characters, the same for the same (run id, task)."""
+    digest = hashlib.sha256(f"{run_id}\0{task}".encode()).hexdigest()[:8]
+    parts = [p for p in (_slug(task, 20), _slug(run_id, 12)) if p]
+    name = "-".join([*parts, digest])
+    return name if name[0].isalpha() else f"k-{name}"
+
+
+def _slug(text: str, limit: int) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
+
+
+def check_job_name(name: str) -> str:
+    if not (_DNS1035.match(name) and len(name) <= MAX_NAME):
+        raise ConfigError(f"job name {name!r}: must be a DNS-1035 label (a-z, 0-9, '-'; starts with a letter) "
+                          f"of at most {MAX_NAME} characters")
+    return name
+
+
+def validate_stage_config(stage: str, config: str | None, overrides: list[str], cluster: ClusterConfig) -> Any:
+    """Load the stage's config as the pod will, so a bad key fails before anything is created."""
+    import importlib
+
+    from kuberlhf.cli import STAGES
+    from kuberlhf.config import load_config
+
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    module_name, class_name = STAGES[stage]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    extra = []
+    if cluster.launcher == "deepspeed":
+        training = get_type_hints(cls).get("training")
+        if not (training and "deepspeed" in {f.name for f in dataclasses.fields(training)}):
+            raise ConfigError(f"config key 'cluster.launcher': stage {stage!r} does not run under DeepSpeed "
+                              "(its config has no training.deepspeed); use torchrun")
+        extra.append(f"training.deepspeed={cluster.deepspeed_config}")
+    cfg = load_config(cls, config, [*overrides, *extra])
+    if config and not (config.startswith("configs/") or config.startswith("/etc/kuberlhf/")):
+        log.warning("config %r must exist in the image (configs/...) or the kuberlhf-config ConfigMap "
+                    "(/etc/kuberlhf/...) for the pods to read it", config)
+    output_dir = getattr(cfg, "output_dir", "")
+    if output_dir and "://" not in output_dir:
+        log.warning("output_dir %r is inside the pod and is lost when it ends; use s3://bucket/prefix", output_dir)
+    return cfg
+
+
+def render(stage: str, config: str | None, overrides: list[str] | None, run_id: str, task: str,
+           cluster: ClusterConfig | str | Path | dict | None = None, name: str | None = None,
+           backend: str = "pytorchjob") -> tuple[ClusterConfig, dict]:
+    """Check everything, then build the job: (cluster settings, manifest). No API call."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
+    stage_overrides, cluster_overrides = split_overrides(overrides)
+    cluster_cfg = load_cluster(cluster, cluster_overrides)
+    validate_stage_config(stage, config, stage_overrides, cluster_cfg)
+    name = check_job_name(name) if name else job_name(run_id, task)
+    job = build_pytorchjob(stage, config, stage_overrides, cluster_cfg, name,
+                           annotations={"run-id": run_id, "task": task})
+    return cluster_cfg, job
+
+
+def launch_stage(stage: str, config: str | None, overrides: list[str] | None, run_id: str, task: str,
+                 cluster: ClusterConfig | str | Path | dict | None = None, manifest_out: str | Path | None = None,
+                 backend: str = "pytorchjob", apis: KubeApis | None = None, name: str | None = None) -> dict:
+    """Create (or re-attach to) the stage's PyTorchJob and wait for it to succeed.
+
+    Returns ``{"name", "namespace", "state": "Succeeded", "created"}``; raises :class:`LaunchError`
+    when the job fails, times out (the job is then deleted) or the API refuses the launcher.
+    """
+    cluster_cfg, job = render(stage, config, overrides, run_id, task, cluster, name, backend)
+    if manifest_out:
+        Path(manifest_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(manifest_out).write_text(to_yaml(job))
+    apis = apis or default_apis()
+    launcher = _Launcher(apis, cluster_cfg, job)
+    deadline = apis.clock() + cluster_cfg.timeout_s
+    obj, created = launcher.get_or_create(run_id)
+    final = launcher.wait(obj, deadline)
+    if final is None:
+        launcher.delete_after_timeout()
+    launcher.raise_if_failed(final)
+    return {"name": launcher.name, "namespace": launcher.namespace, "state": "Succeeded", "created": created}
+
+
+def job_state(obj: dict) -> tuple[str, dict]:
+    """(state, condition): the newest true condition; Succeeded/Failed win over the others."""
+    conditions = [c for c in ((obj.get("status") or {}).get("conditions") or []) if c.get("status") == "True"]
+    for cond in reversed(conditions):
+        if cond.get("type") in TERMINAL:
+            return cond["type"], cond
+    return (conditions[-1]["type"], conditions[-1]) if conditions else ("Pending", {})
+
+
+class _Launcher:
+    def __init__(self, apis: KubeApis, cluster: ClusterConfig, job: dict) -> None:
+        self.apis, self.cluster, self.job = apis, cluster, job
+        self.name, self.namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+        self.where = f"PyTorchJob {self.namespace}/{self.name}"
+        self.errors, self.backoff = 0, cluster.retry_backoff_s
+
+    # ---------------------------------------------------------------- API calls with retries
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, retried with exponential backoff on transient API errors.
+
+        The count of consecutive errors is reset only by progress (a create, a watch event, a
+        clean watch window), so a watch that always fails ends the wait even if reads succeed.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        while True:
+            try:
+                return fn()
+            except ApiException as err:
+                if not _transient(err):
+                    raise
+                self._retry(what, f"HTTP {err.status} {err.reason}")
+            except _network_errors() as err:
+                self._retry(what, f"{type(err).__name__}: {err}")
+
+    def _retry(self, what: str, problem: str, wait: bool = True) -> None:
+        self.errors += 1
+        if self.errors >= self.cluster.max_api_errors:
+            raise LaunchError(f"{self.where}: {what} failed {self.errors} times in a row; last: {problem}")
+        log.warning("%s: %s failed (%s); retrying (%d/%d)", self.where, what, problem, self.errors,
+                    self.cluster.max_api_errors)
+        if wait:
+            self.apis.sleep(self.backoff)
+            self.backoff = min(self.backoff * 2, self.cluster.retry_backoff_max_s)
+
+    def _progress(self) -> None:
+        self.errors, self.backoff = 0, self.cluster.retry_backoff_s
+
+    def _get(self) -> dict:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self._call("get", lambda: self.apis.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name))
+        except ApiException as err:
+            if err.status == 404:
+                raise LaunchError(f"{self.where} was deleted before it finished", reason="Deleted") from None
+            raise self._refused("get", err) from None
+
+    def _refused(self, what: str, err: Any) -> LaunchError:
+        return LaunchError(f"{self.where}: {what} refused: HTTP {err.status} {err.reason}: {_body_message(err)}",
+                           reason=str(err.reason or err.status))
+
+    # ---------------------------------------------------------------- create or re-attach
+    def get_or_create(self, run_id: str) -> tuple[dict, bool]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            obj = self._call("create", lambda: self.apis.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.job))
+            log.info("%s created", self.where)
+            self._progress()
+            return obj, True
+        except ApiException as err:
+            if err.status != 409:
+                raise self._refused("create", err) from None
+        obj = self._get()
+        annotations = obj.get("metadata", {}).get("annotations") or {}
+        owner = annotations.get("kuberlhf.io/run-id")
+        if owner != run_id:
+            raise LaunchError(f"{self.where} exists but belongs to run {owner!r}, not {run_id!r}: "
+                              "choose another name or delete it", reason="NameTaken")
+        if annotations.get("kuberlhf.io/spec-hash") != spec_hash(self.job["spec"]):
+            log.warning("%s: re-attaching to a job whose spec differs from the one rendered now", self.where)
+        log.info("%s exists (state %s): re-attaching", self.where, job_state(obj)[0])
+        self._progress()
+        return obj, False
+
+    # ---------------------------------------------------------------- wait
+    def wait(self, obj: dict, deadline: float) -> dict | None:
+        """Watch the job until Succeeded/Failed (-> the job) or the deadline (-> None)."""
+        from kubernetes.client.exceptions import ApiException
+
+        state = self._report(obj, None)
+        while state not in TERMINAL:
+            remaining = deadline - self.apis.clock()
+            if remaining <= 0:
+                return None
+            started, events = self.apis.clock(), 0
+            try:
+                stream = self.apis.watch().stream(
+                    self.apis.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                    field_selector=f"metadata.name={self.name}",
+                    resource_version=obj.get("metadata", {}).get("resourceVersion"),
+                    timeout_seconds=max(1, int(min(self.cluster.watch_timeout_s, remaining))))
+                try:
+                    for event in stream:
+                        if event.get("type") == "DELETED":
+                            raise LaunchError(f"{self.where} was deleted before it finished", reason="Deleted")
+                        if event.get("type") in ("ADDED", "MODIFIED"):
+                            obj, events = event["object"], events + 1
+                            state = self._report(obj, state)
+                            self._progress()
+                            if state in TERMINAL or self.apis.clock() >= deadline:
+                                break
+                finally:
+                    getattr(stream, "close", lambda: None)()  # ends the HTTP request of a stream left early
+                if events or self.apis.clock() - started >= 1:
+                    self._progress()
+                else:  # closed at once with nothing to say: back off rather than hammer the API server
+                    self._retry("watch", "the stream ended at once")
+            except ApiException as err:
+                if err.status == 410:  # our resourceVersion is too old: re-read the job, watch from there
+                    self._retry("watch", "410 Gone", wait=False)
+                elif _transient(err):
+                    self._retry("watch", f"HTTP {err.status} {err.reason}")
+                else:
+                    raise self._refused("watch", err) from None
+            except _network_errors() as err:
+                self._retry("watch", f"{type(err).__name__}: {err}")
+            if state not in TERMINAL:  # a window ended or the stream broke: re-list, a transition may be missed
+                obj = self._get()
+                state = self._report(obj, state)
+        return obj
+
+    def _report(self, obj: dict, previous: str | None) -> str:
+        state, cond = job_state(obj)
+        if state != previous:
+            log.info("%s: %s%s", self.where, state, f" ({cond.get('reason')})" if cond.get("reason") else "")
+        return state
+
+    # ---------------------------------------------------------------- endings
+    def raise_if_failed(self, obj: dict) -> None:
+        state, cond = job_state(obj)
+        if state == "Succeeded":
+            return
+        reason, message = cond.get("reason") or "Failed", cond.get("message") or ""
+        pod = primary_pod(obj if obj.get("spec") else self.job)
+        raise LaunchError(f"{self.where} failed: {reason}: {message}".rstrip(": "), reason=reason,
+                          log_tail=self.log_tail(pod))
+
+    def log_tail(self, pod: str) -> str:
+        lines = self.cluster.log_tail_lines
+        try:
+            text = self.apis.core.read_namespaced_pod_log(pod, self.namespace, container="pytorch", tail_lines=lines)
+        except Exception as err:  # the log only explains the failure; any error here must not hide it
+            return f"(log of pod {pod} unavailable: {getattr(err, 'status', '')} {getattr(err, 'reason', err)})"
+        return f"--- last {lines} lines of pod {pod} ---\n{(text or '').rstrip()}"
+
+    def delete_after_timeout(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        outcome = "the job was deleted"
+        try:
+            self._call("delete", lambda: self.apis.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, propagation_policy="Background"))
+        except ApiException as err:
+            if err.status != 404:
+                outcome = f"deleting the job failed (HTTP {err.status} {err.reason}): delete it by hand"
+        except LaunchError as err:
+            outcome = f"deleting the job failed ({err}): delete it by hand"
+        log.warning("%s: timed out; %s", self.where, outcome)
+        raise LaunchError(f"{self.where} did not finish within cluster.timeout_s={self.cluster.timeout_s}s; "
+                          f"{outcome}", reason="Timeout")
+
+
+def _transient(err: Any) -> bool:
+    return not err.status or err.status == 429 or err.status >= 500
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    import urllib3
+
+    return (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+
+def _body_message(err: Any) -> str:
+    import json
+
+    try:
+        return json.loads(err.body).get("message", "") if err.body else ""
+    except (ValueError, AttributeError):
+        return str(err.body)[:300]
+
+
+__all__ = ["launch_stage", "render", "job_name", "LaunchError", "KubeApis", "job_state"]

@@ -1,0 +1,196 @@
+"""Cluster settings of a training job: where it runs, on what, with which credentials.
+
+One flat YAML section (``cluster.yaml``), built like the stage configs: defaults <
+``/etc/kuberlhf/cluster.yaml`` (the ``kuberlhf-config`` ConfigMap, when mounted) < a
+``--cluster FILE`` < ``cluster.key=value`` overrides. Every key is checked before anything
+is rendered, and an error names it (``cluster.nodes``).
+
+$ kuberlhf launch sft --config configs/sft/demo.yaml --cluster configs/cluster/a100.yaml cluster.nodes=4
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kuberlhf.config import _deep_merge, from_dict, merge_overrides, option, read_yaml, require, to_dict
+
+# the ConfigMap file read first, when present; KUBERLHF_CLUSTER_CONFIG points elsewhere
+DEFAULT_CLUSTER_FILE = "/etc/kuberlhf/cluster.yaml"
+# gpu_product -> value of the NVIDIA GPU feature discovery label ``nvidia.com/gpu.product``
+GPU_PRODUCTS = {"a100": "NVIDIA-A100-SXM4-80GB", "h100": "NVIDIA-H100-80GB-HBM3"}
+# credentials reach pods only from Secrets: plain env may not carry them
+CREDENTIAL_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
+TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+@dataclass
+class ClusterConfig:
+    namespace: str = option("kuberlhf", "namespace of the PyTorchJob")
+    image: str = option("", "training image; '' = the stage's release image (kuberlhf.images.image_ref)")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = option("IfNotPresent", "image pull policy")
+    image_pull_secret: str = option("", "Secret of type dockerconfigjson for a private registry; '' = none")
+    service_account: str = option("kuberlhf-train", "ServiceAccount of the training pods (no API token is mounted)")
+    launcher: Literal["torchrun", "accelerate", "deepspeed"] = option(
+        "torchrun", "process launcher in each pod; deepspeed = torchrun with training.deepspeed=<deepspeed_config>"
+    )
+    deepspeed_config: str = option("", "DeepSpeed JSON under configs/deepspeed/ (required with launcher=deepspeed)")
+    nodes: int = option(1, "pods (Master + nodes-1 Workers; all Workers when elastic)")
+    procs_per_node: int = option(1, "training processes per pod (nprocPerNode); at most gpus_per_node with GPUs")
+    gpus_per_node: int = option(0, "nvidia.com/gpu per pod; 0 = CPU only")
+    gpu_product: Literal["", "a100", "h100"] = option(
+        "", "GPU model: node selector nvidia.com/gpu.product and a toleration of the nvidia.com/gpu taint"
+    )
+    node_selector: dict[str, str] = option({}, "extra node selector labels (override the gpu_product label too)")
+    tolerations: list[dict] = option([], "extra tolerations (key, operator, value, effect, tolerationSeconds)")
+    cpu: str | int | float = option("2", "CPU request per pod")
+    memory: str = option("8Gi", "memory request per pod")
+    cpu_limit: str | int | float = option("", "CPU limit per pod; '' = none (no throttling)")
+    memory_limit: str = option("", "memory limit per pod; '' = the memory request")
+    shm_size: str = option("2Gi", "size of the in-memory /dev/shm (NCCL, data loader workers); '' = no volume")
+    restart_policy: Literal["OnFailure", "ExitCode"] = option(
+        "OnFailure", "pod restarts: OnFailure, or ExitCode (restart only on retryable exit codes 128+)"
+    )
+    backoff_limit: int = option(3, "restarts before the job is Failed (0-20)")
+    ttl_seconds_after_finished: int = option(86400, "delete the finished job (and its pods) after this long")
+    active_deadline_seconds: int = option(0, "fail the job after this long; 0 = no deadline")
+    clean_pod_policy: Literal["Running", "All", "None"] = option(
+        "Running", "pods deleted when the job ends: Running (keeps failed pods' logs), All, None"
+    )
+    elastic_min_nodes: int = option(0, "elastic training: fewest pods (0 = not elastic)")
+    elastic_max_nodes: int = option(0, "elastic training: most pods (0 = not elastic)")
+    elastic_max_restarts: int = option(3, "elastic training: restarts of the worker group (torchrun --max-restarts)")
+    kueue_queue: str = option("", "Kueue LocalQueue (label kueue.x-k8s.io/queue-name; Kueue admits all pods at once)")
+    priority_class: str = option("", "PriorityClass of the pods; '' = none")
+    gang_scheduling: bool = option(
+        False, "runPolicy.schedulingPolicy.minAvailable = all pods (Volcano or scheduler-plugins gang scheduling)"
+    )
+    storage_secret: str = option("kuberlhf-s3", "Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; '' = none")
+    storage_endpoint: str = option("", "S3 endpoint URL (env AWS_ENDPOINT_URL_S3); '' = AWS")
+    wandb_secret: str = option("", "Secret with WANDB_API_KEY (optional in the pod); '' = none")
+    env: dict[str, Any] = option({}, "extra plain environment of the training container (no credentials)")
+    config_map: str = option("kuberlhf-config", "ConfigMap mounted read-only at /etc/kuberlhf (optional); '' = none")
+    run_as_user: int = option(1000, "UID (and GID) of the training container; never 0")
+    timeout_s: int = option(86400, "the launcher deletes the job and fails after this long")
+    watch_timeout_s: int = option(300, "seconds per watch request before the launcher re-reads the job")
+    retry_backoff_s: float = option(2.0, "first wait after a Kubernetes API error (doubles each time)")
+    retry_backoff_max_s: float = option(60.0, "longest wait between retries after API errors")
+    max_api_errors: int = option(20, "consecutive Kubernetes API errors before the launcher gives up")
+    log_tail_lines: int = option(50, "lines of the master's log shown when the job fails")
+
+    def __post_init__(self) -> None:
+        self.cpu, self.cpu_limit = str(self.cpu), str(self.cpu_limit)
+        check_name(self.namespace, "cluster.namespace", _DNS1123_LABEL, required=True)
+        for key in ("service_account", "image_pull_secret", "priority_class", "storage_secret", "wandb_secret",
+                    "config_map"):
+            check_name(getattr(self, key), f"cluster.{key}", _DNS1123_SUBDOMAIN, required=key == "service_account")
+        check_name(self.kueue_queue, "cluster.kueue_queue", _LABEL_VALUE)
+        for key in ("cpu", "memory", "cpu_limit", "memory_limit", "shm_size"):
+            value = getattr(self, key)
+            required = key in ("cpu", "memory")
+            require(bool(value) or not required, f"cluster.{key}", "required (a Kubernetes quantity such as 2 or 8Gi)")
+            require(not value or bool(_QUANTITY.match(value)), f"cluster.{key}",
+                    f"not a Kubernetes quantity: {value!r}")
+        require(self.nodes >= 1, "cluster.nodes", f"must be at least 1, got {self.nodes}")
+        require(self.procs_per_node >= 1, "cluster.procs_per_node", f"must be at least 1, got {self.procs_per_node}")
+        require(self.gpus_per_node >= 0, "cluster.gpus_per_node", f"must be 0 or more, got {self.gpus_per_node}")
+        require(self.gpus_per_node == 0 or self.procs_per_node <= self.gpus_per_node, "cluster.procs_per_node",
+                f"{self.procs_per_node} processes for {self.gpus_per_node} GPUs per pod: at most one per GPU")
+        require(not self.gpu_product or self.gpus_per_node > 0, "cluster.gpu_product",
+                f"{self.gpu_product!r} needs cluster.gpus_per_node > 0")
+        if self.launcher == "deepspeed":
+            require(bool(self.deepspeed_config), "cluster.deepspeed_config", "required with cluster.launcher=deepspeed")
+        if self.deepspeed_config:
+            path = self.deepspeed_config
+            require(path.startswith("configs/deepspeed/") and path.endswith(".json"), "cluster.deepspeed_config",
+                    f"must be a configs/deepspeed/*.json path, got {path!r}")
+            require(self.launcher == "deepspeed", "cluster.deepspeed_config", "is used only with launcher=deepspeed")
+        require(0 <= self.backoff_limit <= 20, "cluster.backoff_limit", f"must be in 0..20, got {self.backoff_limit}")
+        for key in ("ttl_seconds_after_finished", "active_deadline_seconds"):
+            require(getattr(self, key) >= 0, f"cluster.{key}", "must be 0 or more")
+        self._check_elastic()
+        self._check_env()
+        for i, toleration in enumerate(self.tolerations):
+            unknown = sorted(set(toleration) - TOLERATION_KEYS)
+            require(not unknown, f"cluster.tolerations[{i}]",
+                    f"unknown field(s) {unknown}; use {sorted(TOLERATION_KEYS)}")
+        require(all(isinstance(v, str) for v in self.node_selector.values()), "cluster.node_selector",
+                "values must be strings (quote them in YAML)")
+        require(self.run_as_user > 0, "cluster.run_as_user", "must be a non-root UID (> 0)")
+        for key in ("timeout_s", "watch_timeout_s", "max_api_errors", "log_tail_lines"):
+            require(getattr(self, key) > 0, f"cluster.{key}", "must be positive")
+        require(0 < self.retry_backoff_s <= self.retry_backoff_max_s, "cluster.retry_backoff_s",
+                "must be positive and at most cluster.retry_backoff_max_s")
+
+    def _check_elastic(self) -> None:
+        lo, hi = self.elastic_min_nodes, self.elastic_max_nodes
+        if not (lo or hi):
+            return
+        require(1 <= lo <= self.nodes <= hi, "cluster.elastic_min_nodes",
+                f"elastic needs 1 <= elastic_min_nodes <= nodes <= elastic_max_nodes, got {lo} <= {self.nodes} <= {hi}")
+        require(self.launcher != "accelerate", "cluster.launcher", "accelerate cannot run elastic jobs; use torchrun")
+        require(self.elastic_max_restarts >= 0, "cluster.elastic_max_restarts", "must be 0 or more")
+
+    def _check_env(self) -> None:
+        for name, value in list(self.env.items()):
+            require(bool(_ENV_NAME.match(str(name))), "cluster.env", f"{name!r} is not a valid variable name")
+            require(not CREDENTIAL_ENV.search(str(name)), "cluster.env",
+                    f"{name!r} looks like a credential: put it in a Secret "
+                    "(cluster.storage_secret, cluster.wandb_secret)")
+            require(isinstance(value, str | int | float | bool), "cluster.env", f"{name!r} must be a plain value")
+            self.env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+
+    @property
+    def elastic(self) -> bool:
+        return self.elastic_max_nodes > 0
+
+
+def check_name(value: str, key: str, pattern: re.Pattern, required: bool = False) -> None:
+    require(bool(value) or not required, key, "required")
+    require(not value or (len(value) <= 253 and bool(pattern.match(value))), key,
+            f"{value!r} is not a valid Kubernetes name")
+
+
+def cluster_file() -> str:
+    return os.environ.get("KUBERLHF_CLUSTER_CONFIG", DEFAULT_CLUSTER_FILE)
+
+
+def load_cluster(source: ClusterConfig | str | Path | dict | None = None,
+                 overrides: list[str] | None = None) -> ClusterConfig:
+    """A ClusterConfig from the defaults, the mounted cluster.yaml, ``source`` and ``key=value`` overrides.
+
+    ``source`` is a file, a dict of keys, or a finished ClusterConfig (then only ``overrides``
+    apply). Overrides may carry the ``cluster.`` prefix of the ``kuberlhf launch`` command line.
+    """
+    overrides = [o.removeprefix("cluster.") for o in overrides or []]
+    if isinstance(source, ClusterConfig):
+        data = to_dict(source)
+    else:
+        data = read_yaml(cluster_file()) if os.path.isfile(cluster_file()) else {}
+        if isinstance(source, str | Path):
+            data = _deep_merge(data, read_yaml(source))
+        elif isinstance(source, dict):
+            data = _deep_merge(data, dict(source))
+        elif source is not None:
+            raise TypeError(f"cluster: expected None, a path, a dict or a ClusterConfig, got {type(source).__name__}")
+    return from_dict(ClusterConfig, merge_overrides(data, overrides), prefix="cluster.")
+
+
+def split_overrides(overrides: list[str] | None) -> tuple[list[str], list[str]]:
+    """``key=value`` overrides -> (stage overrides, ``cluster.`` overrides)."""
+    stage, cluster = [], []
+    for text in overrides or []:
+        (cluster if text.startswith("cluster.") else stage).append(text)
+    return stage, cluster
+
+
+__all__ = ["ClusterConfig", "GPU_PRODUCTS", "load_cluster", "split_overrides"]
