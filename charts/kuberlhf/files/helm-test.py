@@ -1,0 +1,73 @@
+"""`helm test` for kuberlhf, run in the launcher image as ServiceAccount kuberlhf-launcher.
+
+Checks, one line each, exit status 1 when one fails:
+- the ServiceAccount may do what the launcher needs and nothing more (SelfSubjectAccessReview);
+- the object store answers and accepts the credentials of the storage Secret.
+"""
+
+import os
+import sys
+
+# (API group, resource, subresource, verb)
+ALLOWED = [("kubeflow.org", "pytorchjobs", "", verb) for verb in ("create", "get", "list", "watch", "delete")] + [
+    ("", resource, sub, verb) for resource, sub in (("pods", ""), ("pods", "log")) for verb in ("get", "list")] + [
+    ("", "events", "", "list")]
+DENIED = [("kubeflow.org", "pytorchjobs", "", "update"), ("", "pods", "", "create"), ("", "pods", "", "delete"),
+          ("", "secrets", "", "get"), ("", "configmaps", "", "list"), ("", "events", "", "create")]
+
+
+def rbac_failures(allowed) -> list[str]:
+    """``allowed(group, resource, subresource, verb) -> bool`` for each expected and each refused access."""
+    failures = []
+    for access in ALLOWED + DENIED:
+        want = access in ALLOWED
+        if allowed(*access) != want:
+            group, resource, sub, verb = access
+            what = f"{verb} {resource}{'/' + sub if sub else ''}{'.' + group if group else ''}"
+            failures.append(f"{what}: {'refused' if want else 'allowed'}, expected {'allowed' if want else 'refused'}")
+    return failures
+
+
+def s3_failure() -> str:
+    """'' when the store lists buckets, or refuses only the listing (AccessDenied) after accepting the keys."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.session.Session().client("s3", region_name=os.environ.get("AWS_REGION") or "us-east-1",
+                                            config=Config(retries={"max_attempts": 2}, connect_timeout=10,
+                                                          read_timeout=30))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or "AWS S3"
+    try:
+        client.list_buckets()
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code != "AccessDenied":
+            return f"object store {endpoint}: {code or err}"
+    except BotoCoreError as err:
+        return f"object store {endpoint}: {err}"
+    return ""
+
+
+def main() -> int:
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    namespace = os.environ["NAMESPACE"]
+    api = client.AuthorizationV1Api()
+
+    def allowed(group, resource, sub, verb):
+        attrs = client.V1ResourceAttributes(namespace=namespace, group=group, resource=resource,
+                                            subresource=sub or None, verb=verb)
+        review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attrs))
+        return bool(api.create_self_subject_access_review(review).status.allowed)
+
+    failures = rbac_failures(allowed)
+    print("launcher RBAC:", "ok" if not failures else "; ".join(failures))
+    store = s3_failure()
+    print("object store:", store or "ok")
+    return 1 if failures or store else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+{{/*
+Names are fixed: the pipelines and the launcher refer to them (one release per namespace).
+*/}}
+{{- define "kuberlhf.name" -}}
+kuberlhf
+{{- end }}
+
+{{/* Chart name and version, for the helm.sh/chart label. */}}
+{{- define "kuberlhf.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels; call with (dict "ctx" $ "component" "...") or with the root context. */}}
+{{- define "kuberlhf.selectorLabels" -}}
+{{- $ctx := .ctx | default . -}}
+app.kubernetes.io/name: {{ include "kuberlhf.name" $ctx }}
+app.kubernetes.io/instance: {{ $ctx.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Standard labels of every object. */}}
+{{- define "kuberlhf.labels" -}}
+{{- $ctx := .ctx | default . -}}
+helm.sh/chart: {{ include "kuberlhf.chart" $ctx }}
+{{ include "kuberlhf.selectorLabels" . }}
+app.kubernetes.io/version: {{ $ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
+app.kubernetes.io/part-of: kuberlhf
+{{- end }}
+
+{{/* A kuberlhf image: (dict "ctx" $ "image" "launcher") -> <registry>/kuberlhf-launcher:<tag> */}}
+{{- define "kuberlhf.image" -}}
+{{- $img := .ctx.Values.image -}}
+{{- printf "%s/kuberlhf-%s:%s" (trimSuffix "/" $img.registry) .image $img.tag }}
+{{- end }}
+
+{{/* Pod securityContext: the restricted Pod Security Standard. */}}
+{{- define "kuberlhf.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container securityContext: the restricted Pod Security Standard, read-only root filesystem. */}}
+{{- define "kuberlhf.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Name of the Secret with the object-store credentials. */}}
+{{- define "kuberlhf.s3SecretName" -}}
+{{- if .Values.storage.createSecret -}}
+kuberlhf-s3
+{{- else -}}
+{{- required "storage.existingSecret: name the Secret holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or set storage.createSecret=true" .Values.storage.existingSecret -}}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret with the W&B key; empty when W&B is off. */}}
+{{- define "kuberlhf.wandbSecretName" -}}
+{{- if .Values.wandb.createSecret -}}
+kuberlhf-wandb
+{{- else -}}
+{{- .Values.wandb.existingSecret -}}
+{{- end }}
+{{- end }}
+
+{{/* AWS_ENDPOINT_URL_S3 of runs: storage.endpoint, else the dev store's Service when it is on. */}}
+{{- define "kuberlhf.s3Endpoint" -}}
+{{- if .Values.storage.endpoint -}}
+{{- .Values.storage.endpoint -}}
+{{- else if .Values.devStore.enabled -}}
+{{- printf "http://kuberlhf-s3.%s.svc:8333" .Release.Namespace -}}
+{{- end }}
+{{- end }}

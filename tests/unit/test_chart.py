@@ -1,0 +1,353 @@
+"""The Helm chart (charts/kuberlhf), rendered and linted by Helm's own engine (helm-python-sdk).
+
+Every render (defaults and each ci/*-values.yaml) passes ``helm lint --strict``, strict schema
+validation for the oldest and newest supported Kubernetes, and the restricted Pod Security
+Standard; the launcher's Role holds exactly the contract's verbs; values that break the schema
+are refused with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from deploy_check import (
+    BAD_VALUES,
+    CHART,
+    CI_VALUES,
+    ROOT,
+    helm_lint,
+    lint_errors,
+    localqueue_errors,
+    main,
+    object_errors,
+    objects,
+    read_values,
+    render,
+    schema_refusal,
+    undocumented_values,
+)
+from k8schecks import pss_restricted_errors, validate_all
+
+CASES = [None, *[f"ci/{p.name}" for p in CI_VALUES]]
+LAUNCHER_RULES = {("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "delete"},
+                  ("", "pods"): {"get", "list"}, ("", "pods/log"): {"get", "list"}, ("", "events"): {"list"}}
+CREDENTIAL = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|ACCESS_KEY)", re.IGNORECASE)
+
+
+@functools.cache
+def _rendered(case: str | None) -> dict[str, str]:
+    return render(read_values(case))
+
+
+def objs(case: str | None, with_tests: bool = True) -> list[dict]:
+    return copy.deepcopy(objects(_rendered(case), with_tests))
+
+
+def find(items: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [o for o in items if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def containers(obj: dict) -> list[dict]:
+    from k8schecks import pod_specs
+
+    return [c for _, spec in pod_specs(obj) for key in ("initContainers", "containers") for c in spec.get(key) or []]
+
+
+def test_ci_values_files_exist():
+    assert {p.name for p in CI_VALUES} >= {"default-values.yaml", "dev-values.yaml", "gpu-values.yaml",
+                                           "kfp-values.yaml"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_lint_strict(case):
+    assert lint_errors(read_values(case)) == []
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_object_validates_and_pods_are_restricted(case):
+    items = objs(case)
+    assert items, "nothing rendered"
+    assert validate_all([o for o in items if o["kind"] != "LocalQueue"]) == []
+    assert [e for o in items for e in pss_restricted_errors(o)] == []
+    assert object_errors(items) == []
+
+
+def test_validators_catch_bad_objects():
+    deployment = find(objs("ci/dev-values.yaml"), "Deployment", "kuberlhf-s3")[0]
+    privileged = copy.deepcopy(deployment)
+    privileged["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    assert any("privileged" in e for e in pss_restricted_errors(privileged))
+    root = copy.deepcopy(deployment)
+    del root["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
+    del root["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"]
+    assert any("runAsNonRoot" in e for e in pss_restricted_errors(root))
+    typo = copy.deepcopy(deployment)
+    typo["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    assert validate_all([typo]) != []
+    queue = find(objs("ci/gpu-values.yaml"), "LocalQueue")[0]
+    assert localqueue_errors(queue) == []
+    queue["spec"]["clusterQueu"] = queue["spec"].pop("clusterQueue")
+    assert localqueue_errors(queue) != []
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_launcher_role_has_exactly_the_contract_verbs(case):
+    items = objs(case)
+    (role,) = find(items, "Role")
+    assert role["metadata"]["name"] == "kuberlhf-launcher"
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames, no nonResourceURLs
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == LAUNCHER_RULES
+    (binding,) = find(items, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kuberlhf-launcher"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kuberlhf-launcher", "namespace": "kuberlhf"}]
+    assert find(items, "ClusterRole") == [] and find(items, "ClusterRoleBinding") == []
+
+
+def test_service_accounts():
+    items = objs(None)
+    assert find(items, "ServiceAccount", "kuberlhf-launcher")[0]["automountServiceAccountToken"] is True
+    assert find(items, "ServiceAccount", "kuberlhf-train")[0]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("case", [None, "ci/default-values.yaml", "ci/kfp-values.yaml", "ci/gpu-values.yaml"])
+def test_no_secret_without_dev_values(case):
+    assert find(objs(case), "Secret") == []
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_credentials_reach_pods_only_from_secrets(case):
+    for obj in objs(case):
+        for c in containers(obj):
+            for env in c.get("env") or []:
+                if CREDENTIAL.search(env["name"]) and not env["name"].endswith("_PATH"):
+                    assert "value" not in env, f"{obj['kind']}/{c['name']}: literal {env['name']}"
+                    assert "secretKeyRef" in env["valueFrom"], env
+
+
+def test_dev_values_create_the_secrets_and_store():
+    items = objs("ci/dev-values.yaml")
+    values = read_values("ci/dev-values.yaml")
+    (s3,) = find(items, "Secret", "kuberlhf-s3")
+    assert s3["stringData"] == {"AWS_ACCESS_KEY_ID": values["storage"]["accessKeyId"],
+                                "AWS_SECRET_ACCESS_KEY": values["storage"]["secretAccessKey"]}
+    assert set(find(items, "Secret", "kuberlhf-wandb")[0]["stringData"]) == {"WANDB_API_KEY"}
+    (deployment,) = find(items, "Deployment", "kuberlhf-s3")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert re.fullmatch(r"chrislusf/seaweedfs:\d+\.\d+", container["image"])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]} == {
+        "AWS_ACCESS_KEY_ID": "kuberlhf-s3", "AWS_SECRET_ACCESS_KEY": "kuberlhf-s3"}
+    assert "-bucket=kuberlhf" in container["args"] and "-s3.port=8333" in container["args"]
+    assert find(items, "PersistentVolumeClaim", "kuberlhf-s3")
+    (service,) = find(items, "Service", "kuberlhf-s3")
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (policy,) = find(items, "NetworkPolicy", "kuberlhf")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}]
+    cluster = yaml.safe_load(find(items, "ConfigMap", "kuberlhf-config")[0]["data"]["cluster.yaml"])
+    assert cluster["storage_endpoint"] == "http://kuberlhf-s3.kuberlhf.svc:8333"
+    assert cluster["wandb_secret"] == "kuberlhf-wandb"
+
+
+def test_dev_store_without_persistence_uses_empty_dir():
+    items = objects(render({"storage": {"createSecret": True, "accessKeyId": "a", "secretAccessKey": "b"},
+                            "devStore": {"enabled": True, "persistence": {"enabled": False}}}))
+    assert find(items, "PersistentVolumeClaim") == []
+    volumes = find(items, "Deployment")[0]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "data", "emptyDir": {}} in volumes
+
+
+def test_created_secret_needs_its_keys():
+    import helm_python
+
+    with pytest.raises(helm_python.HelmRenderError, match="storage.accessKeyId"):
+        render({"storage": {"createSecret": True}})
+
+
+@pytest.mark.parametrize("values, expected", BAD_VALUES, ids=[str(v) for v, _ in BAD_VALUES])
+def test_schema_refuses_bad_values_naming_the_key(values, expected):
+    message = schema_refusal(values)
+    assert expected in message, message
+    assert any(expected in e for e in lint_errors(values))
+
+
+def test_schema_refusal_check_fails_on_good_values():
+    assert schema_refusal({"cluster": {"nodes": 2}}) == ""
+
+
+def test_schema_forbids_unknown_keys_at_every_level():
+    def walk(schema, path):
+        if schema.get("type") == "object" and "properties" in schema:
+            assert schema.get("additionalProperties") is False, path
+            for key, sub in schema["properties"].items():
+                walk(sub, f"{path}.{key}")
+
+    import json
+
+    walk(json.loads((CHART / "values.schema.json").read_text()), "<root>")
+
+
+def test_helm_lint_command_fails_on_a_values_file_that_breaks_the_schema(tmp_path, capsys):
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text("cluster:\n  nodes: 2\n  gpuz: 8\n")
+    assert helm_lint([str(bad)]) is False
+    assert main(["helm-lint", "--values", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL bad-values.yaml" in out and "'gpuz' not allowed" in out
+    good = tmp_path / "good-values.yaml"
+    good.write_text("cluster:\n  nodes: 2\n")
+    assert main(["helm-lint", "--values", str(good)]) == 0
+
+
+def test_every_value_is_documented():
+    assert undocumented_values() == []
+    assert undocumented_values("# -- a documented\na: 1\nb:\n  # -- c documented\n  c: 2\n") == ["b"]
+
+
+def test_configmap_holds_the_repository_configs():
+    (cm,) = find(objs(None), "ConfigMap", "kuberlhf-config")
+    expected = {f"{p.parent.name}.{p.name}": p.read_text() for p in ROOT.glob("configs/*/*.yaml")}
+    assert expected and {k: v for k, v in cm["data"].items() if k != "cluster.yaml"} == expected
+
+
+def test_configs_link_survives_packaging(tmp_path):
+    import helm_python
+
+    archive = helm_python.package(CHART, destination=tmp_path)
+    with helm_python.Chart.load(archive) as chart:
+        rendered = chart.render({}, name="kuberlhf", namespace="kuberlhf")
+    (cm,) = find(objects(rendered), "ConfigMap")
+    assert cm["data"]["ppo.demo.yaml"] == (ROOT / "configs" / "ppo" / "demo.yaml").read_text()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cluster_yaml_is_a_valid_cluster_config(case, monkeypatch, tmp_path):
+    from kuberlhf.k8s.spec import load_cluster
+
+    monkeypatch.setenv("KUBERLHF_CLUSTER_CONFIG", str(tmp_path / "absent.yaml"))
+    (cm,) = find(objs(case), "ConfigMap", "kuberlhf-config")
+    data = yaml.safe_load(cm["data"]["cluster.yaml"])
+    cluster = load_cluster(data)
+    assert cluster.namespace == "kuberlhf" and cluster.service_account == "kuberlhf-train"
+    values = read_values(case).get("cluster", {})
+    assert cluster.gpu_product == values.get("gpuProduct", "")
+    assert cluster.kueue_queue == values.get("kueueQueue", "")
+    assert cluster.storage_secret == "kuberlhf-s3"
+
+
+def test_cluster_values_map_to_cluster_config_keys():
+    from kuberlhf.k8s.spec import ClusterConfig
+
+    values = read_values(CHART / "values.yaml")["cluster"]
+    snake = {re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), key) for key in values}
+    assert snake <= set(ClusterConfig.__dataclass_fields__), snake - set(ClusterConfig.__dataclass_fields__)
+
+
+def test_images_agree_with_kuberlhf_images(monkeypatch):
+    from kuberlhf import __version__, images
+
+    monkeypatch.delenv("KUBERLHF_IMAGE_REGISTRY", raising=False)
+    monkeypatch.delenv("KUBERLHF_IMAGE_TAG", raising=False)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
+    values = read_values(CHART / "values.yaml")
+    assert values["image"]["registry"] == images.DEFAULT_REGISTRY and values["image"]["tag"] == __version__
+    launcher = images.image_ref("launcher")
+    assert launcher == f"ghcr.io/kuberlhf/kuberlhf-launcher:{__version__}"
+    used = {c["image"] for case in CASES for o in objs(case) for c in containers(o)}
+    assert used == {launcher, f"chrislusf/seaweedfs:{values['devStore']['image']['tag']}"}
+    assert not any(image.endswith(":latest") or ":" not in image for image in used)
+
+
+def test_upload_job_runs_pipeline_upload_after_install_and_upgrade():
+    assert find(objs(None), "Job") == []
+    host = read_values("ci/kfp-values.yaml")["pipelines"]["host"]
+    (job,) = find(objs("ci/kfp-values.yaml"), "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    (container,) = containers(job)
+    assert container["command"] + container["args"] == ["kuberlhf", "pipeline", "upload", "--host", host]
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "kuberlhf-launcher"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_standard_labels(case):
+    for obj in objs(case):
+        labels = obj["metadata"]["labels"]
+        assert labels["helm.sh/chart"] == "kuberlhf-0.1.0"
+        assert {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                "app.kubernetes.io/managed-by", "app.kubernetes.io/component"} <= set(labels), obj["kind"]
+
+
+def test_template_files_are_dashed_and_hold_one_resource_each():
+    counts = {}
+    for case in CASES:
+        for path, text in _rendered(case).items():
+            if path.endswith(".yaml"):
+                assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*\.yaml", Path(path).name), path
+                counts[path] = max(counts.get(path, 0), len(objects({path: text})))
+    assert set(counts.values()) == {1}, counts  # each template renders one object (with some ci values)
+
+
+# ---------------------------------------------------------------- helm test
+def _helm_test_script():
+    spec = importlib.util.spec_from_file_location("helm_test_script", CHART / "files" / "helm-test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _allowed_by(role: dict):
+    """An RBAC evaluator for one Role (what the API server's SelfSubjectAccessReview answers)."""
+    def allowed(group, resource, sub, verb):
+        full = f"{resource}/{sub}" if sub else resource
+        return any(group in r["apiGroups"] and full in r["resources"] and verb in r["verbs"] for r in role["rules"])
+    return allowed
+
+
+def test_helm_test_pod_runs_the_check_script():
+    (pod,) = [o for o in objs(None) if o["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["serviceAccountName"] == "kuberlhf-launcher"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["python", "-c"]
+    assert container["args"] == [(CHART / "files" / "helm-test.py").read_text()]
+    compile(container["args"][0], "helm-test.py", "exec")
+
+
+def test_helm_test_script_checks_the_rendered_role():
+    script = _helm_test_script()
+    (role,) = find(objs(None), "Role")
+    assert script.rbac_failures(_allowed_by(role)) == []
+    wider = copy.deepcopy(role)
+    wider["rules"][1]["verbs"].append("delete")  # pods: delete
+    assert script.rbac_failures(_allowed_by(wider)) == ["delete pods: allowed, expected refused"]
+    narrower = copy.deepcopy(role)
+    narrower["rules"][0]["verbs"].remove("watch")
+    assert script.rbac_failures(_allowed_by(narrower)) == ["watch pytorchjobs.kubeflow.org: refused, expected allowed"]
+
+
+def test_helm_test_script_checks_the_object_store(s3_server, monkeypatch, tmp_path):
+    script = _helm_test_script()
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.admin.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.admin.secret_access_key)
+    assert script.s3_failure() == ""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    assert "SignatureDoesNotMatch" in script.s3_failure()
+
