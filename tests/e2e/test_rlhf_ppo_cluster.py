@@ -1,0 +1,100 @@
+"""End to end on a real cluster: a tiny rlhf-ppo run whose training stages are PyTorchJobs.
+
+Needs a cluster with Kubeflow Pipelines and the Training Operator, the chart installed in a
+namespace, this commit's images pushed, and the object store reachable from here:
+
+    KUBERLHF_E2E_KFP_HOST    Kubeflow Pipelines API (e.g. http://ml-pipeline-ui.kubeflow:80)
+    KUBERLHF_E2E_NAMESPACE   namespace the chart is installed in (the run and its jobs go there)
+    KUBERLHF_E2E_BUCKET      bucket of the run's pipeline root (s3://BUCKET/kuberlhf-e2e): the training
+                             pods write their models there through the kuberlhf-s3 Secret
+    KUBECONFIG               or in-cluster credentials, to read the PyTorchJobs
+    AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   to read the artifacts
+
+`.github/workflows/gpu-e2e.yml` sets all of them; without them every test here is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+HOST = os.environ.get("KUBERLHF_E2E_KFP_HOST", "")
+NAMESPACE = os.environ.get("KUBERLHF_E2E_NAMESPACE", "")
+BUCKET = os.environ.get("KUBERLHF_E2E_BUCKET", "")
+pytestmark = pytest.mark.skipif(
+    not (HOST and NAMESPACE and BUCKET),
+    reason="no cluster configured: set KUBERLHF_E2E_KFP_HOST, KUBERLHF_E2E_NAMESPACE and KUBERLHF_E2E_BUCKET "
+    "(see .github/workflows/gpu-e2e.yml)",
+)
+STAGES = ("sft", "reward", "ppo")
+# small enough for minutes on one GPU node, large enough that every stage trains and checkpoints
+PARAMS = {
+    "mode": "pytorchjob",
+    "sft_overrides": ["training.max_steps=60", "training.save_steps=30"],
+    "reward_overrides": ["training.max_steps=60", "training.save_steps=30"],
+    "ppo_overrides": ["training.max_steps=20", "training.save_steps=10"],
+    "report_samples": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run():
+    from kuberlhf.workflow import remote
+
+    client = remote.client(HOST)
+    started = remote.submit(HOST, "rlhf-ppo", PARAMS, experiment="kuberlhf-e2e", namespace=None,
+                            pipeline_root=f"s3://{BUCKET}/kuberlhf-e2e",
+                            run_name=f"e2e-{os.environ.get('GITHUB_RUN_ID', 'local')}", kfp_client=client)
+    run = client.wait_for_run_completion(started["run_id"], timeout=int(os.environ.get("KUBERLHF_E2E_TIMEOUT", 5400)))
+    return started, run
+
+
+def pytorchjobs() -> list[dict]:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    items = client.CustomObjectsApi().list_namespaced_custom_object(
+        "kubeflow.org", "v1", NAMESPACE, "pytorchjobs", label_selector="app.kubernetes.io/managed-by=kuberlhf")
+    return items["items"]
+
+
+def condition(job: dict) -> str:
+    conditions = [c for c in job.get("status", {}).get("conditions", []) if c.get("status") == "True"]
+    return conditions[-1]["type"] if conditions else "Unknown"
+
+
+def output_dir(job: dict) -> str:
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    args = [*container.get("command", []), *container.get("args", [])]
+    (uri,) = [a.split("=", 1)[1] for a in args if a.startswith("output_dir=")]
+    return uri
+
+
+def test_run_succeeded(finished_run):
+    started, run = finished_run
+    assert str(run.state).upper() == "SUCCEEDED", f"run {started['url']} ended {run.state}"
+
+
+def test_each_training_stage_ran_as_a_succeeded_pytorchjob(finished_run):
+    jobs = {j["metadata"]["labels"]["kuberlhf.io/stage"]: j for j in pytorchjobs()}
+    assert set(STAGES) <= set(jobs), f"PyTorchJobs found: {sorted(jobs)}"
+    assert {s: condition(jobs[s]) for s in STAGES} == {s: "Succeeded" for s in STAGES}
+
+
+def test_artifacts_are_complete_and_ppo_metrics_are_sane(finished_run):
+    from kuberlhf import storage
+
+    jobs = {j["metadata"]["labels"]["kuberlhf.io/stage"]: j for j in pytorchjobs()}
+    for stage in STAGES:
+        uri = output_dir(jobs[stage])
+        assert uri.startswith("s3://") and storage.is_complete(uri), f"{stage}: {uri} has no manifest"
+    with storage.open_uri(output_dir(jobs["ppo"]).rstrip("/") + "/metrics.json") as f:
+        metrics = json.load(f)
+    for key in ("gold_score_before", "gold_score_after", "kl"):
+        assert math.isfinite(metrics[key]), f"{key} = {metrics[key]}"
