@@ -8,11 +8,16 @@ references from here, so a release changes them together:
 The registry defaults to ``ghcr.io/kuberlhf``; ``KUBERLHF_IMAGE_REGISTRY`` overrides it (a
 private mirror), ``KUBERLHF_IMAGE_TAG`` the tag (a CI build). Several stages share an image
 where they need the same libraries: RLOO and GRPO are TRL trainers and run in the DPO image.
+
+The images themselves live in ``images/<image>/`` (Dockerfile, ``requirements.in``,
+hash-locked ``requirements.lock``); ``python -m kuberlhf.images`` prints one
+``<image> <reference>`` line per image for ``make images``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from kuberlhf import __version__
 from kuberlhf.errors import ConfigError
@@ -29,6 +34,22 @@ IMAGES = {
 # stage (CLI verb) -> image folder
 STAGE_IMAGE = {"sft": "sft", "reward": "reward", "ppo": "ppo", "dpo": "dpo", "rloo": "dpo", "grpo": "dpo",
                "evaluate": "launcher", "launcher": "launcher"}
+
+
+# Every image starts from this CUDA base (the CUDA 13 runtime of the PyPI torch wheels; cuDNN,
+# cuBLAS and NCCL come with torch). Its digest is pinned in each Dockerfile by `make images-pin`.
+BASE_IMAGE = "docker.io/nvidia/cuda:13.0.2-base-ubuntu24.04"
+# the interpreter of the images (Ubuntu 24.04's python3.12); the locks are resolved for it
+PYTHON_VERSION = "3.12"
+SOURCE_URL = "https://github.com/kuberlhf/kuberlhf"
+# where the code and configs live in an image (the working directory), and the one writable
+# volume: caches (Hugging Face, kuberlhf, torch extensions, matplotlib) go under CACHE_DIR;
+# pods with a read-only root filesystem mount an emptyDir at DATA_DIR and at /tmp
+WORKDIR = "/opt/kuberlhf"
+DATA_DIR = "/data"
+CACHE_DIR = "/data/cache"
+# the images' user and group (numeric, so that runAsNonRoot can verify it)
+USER_ID = 10001
 
 
 def image_tag() -> str:
@@ -49,3 +70,36 @@ def image_name(stage: str) -> str:
 def image_ref(stage: str, registry: str | None = None, tag: str | None = None) -> str:
     """The full image reference a stage runs in, e.g. ``ghcr.io/kuberlhf/kuberlhf-ppo:0.1.0``."""
     return f"{(registry or image_registry()).rstrip('/')}/{image_name(stage)}:{tag or image_tag()}"
+
+
+def oci_labels(image: str) -> dict[str, str]:
+    """The OCI annotations an image is built with (``make images`` passes them as build args)."""
+    if image not in IMAGES:
+        raise ConfigError(f"unknown image {image!r}; known: {', '.join(IMAGES)}")
+    return {
+        "org.opencontainers.image.title": f"kuberlhf-{image}",
+        "org.opencontainers.image.description": IMAGES[image],
+        "org.opencontainers.image.version": image_tag(),
+        "org.opencontainers.image.source": SOURCE_URL,
+        "org.opencontainers.image.licenses": "Apache-2.0",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kuberlhf.images``: ``<image> <reference>`` per image; ``--version``: the tag."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"]:
+        print(image_tag())
+    elif argv == ["--python"]:
+        print(PYTHON_VERSION)
+    elif not argv:
+        for image in IMAGES:
+            print(image, image_ref(image))
+    else:
+        print("usage: python -m kuberlhf.images [--version | --python]", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,7 @@ import hashlib
 import json
 from typing import Any
 
+from kuberlhf.images import DATA_DIR
 from kuberlhf.k8s.spec import GPU_PRODUCTS, ClusterConfig
 
 API_VERSION = "kubeflow.org/v1"
@@ -96,8 +97,9 @@ def container_security_context(cluster: ClusterConfig) -> dict:
 
 
 def pod_spec(stage: str, config: str | None, overrides: list[str], cluster: ClusterConfig, image: str) -> dict:
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
-    volumes: list[dict] = [{"name": "tmp", "emptyDir": {}}]
+    # the images write only under /tmp and /data (caches, run work dirs): node-local scratch space
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR}]
+    volumes: list[dict] = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
     if cluster.shm_size:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}})

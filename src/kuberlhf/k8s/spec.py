@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kuberlhf.config import _deep_merge, from_dict, merge_overrides, option, read_yaml, require, to_dict
+from kuberlhf.images import USER_ID
 
 # the ConfigMap file read first, when present; KUBERLHF_CLUSTER_CONFIG points elsewhere
 DEFAULT_CLUSTER_FILE = "/etc/kuberlhf/cluster.yaml"
@@ -79,7 +80,7 @@ class ClusterConfig:
     wandb_secret: str = option("", "Secret with WANDB_API_KEY (optional in the pod); '' = none")
     env: dict[str, Any] = option({}, "extra plain environment of the training container (no credentials)")
     config_map: str = option("kuberlhf-config", "ConfigMap mounted read-only at /etc/kuberlhf (optional); '' = none")
-    run_as_user: int = option(1000, "UID (and GID) of the training container; never 0")
+    run_as_user: int = option(USER_ID, "UID (and GID) of the training container (the images' user); never 0")
     timeout_s: int = option(86400, "the launcher deletes the job and fails after this long")
     watch_timeout_s: int = option(300, "seconds per watch request before the launcher re-reads the job")
     retry_backoff_s: float = option(2.0, "first wait after a Kubernetes API error (doubles each time)")

@@ -1,0 +1,281 @@
+"""The stage images: Dockerfiles (hadolint and house rules), locks, names, and the make targets.
+
+The checks live in images/check.py (`make images-check`); each test here also shows that a
+check catches the bad case it is for, on a copy of images/ in tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "images"))
+
+import build  # noqa: E402  (images/build.py)
+import check  # noqa: E402  (images/check.py)
+
+from kuberlhf import images  # noqa: E402
+
+IMAGES = list(images.IMAGES)
+ZERO = "sha256:" + "0" * 64
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch) -> Path:
+    """A copy of images/ that the checks read instead of the real one."""
+    copy = tmp_path / "images"
+    shutil.copytree(ROOT / "images", copy, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    monkeypatch.setattr(check, "IMAGES_DIR", copy)
+    return copy
+
+
+def edit(path: Path, old: str, new: str, count: int = 1) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, count))
+
+
+# --- hadolint --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_hadolint_passes(image):
+    assert check.hadolint_errors(ROOT / "images" / image / "Dockerfile") == []
+
+
+def test_hadolint_fails_on_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu\nRUN apt-get update && apt-get install -y curl\nRUN pip install requests\n"
+                   "USER root\nCMD python app.py\n")
+    found = "\n".join(check.hadolint_errors(bad))
+    for rule in ("DL3006", "DL3015", "DL3013", "DL3042", "DL3002", "DL3025", "DL3049"):
+        assert rule in found, f"hadolint did not report {rule}: {found}"
+
+
+def test_hadolint_failure_fails_images_check(tree):
+    """A finding of hadolint alone (a label removed) makes `images/check.py` exit non-zero."""
+    edit(tree / "ppo/Dockerfile", '      org.opencontainers.image.licenses="Apache-2.0"',
+         '      org.example.note="x"')
+    edit(tree / "ppo/Dockerfile", 'org.opencontainers.image.source="${SOURCE}" \\',
+         'org.opencontainers.image.source="${SOURCE}" \\\n      org.opencontainers.image.licenses="Apache-2.0" \\')
+    assert check.dockerfile_errors("ppo") == []  # only hadolint objects (DL3050: superfluous label)
+    assert any("DL3050" in e for e in check.hadolint_errors(tree / "ppo/Dockerfile"))
+    proc = subprocess.run([sys.executable, str(ROOT / "images/check.py"), "--offline", "--images-dir", str(tree)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "DL3050" in proc.stdout and "1 finding(s)" in proc.stdout
+
+
+def test_images_check_passes_offline():
+    proc = subprocess.run([sys.executable, str(ROOT / "images/check.py"), "--offline"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipped: lock resolution on the registry: --offline was given" in proc.stdout
+
+
+# --- Dockerfile rules ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_dockerfile_follows_the_rules(image):
+    assert check.dockerfile_errors(image) == []
+
+
+@pytest.mark.parametrize("old, new, complaint", [
+    ("nvidia/cuda:13.0.2-base-ubuntu24.04@", "nvidia/cuda:12.8.1-base-ubuntu24.04@", "is not kuberlhf.images.BASE_IMAGE"),
+    (f"@{ZERO}", "", "no 'ARG BASE_IMAGE="),
+    ("FROM ${BASE_IMAGE}", "FROM ubuntu:24.04", "first FROM"),
+    ("--require-hashes --only-binary=:all: -r", "--only-binary=:all: -r", "requirements.lock with --require-hashes"),
+    ("COPY images/sft/requirements.lock", "COPY images/dpo/requirements.lock", "does not copy its own locks"),
+    ("python3.12 python3.12-venv", "python3.11 python3.11-venv", "PYTHON_VERSION"),
+    ("USER 10001:10001", "USER kuberlhf", "numeric non-root"),
+    ("USER 10001:10001", "USER 0", "numeric non-root"),
+    ('VOLUME ["/data"]', "", "/data volume"),
+    ("XDG_CACHE_HOME=/data/cache", "XDG_CACHE_HOME=/home/kuberlhf/.cache", "/data volume"),
+    ('title="kuberlhf-sft"', 'title="kuberlhf-train"', "label org.opencontainers.image.title"),
+    ("with bitsandbytes, DeepSpeed)\" \\", "DeepSpeed)\" \\", "label org.opencontainers.image.description"),
+    ('version="${VERSION}"', 'version="0.1.0"', "must come from ARG VERSION"),
+    ('ENTRYPOINT ["kuberlhf", "sft"]', 'ENTRYPOINT ["kuberlhf", "ppo"]', "ENTRYPOINT"),
+    ("WORKDIR /opt/kuberlhf", "WORKDIR /app", "WORKDIR"),
+    ("DS_BUILD_OPS=0 pip install", "pip install", "DS_BUILD_OPS=0"),
+])
+def test_dockerfile_rules_catch(tree, old, new, complaint):
+    edit(tree / "sft/Dockerfile", old, new)
+    errors = check.dockerfile_errors("sft")
+    assert any(complaint in e for e in errors), errors
+
+
+def test_base_digests_must_agree(tree):
+    assert check.consistency_errors() == []
+    edit(tree / "dpo/Dockerfile", f"@{ZERO}", "@sha256:" + "1" * 64)
+    assert any("different base digests" in e for e in check.consistency_errors())
+
+
+def test_image_folders_names_and_labels_agree_with_the_library():
+    assert sorted(p.parent.name for p in (ROOT / "images").glob("*/Dockerfile")) == sorted(images.IMAGES)
+    assert set(images.STAGE_IMAGE.values()) == set(images.IMAGES)
+    for image in IMAGES:
+        text = (ROOT / "images" / image / "Dockerfile").read_text()
+        assert f'org.opencontainers.image.title="{images.image_name(image)}"' in text
+        assert f'org.opencontainers.image.description="{images.IMAGES[image]}"' in text
+        assert f"ARG BASE_IMAGE={images.BASE_IMAGE}@sha256:" in text
+    for stage, image in images.STAGE_IMAGE.items():
+        assert images.image_ref(stage, registry="r.example", tag="t") == f"r.example/kuberlhf-{image}:t"
+    out = subprocess.run([sys.executable, "-m", "kuberlhf.images"], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src"),
+                                        "KUBERLHF_IMAGE_REGISTRY": "", "KUBERLHF_IMAGE_TAG": ""}).stdout
+    assert out.splitlines() == [f"{image} {images.DEFAULT_REGISTRY}/kuberlhf-{image}:{images.__version__}"
+                                for image in IMAGES]
+    assert images.oci_labels("ppo")["org.opencontainers.image.version"] == images.image_tag()
+
+
+# --- locks -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_lock_is_hashed_and_agrees_with_pyproject(image):
+    assert check.lock_errors(image) == []
+    entries, errors = check.all_locked(image)
+    assert not errors and all(e.hashes for e in entries.values())
+    declared = check.pyproject_requirements()
+    for name, entry in entries.items():
+        if name in declared:
+            assert declared[name].specifier.contains(entry.version, prereleases=True), (name, entry.version)
+
+
+def test_per_image_content_rules():
+    locked = {image: set(check.all_locked(image)[0]) for image in IMAGES}
+    assert "trl" not in locked["ppo"] and "bitsandbytes" not in locked["ppo"]
+    assert "bitsandbytes" in locked["sft"]
+    assert {"deepspeed", "trl"} <= locked["sft"] & locked["reward"] & locked["dpo"]
+    assert "deepspeed" in locked["ppo"] and "deepspeed" not in locked["launcher"]
+    assert {"matplotlib", "kubeflow-training"} <= locked["launcher"]
+    for image in IMAGES:
+        assert {"kfp", "kubernetes", "torch"} <= locked[image], image
+        assert set(check.parse_lock(ROOT / f"images/{image}/source.lock")[0]) <= set(check.SOURCE_ONLY)
+
+
+def _drop_entry(path: Path, name: str) -> None:
+    text = path.read_text()
+    new = re.sub(rf"(?ms)^{re.escape(name)}==.*?(?=^\S)", "", text, count=1)
+    assert new != text
+    path.write_text(new)
+
+
+@pytest.mark.parametrize("image, mutate, complaint", [
+    ("launcher", lambda t: edit(t / "launcher/requirements.lock", "six==1.17.0 \\\n", "six==1.17.0\n"),
+     "has no --hash"),
+    ("launcher", lambda t: edit(t / "launcher/requirements.lock", "transformers==5.23.0", "transformers==4.57.0"),
+     "outside pyproject.toml's transformers"),
+    ("ppo", lambda t: edit(t / "ppo/requirements.lock", "tqdm==", "trl==1.16.0 \\\n    --hash=sha256:" + "a" * 64
+                           + "\ntqdm=="), "must not contain trl"),
+    ("sft", lambda t: _drop_entry(t / "sft/requirements.lock", "bitsandbytes"), "bitsandbytes"),
+    ("sft", lambda t: _drop_entry(t / "sft/source.lock", "deepspeed"), "does not lock it"),
+    ("dpo", lambda t: edit(t / "dpo/requirements.lock", "# via", "deepspeed==0.19.8 \\\n    --hash=sha256:"
+                           + "b" * 64 + "\n    # via"), "belongs in source.lock"),
+    ("ppo", lambda t: edit(t / "ppo/requirements.lock", "==", ">=", 1), "not a hashed pin"),
+])
+def test_lock_rules_catch(tree, image, mutate, complaint):
+    assert check.lock_errors(image) == []
+    mutate(tree)
+    errors = check.lock_errors(image)
+    assert any(complaint in e for e in errors), errors
+
+
+def test_requirements_in_lists_only_what_the_image_locks(tree):
+    edit(tree / "ppo/requirements.in", "kfp\n", "kfp\nwandb\n")
+    assert any("lists wandb" in e for e in check.lock_errors("ppo"))
+
+
+# --- make images, images-pin: engines and base digests ---------------------------------------
+
+def _fake_tool(bin_dir: Path, name: str, script: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_build_refuses_an_unpinned_base(tree, monkeypatch, capsys):
+    monkeypatch.delenv("IMAGES_ALLOW_UNPINNED", raising=False)
+    assert build.main(["build", "ppo"]) == 2
+    assert "not pinned (placeholder digest)" in capsys.readouterr().err
+
+
+def test_build_without_an_engine_fails_clearly(tree, tmp_path, monkeypatch, capsys):
+    _fake_tool(tmp_path / "bin", "docker", 'echo "Cannot connect to the Docker daemon" >&2; exit 1\n')
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("IMAGES_ALLOW_UNPINNED", "1")
+    assert build.main(["build", "ppo"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable container engine" in err and "Cannot connect to the Docker daemon" in err
+    assert "podman: not installed" in err and "buildah: not installed" in err
+
+
+def test_build_command_line(tree, tmp_path, monkeypatch):
+    """With an engine present, each image is built from the repository root with its ref and labels."""
+    log = tmp_path / "calls"
+    _fake_tool(tmp_path / "bin", "podman", f'echo "$@" >> {log}\n')
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("IMAGES_ALLOW_UNPINNED", "1")
+    assert build.main(["build", "ppo", "launcher"]) == 0
+    info, ppo, launcher = log.read_text().splitlines()
+    assert info == "info"
+    assert ppo.split() == ["build", "--platform", "linux/amd64", "-f", str(tree / "ppo/Dockerfile"),
+                           "-t", images.image_ref("ppo"), "--build-arg", f"VERSION={images.image_tag()}",
+                           "--build-arg", f"SOURCE={images.SOURCE_URL}",
+                           "--build-arg", f"BASE_IMAGE={images.BASE_IMAGE}", str(ROOT)]
+    assert images.image_ref("launcher") in launcher.split()
+
+
+def test_pin_writes_the_digest_and_build_then_uses_it(tree, tmp_path, monkeypatch):
+    digest = "sha256:" + "c" * 64
+    _fake_tool(tmp_path / "bin", "crane", f'[ "$1" = digest ] && [ "$2" = "{images.BASE_IMAGE}" ] && echo {digest}\n')
+    log = tmp_path / "calls"
+    _fake_tool(tmp_path / "bin", "buildah", f'echo "$@" >> {log}\n')
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert build.main(["pin"]) == 0
+    assert set(check.base_digests().values()) == {digest}
+    assert check.consistency_errors() == [] and check.dockerfile_errors("sft") == []
+    monkeypatch.delenv("IMAGES_ALLOW_UNPINNED", raising=False)
+    assert build.main(["build", "sft"]) == 0
+    call = log.read_text().splitlines()[-1].split()
+    assert call[:3] == ["build", "--layers", "--platform"] and not any(a.startswith("BASE_IMAGE=") for a in call)
+
+
+def test_pin_without_a_tool_fails_clearly(tree, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("DIGEST", raising=False)
+    assert build.main(["pin"]) == 2
+    err = capsys.readouterr().err
+    assert f"could not resolve {images.BASE_IMAGE}" in err
+    assert all(f"{tool}: not installed" in err for tool in ("skopeo", "crane", "docker", "podman"))
+    assert set(check.base_digests().values()) == {ZERO}
+    assert build.main(["pin", "--digest", "sha256:1234"]) == 2
+    assert "not a sha256:<64 hex>" in capsys.readouterr().err
+
+
+# --- Makefile --------------------------------------------------------------------------------
+
+def test_make_targets():
+    text = (ROOT / "Makefile").read_text()
+    phony = re.search(r"^\.PHONY:(.*)$", text, re.M).group(1).split()
+    for target, script in (("images", "build.py build"), ("images-pin", "build.py pin"),
+                           ("images-lock", "build.py lock"), ("images-check", "check.py")):
+        rule = re.search(rf"^{target}:([^#\n]*)## .+\n\t(.+)$", text, re.M)
+        assert rule, f"no documented target {target}"
+        assert "install" in rule.group(1).split() and f"images/{script}" in rule.group(2)
+        assert target in phony
+
+
+def test_resolution_is_skipped_with_a_reason_when_the_registry_is_unreachable(monkeypatch):
+    monkeypatch.setattr(check, "INDEX_URL", "http://127.0.0.1:9/simple")
+    lines: list[str] = []
+    assert check.run_checks(out=lines.append) == 0
+    assert any(line.startswith("skipped: lock resolution on the registry: the package registry "
+                               "(http://127.0.0.1:9/simple) is unreachable") for line in lines), lines
