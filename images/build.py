@@ -97,6 +97,18 @@ def build(selected: list[str], allow_unpinned: bool, engine: str = "") -> None:
         print(f"built {images.image_ref(image)}")
 
 
+def push(selected: list[str], engine: str = "") -> None:
+    """Push the built images to their registry (log in first: docker/podman login, buildah login)."""
+    tool = find_engine(engine)
+    for image in selected:
+        ref = images.image_ref(image)
+        cmd = [tool, "push", ref]
+        print("+", " ".join(cmd), flush=True)
+        if subprocess.run(cmd).returncode:
+            raise Failure(f"pushing {ref} with {tool} failed (output above; logged in to the registry?)")
+        print(f"pushed {ref}")
+
+
 # --- pin -------------------------------------------------------------------------------------
 
 def _digest_commands(ref: str) -> list[tuple[str, list[list[str]]]]:
@@ -233,7 +245,7 @@ def sdist_block(image: str, name: str, spec: str, tmp: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
-    for verb in ("build", "lock"):
+    for verb in ("build", "push", "lock"):
         sub.add_parser(verb).add_argument("images", nargs="*", choices=[[], *images.IMAGES], metavar="IMAGE",
                                           help=f"some of {', '.join(images.IMAGES)} (default: all)")
     sub.add_parser("pin").add_argument("--digest", default=os.environ.get("DIGEST", ""),
@@ -243,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "build":
             build(selected, os.environ.get("IMAGES_ALLOW_UNPINNED") == "1", os.environ.get("IMAGES_ENGINE", ""))
+        elif args.verb == "push":
+            push(selected, os.environ.get("IMAGES_ENGINE", ""))
         elif args.verb == "pin":
             pin(args.digest)
         else:
