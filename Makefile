@@ -8,7 +8,7 @@ STAMP := $(VENV)/.kuberlhf-installed
 CONSTRAINTS := requirements/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test test-unit test-integration lint bench clean
+.PHONY: help install demo compile test test-unit test-integration lint bench clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,13 +25,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation -c $(CONSTRAINTS) deepspeed
 	touch $(STAMP)
 
-demo: install ## run the built-in demo locally: SFT, reward model, PPO (outputs/demo/)
-	$(BIN)/kuberlhf sft --config configs/sft/demo.yaml overwrite=true training.disable_tqdm=true
-	$(BIN)/kuberlhf reward --config configs/reward/demo.yaml overwrite=true training.disable_tqdm=true
-	$(BIN)/kuberlhf ppo --config configs/ppo/demo.yaml overwrite=true
-	@echo "gold-judge scores on held-out prompts (SFT policy -> PPO policy), from outputs/demo/ppo/metrics.json:"
-	@$(BIN)/python -c "import json; m = json.load(open('outputs/demo/ppo/metrics.json')); \
-	print(f\"  SFT {m['gold_score_before']:.3f} -> PPO {m['gold_score_after']:.3f} (KL {m['kl']:.2f})\")"
+demo: install ## run the rlhf-ppo pipeline locally on the built-in task (kfp.local): SFT, merge, reward, PPO, report
+	$(BIN)/kuberlhf pipeline run --local --pipeline rlhf-ppo
+
+compile: install ## compile the Kubeflow pipelines to outputs/pipelines/*.yaml (upload them in the Kubeflow UI)
+	$(BIN)/kuberlhf pipeline compile --pipeline all --out outputs/pipelines
 
 test: install ## run every test (unit + integration; S3 server started by the suite)
 	$(BIN)/python -m pytest tests -q
@@ -43,7 +41,31 @@ test-integration: install ## integration tests only (tiny models, real processes
 	$(BIN)/python -m pytest tests/integration -q
 
 lint: install ## ruff
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench components pipelines
+
+helm-lint: install ## Helm chart: lint --strict, render each ci/*-values.yaml, validate objects, bad values refused
+	$(BIN)/python tests/deploy_check.py helm-lint
+
+manifests-check: install ## kustomize manifests: build each overlay, validate objects, in sync with the chart
+	$(BIN)/python tests/deploy_check.py manifests-check
+
+chart-sync: install ## copy configs/ and the chart's cluster.yaml into manifests/ (after changing either)
+	$(BIN)/python tests/deploy_check.py sync
+
+images: install ## build the stage images (docker, podman or buildah; IMAGES_ALLOW_UNPINNED=1 allows an unpinned base)
+	$(BIN)/python images/build.py build
+
+images-push: install ## push the built images to KUBERLHF_IMAGE_REGISTRY (default ghcr.io/kuberlhf); log in first
+	$(BIN)/python images/build.py push
+
+images-pin: install ## pin the images' CUDA base to its digest (skopeo, crane, docker buildx or podman; or DIGEST=sha256:...)
+	$(BIN)/python images/build.py pin
+
+images-lock: install ## re-resolve images/*/requirements.lock and source.lock (uv; linux x86_64, the images' Python)
+	$(BIN)/python images/build.py lock
+
+images-check: install ## Dockerfiles pass hadolint; locks hashed, agree with pyproject, resolve on the registry
+	$(BIN)/python images/check.py
 
 bench: install ## throughput benchmarks; results go to docs/benchmarks.md by hand
 	$(BIN)/python bench/sft_throughput.py --repeats 3

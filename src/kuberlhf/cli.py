@@ -29,6 +29,7 @@ STAGES = {
 TOOLS = {
     "launch": "kuberlhf.k8s.cli",
     "pipeline": "kuberlhf.workflow.cli",
+    "merge": "kuberlhf.merge",
 }
 
 

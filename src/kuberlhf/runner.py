@@ -127,7 +127,8 @@ def seal_checkpoint(run: RunDir, name: str, keep: int) -> None:
 
 
 def checkpoint_callback(run: RunDir, keep: int) -> Any:
-    """A TrainerCallback that seals each checkpoint the Trainer saves."""
+    """A TrainerCallback that seals each checkpoint the Trainer saves and keeps the staged artifact's
+    ``train_log.jsonl`` (the Trainer's log history, resumed runs included) up to date."""
     from transformers import TrainerCallback
 
     class SealCheckpoint(TrainerCallback):
@@ -135,7 +136,20 @@ def checkpoint_callback(run: RunDir, keep: int) -> Any:
             if state.is_world_process_zero:
                 seal_checkpoint(run, f"checkpoint-{state.global_step}", keep)
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                write_train_log(run.staging, state.log_history)
+
     return SealCheckpoint()
+
+
+TRAIN_LOG = "train_log.jsonl"
+
+
+def write_train_log(staging: Path, history: list[dict]) -> None:
+    """One JSON record per logged step (``train_log.jsonl``): the curves of the evaluation report."""
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / TRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in history))
 
 
 def start(cfg: Any, stage: str, kind: str) -> tuple[RunDir, tuple]:

@@ -1,0 +1,30 @@
+"""The ``dpo`` stage as a KFP component: direct preference optimisation of the SFT policy."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+
+def dpo_op(image: str):
+    """The ``dpo`` component running in ``image``."""
+
+    @dsl.component(base_image=image)
+    def dpo(
+        policy: Input[Model],
+        model: Output[Model],
+        metrics: Output[Metrics],
+        job_manifest: Output[Artifact],
+        logs: Output[Artifact],
+        config: str = "configs/dpo/demo.yaml",
+        overrides: list = [],  # noqa: B006 (a KFP default value, never mutated)
+        mode: str = "local",
+        procs: int = 1,
+        run_id: str = "",
+        task: str = "dpo",
+    ):
+        """DPO of the SFT policy on preference pairs (config file plus key=value overrides)."""
+        from kuberlhf.workflow.steps import run_stage_step
+
+        run_stage_step("dpo", {"policy": policy}, model, metrics, job_manifest, logs, config=config,
+                       overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
+
+    return dpo

@@ -1,0 +1,31 @@
+"""The ``ppo`` stage as a KFP component: PPO of the SFT policy against the reward model."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+
+def ppo_op(image: str):
+    """The ``ppo`` component running in ``image``."""
+
+    @dsl.component(base_image=image)
+    def ppo(
+        policy: Input[Model],
+        reward_model: Input[Model],
+        model: Output[Model],
+        metrics: Output[Metrics],
+        job_manifest: Output[Artifact],
+        logs: Output[Artifact],
+        config: str = "configs/ppo/demo.yaml",
+        overrides: list = [],  # noqa: B006 (a KFP default value, never mutated)
+        mode: str = "local",
+        procs: int = 1,
+        run_id: str = "",
+        task: str = "ppo",
+    ):
+        """PPO with a KL penalty to the SFT policy (config file plus key=value overrides)."""
+        from kuberlhf.workflow.steps import run_stage_step
+
+        run_stage_step("ppo", {"policy": policy, "reward_model": reward_model}, model, metrics, job_manifest, logs,
+                       config=config, overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
+
+    return ppo

@@ -1,0 +1,29 @@
+"""The ``reward`` stage as a KFP component: a reward model trained on preference pairs."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Metrics, Model, Output
+
+
+def reward_op(image: str):
+    """The ``reward`` component running in ``image``."""
+
+    @dsl.component(base_image=image)
+    def reward(
+        model: Output[Model],
+        metrics: Output[Metrics],
+        job_manifest: Output[Artifact],
+        logs: Output[Artifact],
+        config: str = "configs/reward/demo.yaml",
+        overrides: list = [],  # noqa: B006 (a KFP default value, never mutated)
+        mode: str = "local",
+        procs: int = 1,
+        run_id: str = "",
+        task: str = "reward",
+    ):
+        """Reward model on preference pairs (config file plus key=value overrides)."""
+        from kuberlhf.workflow.steps import run_stage_step
+
+        run_stage_step("reward", {}, model, metrics, job_manifest, logs, config=config, overrides=overrides,
+                       mode=mode, procs=procs, run_id=run_id, task=task)
+
+    return reward

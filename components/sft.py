@@ -1,0 +1,29 @@
+"""The ``sft`` stage as a KFP component: supervised fine-tuning."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Metrics, Model, Output
+
+
+def sft_op(image: str):
+    """The ``sft`` component running in ``image``."""
+
+    @dsl.component(base_image=image)
+    def sft(
+        model: Output[Model],
+        metrics: Output[Metrics],
+        job_manifest: Output[Artifact],
+        logs: Output[Artifact],
+        config: str = "configs/sft/demo.yaml",
+        overrides: list = [],  # noqa: B006 (a KFP default value, never mutated)
+        mode: str = "local",
+        procs: int = 1,
+        run_id: str = "",
+        task: str = "sft",
+    ):
+        """Supervised fine-tuning of the policy (config file plus key=value overrides)."""
+        from kuberlhf.workflow.steps import run_stage_step
+
+        run_stage_step("sft", {}, model, metrics, job_manifest, logs, config=config, overrides=overrides,
+                       mode=mode, procs=procs, run_id=run_id, task=task)
+
+    return sft

@@ -1,0 +1,245 @@
+"""What a pipeline step runs: one training stage, in the step's own process or as a PyTorchJob.
+
+The KFP components (``components/``) are thin shells around :func:`run_stage_step`:
+
+* ``mode=local``: the stage runs in the component's own process (``torchrun`` when
+  ``procs > 1``), writing its artifact to the output model's local path. This is what
+  ``kfp.local.SubprocessRunner`` runs on a laptop and what a single-pod run uses.
+* ``mode=pytorchjob``: the component is a launcher. It builds a PyTorchJob for the stage
+  (:func:`kuberlhf.k8s.launcher.launch_stage`), creates it and waits; the training pods
+  write straight to the object-store URI KFP assigned to the output model, and the rendered
+  job manifest is saved as an output artifact.
+
+Inputs of a stage (the SFT policy, the reward model) are handed over as config overrides:
+local paths in ``local`` mode, ``s3://`` URIs in ``pytorchjob`` mode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kuberlhf.errors import ConfigError, KuberlhfError
+
+log = logging.getLogger("kuberlhf")
+
+MODES = ("local", "pytorchjob")
+CONFIG_DIR = "/etc/kuberlhf"  # the kuberlhf-config ConfigMap, mounted by the pipelines
+# stage -> {input name of the component: config key that receives the input model}
+STAGE_INPUTS: dict[str, dict[str, str]] = {
+    "sft": {},
+    "reward": {},
+    "ppo": {"policy": "policy.name_or_path", "reward_model": "reward_model.name_or_path"},
+    "dpo": {"policy": "model.name_or_path"},
+    "rloo": {"policy": "policy.name_or_path", "reward_model": "reward_model.name_or_path"},
+    "grpo": {"policy": "policy.name_or_path", "reward_model": "reward_model.name_or_path"},
+}
+# Trainer stages have progress bars, which only clutter a step's log
+TRAINER_STAGES = ("sft", "reward", "dpo", "rloo", "grpo")
+LOCAL_MODE_NOTE = "# mode=local: the stage ran in the step's own process; no PyTorchJob was created.\n"
+
+
+def artifact_uri(uri: str) -> str:
+    """The URI a training process reads or writes for a KFP artifact URI.
+
+    ``s3://`` stays; ``minio://bucket/key`` (the KFP default pipeline root) is the same object
+    in the S3-compatible store and becomes ``s3://bucket/key``; a local path stays a path.
+    """
+    if uri.startswith("minio://"):
+        return "s3://" + uri.removeprefix("minio://")
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    if "://" in uri and not uri.startswith("s3://"):
+        scheme = uri.split("://", 1)[0]
+        raise KuberlhfError(
+            f"artifact URI {uri!r}: {scheme}:// is not supported; use an s3:// or minio:// pipeline root")
+    return uri
+
+
+def resolve_config(ref: str) -> str:
+    """A stage config reference: an existing path as given, else the same name in the mounted ConfigMap."""
+    if not ref or Path(ref).is_file():
+        return ref
+    mounted = Path(os.environ.get("KUBERLHF_CONFIG_DIR", CONFIG_DIR))
+    for candidate in (mounted / ref, mounted / Path(ref).name):
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(f"config {ref!r}: no such file (looked here and in {mounted})")
+
+
+def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, str], output_dir: str) -> list[str]:
+    """The stage's ``key=value`` overrides: quiet progress bars, the user's overrides, then the inputs and
+    the output directory, which the pipeline wires and so always win."""
+    if stage not in STAGE_INPUTS:
+        raise ConfigError(f"stage {stage!r}: not a pipeline stage; known: {', '.join(STAGE_INPUTS)}")
+    unknown = set(inputs) - set(STAGE_INPUTS[stage])
+    if unknown:
+        raise ConfigError(f"stage {stage!r}: unknown input(s) {sorted(unknown)}; known: {sorted(STAGE_INPUTS[stage])}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"{stage} override {item!r}: expected key=value")
+    wired = [f"{STAGE_INPUTS[stage][name]}={uri}" for name, uri in inputs.items()]
+    quiet = ["training.disable_tqdm=true"] if stage in TRAINER_STAGES else []
+    return [*quiet, *(overrides or []), *wired, f"output_dir={output_dir}"]
+
+
+def stage_args(stage: str, config: str, overrides: list[str]) -> list[str]:
+    """The ``kuberlhf`` command line of a stage, without the program."""
+    return [stage, *(["--config", config] if config else []), *overrides]
+
+
+def local_command(stage: str, config: str, overrides: list[str], procs: int) -> list[str]:
+    """``kuberlhf STAGE`` in this interpreter, under torchrun when ``procs > 1``."""
+    args = stage_args(stage, config, overrides)
+    if procs > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+                "-m", "kuberlhf.cli", *args]
+    return [sys.executable, "-m", "kuberlhf.cli", *args]
+
+
+def run_local(stage: str, config: str, overrides: list[str], procs: int = 1, log_path: str | None = None) -> None:
+    """Run the stage here: in this process, or as a torchrun child whose output is teed to ``log_path``."""
+    if procs < 1:
+        raise ConfigError(f"procs: must be at least 1, got {procs}")
+    if procs == 1:
+        from kuberlhf.cli import main
+
+        handler = _file_handler(log_path)
+        try:
+            code = main(stage_args(stage, config, overrides))
+        finally:
+            if handler:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+    else:
+        code = _tee(local_command(stage, config, overrides, procs), log_path)
+    if code != 0:
+        raise KuberlhfError(f"kuberlhf {stage} exited with status {code}")
+
+
+def _file_handler(path: str | None) -> logging.Handler | None:
+    if not path:
+        return None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _tee(cmd: list[str], log_path: str | None) -> int:
+    log.info("running %s", " ".join(cmd))
+    sink = open(log_path, "w") if log_path else None  # noqa: SIM115 (closed below)
+    try:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                if sink:
+                    sink.write(line)
+        return proc.returncode
+    finally:
+        if sink:
+            sink.close()
+
+
+def read_metrics(output_dir: str) -> dict:
+    """``metrics.json`` of a finished artifact (local dir or ``s3://`` prefix)."""
+    from kuberlhf import storage
+
+    with storage.open_uri(f"{output_dir.rstrip('/')}/metrics.json", "rb") as fh:
+        return json.loads(fh.read())
+
+
+def scalar_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a stage's metrics (top level, no booleans), for KFP ``Metrics``."""
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and v == v}
+
+
+def run_stage(
+    stage: str,
+    *,
+    mode: str,
+    config: str,
+    overrides: list[str] | None,
+    inputs: dict[str, str],
+    output_path: str,
+    output_uri: str,
+    manifest_path: str,
+    log_path: str | None = None,
+    procs: int = 1,
+    run_id: str = "",
+    task: str = "",
+) -> dict:
+    """Run one pipeline step of ``stage``; returns the stage's ``metrics.json``.
+
+    ``inputs`` maps the component's input names to where the stage reads them: local paths in
+    local mode, the artifacts' URIs in pytorchjob mode. A step whose output already holds a
+    finished artifact (a retry after the stage published) reports it instead of training again.
+    """
+    from kuberlhf import storage
+
+    if mode not in MODES:
+        raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    config = resolve_config(config)
+    output_dir = output_path if mode == "local" else artifact_uri(output_uri)
+    if mode == "pytorchjob":
+        inputs = {name: artifact_uri(uri) for name, uri in inputs.items()}
+    else:  # cluster.* keys shape the PyTorchJob: the same parameters also run locally
+        skipped = [o for o in overrides or [] if o.startswith("cluster.")]
+        if skipped:
+            log.info("mode=local: ignoring cluster overrides %s", " ".join(skipped))
+        overrides = [o for o in overrides or [] if not o.startswith("cluster.")]
+    args = stage_overrides(stage, overrides, inputs, output_dir)
+    if mode == "pytorchjob":
+        _cluster_storage_env()
+    if storage.is_complete(output_dir):
+        log.info("%s already holds a finished %s artifact (a retried step): not training again", output_dir, stage)
+    elif mode == "local":
+        run_local(stage, config, args, procs, log_path)
+    else:
+        from kuberlhf.k8s.launcher import launch_stage
+
+        Path(output_path).mkdir(parents=True, exist_ok=True)  # KFP uploads this (empty) folder afterwards
+        result = launch_stage(stage, config, args, run_id=run_id, task=task, cluster=None,
+                              manifest_out=manifest_path, backend="pytorchjob")
+        log.info("%s finished: %s", stage, result)
+    if mode == "local":
+        Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(manifest_path).write_text(LOCAL_MODE_NOTE)
+        # the finished artifact is what downstream steps read: its checkpoints would only be copied around
+        shutil.rmtree(Path(output_path) / "checkpoints", ignore_errors=True)
+    if log_path and not Path(log_path).exists():
+        Path(log_path).write_text(f"# {stage}: see the step's own log (mode={mode})\n")
+    return read_metrics(output_dir)
+
+
+def _cluster_storage_env() -> None:
+    """The object-store endpoint of the mounted cluster settings, for reading the stage's results."""
+    path = Path(os.environ.get("KUBERLHF_CONFIG_DIR", CONFIG_DIR)) / "cluster.yaml"
+    if os.environ.get("AWS_ENDPOINT_URL_S3") or not path.is_file():
+        return
+    import yaml
+
+    endpoint = (yaml.safe_load(path.read_text()) or {}).get("storage_endpoint")
+    if endpoint:
+        os.environ["AWS_ENDPOINT_URL_S3"] = str(endpoint)
+
+
+def run_stage_step(stage: str, inputs: dict[str, Any], model: Any, metrics: Any, job_manifest: Any,
+                   logs: Any = None, **kwargs: Any) -> dict:
+    """:func:`run_stage` for a KFP component: its artifacts in, metrics logged on ``metrics``."""
+    mode = kwargs.get("mode", "local")
+    wired = {name: (artifact.path if mode == "local" else artifact.uri) for name, artifact in inputs.items()}
+    result = run_stage(stage, inputs=wired, output_path=model.path, output_uri=model.uri,
+                       manifest_path=job_manifest.path, log_path=logs.path if logs is not None else None, **kwargs)
+    for key, value in scalar_metrics(result).items():
+        metrics.log_metric(key, value)
+    model.metadata.update({"stage": stage, "mode": mode})
+    return result
