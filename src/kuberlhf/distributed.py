@@ -31,3 +31,20 @@ def init_deepspeed(config_path: str | None) -> None:
     import torch
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def all_gather(tensor):
+    """``tensor`` from every process, concatenated along dim 0 (a 0-dim tensor counts as one row).
+
+    ``torch.distributed.all_gather`` into a list: gloo has no ``all_gather_into_tensor``, which
+    accelerate's ``gather`` uses under DeepSpeed. Every process must pass the same shape.
+    """
+    import torch
+    import torch.distributed as dist
+
+    tensor = tensor.reshape(1) if tensor.dim() == 0 else tensor
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

@@ -3,6 +3,8 @@
 $ kuberlhf ppo --config configs/ppo/demo.yaml
 $ kuberlhf ppo --config configs/ppo/demo.yaml output_dir=s3://bucket/runs/ppo training.max_steps=50
 $ torchrun --nproc_per_node 2 -m kuberlhf.cli ppo --config configs/ppo/demo.yaml
+$ torchrun --nproc_per_node 2 -m kuberlhf.cli ppo --config configs/ppo/demo.yaml \
+    training.deepspeed=configs/deepspeed/zero3.json
 
 Each step: sample responses to a batch of prompts (pure sampling: top_k 0, top_p 1),
 score them with the reward model (its own tokenizer: text is decoded and re-encoded),
@@ -10,6 +12,9 @@ subtract a per-token KL penalty to the reference, estimate advantages with GAE, 
 run several epochs of clipped policy and value updates over mini-batches. Checkpoints
 hold the policy, the value model, both optimizers and schedulers, the KL controller, the
 RNG states and the prompt position, so a rerun resumes exactly where a run stopped.
+Under DeepSpeed (``training.deepspeed``) policy and value model share one ZeRO engine and
+one AdamW with two learning rates (:mod:`kuberlhf.rlhf.learner`); checkpoints are
+DeepSpeed's sharded ones, the final artifact a whole Hugging Face model.
 The math lives in :mod:`kuberlhf.rlhf.ppo_core`.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,16 +80,23 @@ class PpoTrainingConfig:
     value_learning_rate: float | None = option(None, "value-model learning rate; None = learning_rate")
     lr_scheduler_type: str = option("linear", "transformers scheduler name")
     warmup_steps: int = option(0, "linear warm-up steps")
-    max_grad_norm: float = option(1.0, "gradient clipping norm (policy and value separately)")
+    max_grad_norm: float = option(
+        1.0, "gradient clipping norm (policy and value separately; under DeepSpeed of both together)"
+    )
     seed: int = option(42, "seed of sampling, mini-batch order and prompt order")
     logging_steps: int = option(10, "log every N steps")
     save_steps: int = option(50, "checkpoint every N steps into output_dir/checkpoints")
     save_total_limit: int = option(2, "checkpoints kept")
     use_cpu: bool = option(False, "run on CPU even when a GPU is present")
+    deepspeed: str | None = option(
+        None, "DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json): ZeRO-2/3 through accelerate; needs torchrun"
+    )
 
     def __post_init__(self) -> None:
         require(self.max_steps > 0, "training.max_steps", "must be positive")
         require(self.save_steps > 0, "training.save_steps", "must be positive")
+        if self.deepspeed:
+            require(os.path.isfile(self.deepspeed), "training.deepspeed", f"file not found: {self.deepspeed}")
 
 
 @dataclass

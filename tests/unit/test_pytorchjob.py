@@ -221,7 +221,7 @@ def test_launch_ppo_dry_run_prints_a_valid_restricted_job(tmp_path):
     (["cluster.gpu_product=v100"], "cluster.gpu_product"),
     (["cluster.memory=lots"], "cluster.memory"),
     (["cluster.launcher=deepspeed"], "cluster.deepspeed_config"),
-    (["cluster.launcher=deepspeed", "cluster.deepspeed_config=configs/deepspeed/zero3.json"], "cluster.launcher"),
+    (["cluster.launcher=deepspeed", "cluster.deepspeed_config=configs/deepspeed/zero9.json"], "training.deepspeed"),
     (["training.max_stepz=3"], "training.max_stepz"),
     (["--name", "Bad_Name"], "job name 'Bad_Name'"),
 ])
@@ -250,17 +250,22 @@ def test_shipped_cluster_configs_render_valid_jobs(path):
     assert path.read_text().splitlines()[1].startswith("# $ kuberlhf launch")
     for stage in ("sft", "ppo"):
         cluster = load_cluster(path)
-        if stage == "ppo" and cluster.launcher == "deepspeed":
-            continue
         _, job = render(stage, f"configs/{stage}/demo.yaml", ["output_dir=s3://b/x"], "run-1", stage, cluster)
         assert crd_errors(job) == [] and pss_restricted_errors(job) == []
 
 
-def test_deepspeed_needs_a_stage_that_has_it():
+def test_deepspeed_passes_its_config_to_the_stage_and_needs_a_stage_that_has_it(monkeypatch):
     ds = {"launcher": "deepspeed", "deepspeed_config": "configs/deepspeed/zero2.json"}
-    _, job = render("sft", "configs/sft/demo.yaml", [], "r", "sft", ds)
-    assert "training.deepspeed=configs/deepspeed/zero2.json" in job["spec"]["pytorchReplicaSpecs"]["Master"][
-        "template"]["spec"]["containers"][0]["command"]
+    for stage in ("sft", "ppo"):
+        _, job = render(stage, f"configs/{stage}/demo.yaml", [], "r", stage, ds)
+        command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+        assert command[0] == "torchrun" and "training.deepspeed=configs/deepspeed/zero2.json" in command
+        assert command[command.index("-m") + 1 : command.index("-m") + 3] == ["kuberlhf.cli", stage]
+        assert crd_errors(job) == [] and pss_restricted_errors(job) == []
+    from kuberlhf import cli
+
+    # every shipped stage has training.deepspeed; a config class without it is refused
+    monkeypatch.setitem(cli.STAGES, "ppo", ("kuberlhf.k8s.spec", "ClusterConfig"))
     with pytest.raises(ConfigError, match="'cluster.launcher': stage 'ppo' does not run under DeepSpeed"):
         render("ppo", "configs/ppo/demo.yaml", [], "r", "ppo", ds)
 

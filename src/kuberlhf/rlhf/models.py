@@ -44,14 +44,24 @@ def same_tokenizer(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
-def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int):
-    """Log-probs and entropies of the tokens from position ``start`` on, and the logits' dtype preserved."""
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: 0 at each row's first real token."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: int):
+    """Log-probs and entropies (float32) of the tokens from position ``start`` on, from a causal LM's logits."""
     from kuberlhf.rlhf.ppo_core import entropy_from_logits, logprobs_from_logits
 
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     logits = logits[:, start - 1 : -1].float()
     return logprobs_from_logits(logits, input_ids[:, start:]), entropy_from_logits(logits)
+
+
+def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int):
+    """Log-probs and entropies of the tokens from position ``start`` on (float32)."""
+    pos = position_ids(attention_mask)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits
+    return response_logprobs(logits, input_ids, start)
 
 
 def reward_scores(model: nn.Module, tokenizer: Any, texts: list[str], max_length: int) -> torch.Tensor:
@@ -73,8 +83,12 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     stop_at_eos: bool = True,
+    synced_gpus: bool = False,
 ) -> dict:
     """One batch of responses (KV cache on), cut after the first EOS.
+
+    ``synced_gpus`` keeps every process generating until all are done (ZeRO-3: each forward
+    gathers the sharded weights from all processes, so none may stop early).
 
     Returns ``input_ids``/``attention_mask`` of prompt (left-padded) + response (right-padded),
     ``start`` (where responses begin), ``mask`` (float, 1 on response tokens incl. the EOS),
@@ -95,6 +109,7 @@ def sample(
         max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,
         pad_token_id=tokenizer.pad_token_id,
+        synced_gpus=synced_gpus,
     )
     model.train(was_training)
     start = enc["input_ids"].shape[1]

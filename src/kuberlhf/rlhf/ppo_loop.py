@@ -1,4 +1,4 @@
-"""The PPO training loop on transformers + accelerate (DDP under torchrun), resumable."""
+"""The PPO training loop on transformers + accelerate (DDP or DeepSpeed ZeRO-2/3 under torchrun), resumable."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from kuberlhf import modeling, runner
+from kuberlhf.distributed import all_gather
 from kuberlhf.errors import ConfigError, KuberlhfError
+from kuberlhf.rlhf import learner as learners
 from kuberlhf.rlhf import models as rl
 from kuberlhf.rlhf import ppo_core as core
 
@@ -23,21 +25,24 @@ class PpoLoop:
     """Owns the models, optimizers and state of one PPO run (see kuberlhf.ppo)."""
 
     def __init__(self, cfg: Any, run_dir: runner.RunDir):
-        from accelerate import Accelerator
-        from transformers import get_scheduler
-
         self.cfg, self.run_dir = cfg, run_dir
         t = cfg.training
-        self.accelerator = Accelerator(cpu=t.use_cpu or not torch.cuda.is_available())
+        self.zero = bool(t.deepspeed)
+        self.accelerator = learners.make_accelerator(t, cfg.rollout.batch_size // cfg.ppo.num_mini_batches)
         acc = self.accelerator
         self.device = acc.device
-        torch.manual_seed(t.seed + acc.process_index)  # before any weight is initialised (the value head)
+        torch.manual_seed(t.seed)  # the same new weights (value head, LoRA) on every process
         with acc.local_main_process_first():
             policy_path = modeling.resolve_model_path(cfg.policy.name_or_path, "causal-lm", t.seed)
             reward_path = modeling.resolve_model_path(
                 cfg.reward_model.name_or_path, "sequence-classification", t.seed
             )
             self.resume = runner.latest_checkpoint(run_dir)
+        if self.resume and Path(self.resume, "zero").is_dir() != self.zero:
+            raise ConfigError(f"config key 'training.deepspeed': checkpoint {self.resume} was written "
+                              f"{'with' if not self.zero else 'without'} DeepSpeed; resume it the same way")
+        # Under DeepSpeed the weights come back from its own checkpoint once the engine exists.
+        resume_weights = None if self.zero else self.resume
         self.prompts, self.eval_prompts = self._load_prompts()
         self.tokenizer = modeling.load_tokenizer(cfg.policy, policy_path, padding_side="left")
         self.reward_tokenizer = modeling.load_tokenizer(cfg.reward_model, reward_path)
@@ -46,32 +51,21 @@ class PpoLoop:
         ).to(self.device).eval()
         self.reward_model.requires_grad_(False)
 
-        policy = modeling.load_causal_lm(cfg.policy, policy_path)
         self.reference = None
-        if cfg.finetune == "lora":
-            from peft import PeftModel, get_peft_model
-
-            if self.resume:
-                policy = PeftModel.from_pretrained(policy, f"{self.resume}/policy", is_trainable=True)
-            else:
-                policy = get_peft_model(policy, modeling.peft_config(cfg.lora, "CAUSAL_LM"))
-        else:
+        if cfg.finetune == "full":
             self.reference = modeling.load_causal_lm(cfg.policy, policy_path).to(self.device).eval()
             self.reference.requires_grad_(False)
-            if self.resume:
-                policy = modeling.load_causal_lm(cfg.policy, f"{self.resume}/policy")
+        policy = self._policy(policy_path, resume_weights)
         value = self._value_model(policy_path, reward_path)
-        if self.resume:
+        if resume_weights:
             from safetensors.torch import load_file
 
-            value.load_state_dict(load_file(f"{self.resume}/value.safetensors"))
-
-        opt_p = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.learning_rate)
-        opt_v = torch.optim.AdamW(value.parameters(), lr=t.value_learning_rate or t.learning_rate)
-        sched_p = get_scheduler(t.lr_scheduler_type, opt_p, t.warmup_steps, t.max_steps)
-        sched_v = get_scheduler(t.lr_scheduler_type, opt_v, t.warmup_steps, t.max_steps)
-        self.policy, self.value, self.opt_p, self.opt_v = acc.prepare(policy, value, opt_p, opt_v)
-        self.sched_p, self.sched_v = sched_p, sched_v
+            value.load_state_dict(load_file(f"{resume_weights}/value.safetensors"))
+        if self.zero:
+            self.learner: Any = learners.ZeroLearner(acc, policy, value, t, lambda: self._policy(policy_path, None))
+        else:
+            self.learner = learners.SeparateLearner(acc, policy, value, t)
+        self.final: Any = None
         a = cfg.ppo
         if a.adaptive_kl:
             self.kl_ctl = core.AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
@@ -79,6 +73,7 @@ class PpoLoop:
             self.kl_ctl = core.FixedKLController(a.kl_coef)
         self.step = 0
         self.history: list[dict] = []
+        torch.manual_seed(t.seed + acc.process_index)  # sampling differs between processes
         self.generator = torch.Generator().manual_seed(t.seed + acc.process_index)
         if self.resume:
             self._load_state(Path(self.resume))
@@ -89,6 +84,17 @@ class PpoLoop:
         train, held_out, _ = self.cfg.data.load("prompt", self.cfg.training.seed)
         prompts = list(train["prompt"])
         return prompts, list(held_out["prompt"]) if held_out is not None else []
+
+    def _policy(self, path: str, resume: str | None) -> Any:
+        """The policy to train: the SFT model (resumed weights from ``resume``), or a LoRA adapter on it."""
+        if self.cfg.finetune == "full":
+            return modeling.load_causal_lm(self.cfg.policy, f"{resume}/policy" if resume else path)
+        from peft import PeftModel, get_peft_model
+
+        base = modeling.load_causal_lm(self.cfg.policy, path)
+        if resume:
+            return PeftModel.from_pretrained(base, f"{resume}/policy", is_trainable=True)
+        return get_peft_model(base, modeling.peft_config(self.cfg.lora, "CAUSAL_LM"))
 
     def _value_model(self, policy_path: str, reward_path: str) -> rl.ValueModel:
         shared = rl.same_tokenizer(self.tokenizer, self.reward_tokenizer)
@@ -117,13 +123,10 @@ class PpoLoop:
             out.append(self.prompts[order[index]])
         return out
 
-    def _unwrapped(self) -> Any:
-        return self.accelerator.unwrap_model(self.policy)
-
     def rollout(self, prompts: list[str]) -> dict:
         r = self.cfg.rollout
         return rl.sample(
-            self._unwrapped(),
+            self.learner.policy,
             self.tokenizer,
             prompts,
             max_new_tokens=r.max_new_tokens,
@@ -131,6 +134,7 @@ class PpoLoop:
             top_k=r.top_k,
             top_p=r.top_p,
             stop_at_eos=r.stop_at_eos,
+            synced_gpus=self.learner.synced_gpus,
         )
 
     @torch.no_grad()
@@ -138,13 +142,14 @@ class PpoLoop:
         """Add old log-probs, reference log-probs, values, scores, rewards and advantages to ``batch``."""
         a, r = self.cfg.ppo, self.cfg.rollout
         ids, attn, mask, start = batch["input_ids"], batch["attention_mask"], batch["mask"], batch["start"]
-        batch["logprobs"], _ = rl.sequence_logprobs(self._unwrapped(), ids, attn, start)
+        policy = self.learner.policy
+        batch["logprobs"], _ = rl.sequence_logprobs(policy, ids, attn, start)
         if self.reference is not None:
             batch["ref_logprobs"], _ = rl.sequence_logprobs(self.reference, ids, attn, start)
         else:
-            with self._unwrapped().disable_adapter():
-                batch["ref_logprobs"], _ = rl.sequence_logprobs(self._unwrapped(), ids, attn, start)
-        batch["values"] = self._values(self.accelerator.unwrap_model(self.value), ids, attn, start)
+            with policy.disable_adapter():
+                batch["ref_logprobs"], _ = rl.sequence_logprobs(policy, ids, attn, start)
+        batch["values"] = self.learner.value(ids, attn)[:, start - 1 : -1].float()
         texts = [p + t for p, t in zip(batch["prompts"], batch["texts"], strict=True)]
         scores = rl.reward_scores(self.reward_model, self.reward_tokenizer, texts, r.reward_max_length).to(self.device)
         core.check_finite("reward", scores)
@@ -159,17 +164,12 @@ class PpoLoop:
         advantages, returns = core.gae(rewards, batch["values"], mask, a.gamma, a.lam)
         batch.update(scores=scores, kl=kl, advantages=core.masked_whiten(advantages, mask), returns=returns)
 
-    @staticmethod
-    def _values(value_model: Any, ids: torch.Tensor, attn: torch.Tensor, start: int) -> torch.Tensor:
-        """V(state before response token t) = the value head at position start + t - 1."""
-        return value_model(ids, attn)[:, start - 1 : -1].float()
-
     # ------------------------------------------------------------------ update
 
     def update(self, batch: dict) -> dict:
-        a, t, acc = self.cfg.ppo, self.cfg.training, self.accelerator
-        self.policy.train()
-        self.value.train()
+        a = self.cfg.ppo
+        lr = self.learner.learning_rate()  # the policy's, for this step
+        self.learner.train()
         size = batch["input_ids"].shape[0]
         mb = size // a.num_mini_batches
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "entropy")}
@@ -179,11 +179,11 @@ class PpoLoop:
             for i in range(0, size, mb):
                 idx = order[i : i + mb].to(self.device)
                 ids, attn, mask = batch["input_ids"][idx], batch["attention_mask"][idx], batch["mask"][idx]
-                logprobs, entropy = rl.sequence_logprobs(self.policy, ids, attn, batch["start"])
-                values = self._values(self.value, ids, attn, batch["start"])
+                # values[t] = V(state before response token t): the value head at position start + t - 1
+                logprobs, entropy, values = self.learner.forward(ids, attn, batch["start"])
                 pg, pstats = core.policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask,
                                               a.clip_range)
-                ratio_max = acc.gather(torch.as_tensor(float(pstats["ratio_max"]), device=self.device)).max()
+                ratio_max = all_gather(torch.as_tensor(float(pstats["ratio_max"]), device=self.device)).max()
                 if ratio_max > a.ratio_threshold:  # decided on every process alike, so DDP stays in step
                     skipped += 1
                     continue
@@ -191,20 +191,15 @@ class PpoLoop:
                                         a.clip_range_value)
                 loss = pg + a.vf_coef * vf
                 core.check_finite("loss", loss)
-                acc.backward(loss)
-                acc.clip_grad_norm_(self.policy.parameters(), t.max_grad_norm)
-                acc.clip_grad_norm_(self.value.parameters(), t.max_grad_norm)
-                for opt in (self.opt_p, self.opt_v):
-                    opt.step()
-                    opt.zero_grad()
+                self.learner.step(loss)
                 stats["policy_loss"].append(pg.item())
                 stats["value_loss"].append(vf.item())
                 stats["clip_fraction"].append(float(pstats["clip_fraction"]))
                 stats["entropy"].append(core.masked_mean(entropy, mask).item())
-        self.sched_p.step()
-        self.sched_v.step()
+        self.learner.end_step()
         out = {k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()}
         out["skipped_minibatches"] = skipped
+        out["learning_rate"] = lr
         return out
 
     # ------------------------------------------------------------------ the loop
@@ -230,17 +225,17 @@ class PpoLoop:
             t2 = time.perf_counter()
             gen_time, train_time = gen_time + (t1 - t0), train_time + (t2 - t1)
             mask = batch["mask"]
-            seq_kl = acc.gather(batch["kl"].sum(1)).mean().item()
-            n = acc.gather(torch.tensor([mask.shape[0]], device=self.device)).sum().item()
+            seq_kl = all_gather(batch["kl"].sum(1)).mean().item()
+            n = all_gather(torch.tensor([mask.shape[0]], device=self.device)).sum().item()
             samples += n
             self.kl_ctl.update(seq_kl, n)
             self.step += 1
             record = {
                 "step": self.step,
-                "reward": acc.gather(batch["scores"]).mean().item(),
+                "reward": all_gather(batch["scores"]).mean().item(),
                 "kl": seq_kl,
                 "kl_coef": float(self.kl_ctl.value),
-                "response_length": acc.gather(mask.sum(1)).float().mean().item(),
+                "response_length": all_gather(mask.sum(1)).float().mean().item(),
                 "generation_share": (t1 - t0) / (t2 - t0),
                 "samples_per_second": n / (t2 - t0),
                 **stats,
@@ -256,6 +251,7 @@ class PpoLoop:
             if stopped:
                 break
         elapsed = time.perf_counter() - started
+        self.final = self.learner.final_policy()  # gathered from the shards under ZeRO-3 (all processes)
         metrics = self._final_metrics(gen_time, train_time, samples, elapsed)
         metrics["stopped_early"] = stopped
         return metrics
@@ -271,6 +267,8 @@ class PpoLoop:
             "generation_time_share": gen_time / max(gen_time + train_time, 1e-9),
             "skipped_minibatches": sum(h["skipped_minibatches"] for h in self.history),
             "kl_coef": float(self.kl_ctl.value),
+            "world_size": self.accelerator.num_processes,
+            "zero_stage": self.learner.stage if self.zero else 0,
         }
         if self.accelerator.is_main_process and self.eval_prompts:
             metrics.update(self.evaluate())
@@ -281,7 +279,7 @@ class PpoLoop:
         from kuberlhf.evaluate import compare_to_reference
 
         return compare_to_reference(
-            self._unwrapped(),
+            self.final,
             self.reference,
             self.tokenizer,
             self.eval_prompts,
@@ -293,8 +291,8 @@ class PpoLoop:
     # ------------------------------------------------------------------ checkpoints
 
     def save_policy(self, directory: Path) -> None:
-        """The final policy as a standalone model (a LoRA adapter is merged in)."""
-        policy = self._unwrapped()
+        """The final policy as a standalone model (a LoRA adapter is merged in); main process only."""
+        policy = self.final
         if self.cfg.finetune == "lora" and self.cfg.lora.merge:
             policy.save_pretrained(directory / "adapter")
             policy = policy.merge_and_unload()
@@ -302,29 +300,18 @@ class PpoLoop:
         self.tokenizer.save_pretrained(directory)
 
     def save_checkpoint(self) -> None:
-        from safetensors.torch import save_file
-
         acc = self.accelerator
         name = f"checkpoint-{self.step}"
         directory = self.run_dir.checkpoints / name
         acc.wait_for_everyone()
         if acc.is_main_process:
             directory.mkdir(parents=True, exist_ok=True)
-            self._unwrapped().save_pretrained(directory / "policy")
-            value = acc.unwrap_model(self.value)
-            save_file({k: v.contiguous() for k, v in value.state_dict().items()}, str(directory / "value.safetensors"))
-            torch.save(
-                {
-                    "step": self.step,
-                    "opt_p": self.opt_p.state_dict(),
-                    "opt_v": self.opt_v.state_dict(),
-                    "sched_p": self.sched_p.state_dict(),
-                    "sched_v": self.sched_v.state_dict(),
-                    "kl_ctl": self.kl_ctl.state_dict(),
-                    "history": self.history,
-                },
-                directory / "state.pt",
-            )
+        acc.wait_for_everyone()
+        self.learner.save(directory, acc.is_main_process)  # collective under DeepSpeed
+        if acc.is_main_process:
+            state = {"step": self.step, **self.learner.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
+                     "history": self.history}
+            torch.save(state, directory / "state.pt")
         acc.wait_for_everyone()
         rng = {
             "python": random.getstate(),
@@ -342,10 +329,7 @@ class PpoLoop:
     def _load_state(self, directory: Path) -> None:
         state = torch.load(directory / "state.pt", weights_only=False)
         self.step = state["step"]
-        self.opt_p.load_state_dict(state["opt_p"])
-        self.opt_v.load_state_dict(state["opt_v"])
-        self.sched_p.load_state_dict(state["sched_p"])
-        self.sched_v.load_state_dict(state["sched_v"])
+        self.learner.load(directory, state)
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.history = state["history"]
         rng_file = directory / f"rng_state_{self.accelerator.process_index}.pt"

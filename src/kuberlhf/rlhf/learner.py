@@ -1,0 +1,267 @@
+"""The trainable half of PPO: policy + value model, their optimizer(s), schedule and checkpoints.
+
+Two interchangeable learners behind one interface:
+
+* :class:`SeparateLearner` (one process, or DDP under torchrun): two models, two AdamW
+  optimizers and schedulers, each model's gradients clipped on their own.
+* :class:`ZeroLearner` (DeepSpeed ZeRO-2/3 through accelerate, ``training.deepspeed``):
+  DeepSpeed trains one model per engine, so policy and value model are joined in an
+  :class:`ActorCritic` with one AdamW of two parameter groups (the two learning rates,
+  one schedule); DeepSpeed clips the gradient norm of both together. Checkpoints go
+  through DeepSpeed's own (sharded) checkpoint API; under ZeRO-3 the sharded policy is
+  gathered into a whole copy for the final artifact and for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kuberlhf.config import require
+from kuberlhf.errors import ConfigError
+from kuberlhf.rlhf import models as rl
+
+
+def make_accelerator(training: Any, micro_batch: int) -> Any:
+    """The run's Accelerator: DeepSpeed when ``training.deepspeed`` names a config, else DDP/one process.
+
+    On CPU, accelerate only takes the DeepSpeed path with ``cpu=False``; the gloo backend
+    is then asked for explicitly (else it finds no device backend and every process thinks
+    it is alone).
+    """
+    from accelerate import Accelerator
+
+    if not training.deepspeed:
+        return Accelerator(cpu=training.use_cpu or not torch.cuda.is_available())
+    import os
+
+    from accelerate import DeepSpeedPlugin
+    from accelerate.utils import InitProcessGroupKwargs
+
+    if "LOCAL_RANK" not in os.environ:
+        raise ConfigError("config key 'training.deepspeed': needs a distributed launcher, e.g. "
+                          "torchrun --nproc_per_node N -m kuberlhf.cli ppo ...")
+    if training.use_cpu and torch.cuda.is_available():
+        raise ConfigError("config key 'training.use_cpu': DeepSpeed runs on the GPUs present; unset training.deepspeed")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ds_config = deepspeed_config(training.deepspeed, micro_batch, world, training.max_grad_norm)
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    plugin = DeepSpeedPlugin(hf_ds_config=ds_config, zero3_init_flag=False)
+    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    acc = Accelerator(cpu=False, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+    # The plugin registered its config with transformers, which would then shard every model
+    # loaded from here on under ZeRO-3; the frozen reference and reward model must load whole.
+    # ZeRO-3 shards the policy and value model when the engine is built.
+    unset_hf_deepspeed_config()
+    return acc
+
+
+def deepspeed_config(path: str, micro_batch: int, world: int, max_grad_norm: float) -> dict:
+    """The DeepSpeed JSON at ``path`` with its "auto" values filled from the PPO config.
+
+    One optimizer step per PPO mini-batch: micro-batch = rollout.batch_size / ppo.num_mini_batches
+    per process, no gradient accumulation. Mixed precision left "auto" is off (the models
+    keep ``policy.dtype``). Under ZeRO-3 the 16-bit weights are gathered on save (the artifact).
+    """
+    key = "training.deepspeed"
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"config key '{key}': cannot read {path}: {err}") from None
+    require(isinstance(cfg, dict), key, f"{path} must hold a JSON object")
+    for section in ("optimizer", "scheduler"):
+        require(section not in cfg, key, f"{path} sets '{section}'; PPO builds its own AdamW and schedule")
+    fills = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
+             "train_batch_size": micro_batch * world, "gradient_clipping": max_grad_norm}
+    for name, value in fills.items():
+        given = cfg.get(name, "auto")
+        if name == "gradient_clipping" and given != "auto":
+            continue
+        require(given in ("auto", value), key,
+                f"{name} in {path} is {given!r}; PPO needs 'auto' or {value} (rollout.batch_size / "
+                "ppo.num_mini_batches per process, one optimizer step per mini-batch)")
+        cfg[name] = value
+    for precision in ("bf16", "fp16"):
+        if cfg.get(precision, {}).get("enabled") == "auto":
+            cfg[precision]["enabled"] = False
+    zero = cfg.setdefault("zero_optimization", {})
+    if zero.get("stage") == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return cfg
+
+
+class ActorCritic(nn.Module):
+    """Policy and value model as one module (one DeepSpeed engine); ``config`` is the policy's."""
+
+    def __init__(self, policy: nn.Module, value: nn.Module):
+        super().__init__()
+        self.policy, self.value = policy, value
+        self.config = policy.config  # DeepSpeed's "auto" bucket sizes are read from the hidden size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        return logits, self.value(input_ids, attention_mask)
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class SeparateLearner:
+    """Policy and value model trained side by side (one process or DDP)."""
+
+    synced_gpus = False
+
+    def __init__(self, acc: Any, policy: nn.Module, value: nn.Module, training: Any):
+        from transformers import get_scheduler
+
+        t = training
+        self.acc, self.max_grad_norm = acc, t.max_grad_norm
+        opt_p = torch.optim.AdamW(_trainable(policy), lr=t.learning_rate)
+        opt_v = torch.optim.AdamW(value.parameters(), lr=t.value_learning_rate or t.learning_rate)
+        self.sched_p = get_scheduler(t.lr_scheduler_type, opt_p, t.warmup_steps, t.max_steps)
+        self.sched_v = get_scheduler(t.lr_scheduler_type, opt_v, t.warmup_steps, t.max_steps)
+        self.policy_model, self.value_model, self.opt_p, self.opt_v = acc.prepare(policy, value, opt_p, opt_v)
+
+    @property
+    def policy(self) -> Any:
+        return self.acc.unwrap_model(self.policy_model)
+
+    @property
+    def value(self) -> Any:
+        return self.acc.unwrap_model(self.value_model)
+
+    def train(self) -> None:
+        self.policy_model.train()
+        self.value_model.train()
+
+    def forward(self, ids: torch.Tensor, attn: torch.Tensor, start: int):
+        """(log-probs, entropies, values) of the response tokens, with gradients."""
+        logprobs, entropy = rl.sequence_logprobs(self.policy_model, ids, attn, start)
+        return logprobs, entropy, self.value_model(ids, attn)[:, start - 1 : -1].float()
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(self.policy_model.parameters(), self.max_grad_norm)
+        self.acc.clip_grad_norm_(self.value_model.parameters(), self.max_grad_norm)
+        for opt in (self.opt_p, self.opt_v):
+            opt.step()
+            opt.zero_grad()
+
+    def end_step(self) -> None:
+        self.sched_p.step()
+        self.sched_v.step()
+
+    def learning_rate(self) -> float:
+        return float(self.opt_p.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict:
+        return {"opt_p": self.opt_p.state_dict(), "opt_v": self.opt_v.state_dict(),
+                "sched_p": self.sched_p.state_dict(), "sched_v": self.sched_v.state_dict()}
+
+    def save(self, directory: Path, is_main: bool) -> None:
+        """The weights: ``policy/`` (a model or adapter) and ``value.safetensors``."""
+        from safetensors.torch import save_file
+
+        if is_main:
+            self.policy.save_pretrained(directory / "policy")
+            state = {k: v.contiguous() for k, v in self.value.state_dict().items()}
+            save_file(state, str(directory / "value.safetensors"))
+
+    def load(self, directory: Path, state: dict) -> None:
+        """Optimizers and schedulers (the weights were loaded before the models were prepared)."""
+        self.opt_p.load_state_dict(state["opt_p"])
+        self.opt_v.load_state_dict(state["opt_v"])
+        self.sched_p.load_state_dict(state["sched_p"])
+        self.sched_v.load_state_dict(state["sched_v"])
+
+    def final_policy(self) -> Any:
+        return self.policy
+
+
+class ZeroLearner:
+    """Policy + value model in one DeepSpeed engine (ZeRO-2/3 through accelerate)."""
+
+    def __init__(self, acc: Any, policy: nn.Module, value: nn.Module, training: Any,
+                 build_policy: Callable[[], nn.Module]):
+        from transformers import get_scheduler
+
+        t = training
+        self.acc, self.build_policy = acc, build_policy
+        groups = [{"params": _trainable(policy), "lr": t.learning_rate},
+                  {"params": list(value.parameters()), "lr": t.value_learning_rate or t.learning_rate}]
+        self.engine, _ = acc.prepare(ActorCritic(policy, value), torch.optim.AdamW(groups, lr=t.learning_rate))
+        base = self.engine.optimizer  # ZeRO wraps the AdamW; the schedule drives its parameter groups
+        while not isinstance(base, torch.optim.Optimizer):
+            base = base.optimizer
+        self.sched = get_scheduler(t.lr_scheduler_type, base, t.warmup_steps, t.max_steps)
+        self.stage = int(acc.state.deepspeed_plugin.zero_stage)
+        self.synced_gpus = self.stage == 3
+
+    @property
+    def policy(self) -> Any:
+        return self.engine.module.policy
+
+    @property
+    def value(self) -> Any:
+        return self.engine.module.value
+
+    def train(self) -> None:
+        self.engine.train()
+
+    def forward(self, ids: torch.Tensor, attn: torch.Tensor, start: int):
+        logits, values = self.engine(input_ids=ids, attention_mask=attn, position_ids=rl.position_ids(attn))
+        logprobs, entropy = rl.response_logprobs(logits, ids, start)
+        return logprobs, entropy, values[:, start - 1 : -1].float()
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.acc.backward(loss)  # engine.backward + engine.step: clip, AdamW step, zero the gradients
+
+    def end_step(self) -> None:
+        self.sched.step()
+
+    def learning_rate(self) -> float:
+        """The policy's learning rate as the engine's optimizer sees it."""
+        return float(self.engine.get_lr()[0])
+
+    def state_dict(self) -> dict:
+        return {"sched": self.sched.state_dict()}
+
+    def _policy_state(self) -> dict | None:
+        """The whole policy's state dict on the main process (gathered from all under ZeRO-3); collective."""
+        state = self.acc.get_state_dict(self.engine)
+        if not self.acc.is_main_process:
+            return None
+        return {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+
+    def save(self, directory: Path, is_main: bool) -> None:
+        """DeepSpeed's sharded checkpoint (weights + optimizer, every process) in ``zero/``, and
+        the whole policy (a model or adapter) in ``policy/``. Collective."""
+        self.engine.save_checkpoint(str(directory / "zero"), tag="state")
+        policy_state = self._policy_state() if self.stage == 3 else None
+        if is_main:
+            self.policy.save_pretrained(directory / "policy", state_dict=policy_state)
+
+    def load(self, directory: Path, state: dict) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory / "zero"), tag="state", load_lr_scheduler_states=False)
+        if path is None:
+            raise ConfigError(f"config key 'training.deepspeed': {directory} holds no DeepSpeed checkpoint; "
+                              "it was written by a run without DeepSpeed")
+        self.sched.load_state_dict(state["sched"])
+
+    def final_policy(self) -> Any:
+        """The trained policy, whole, on the main process (None elsewhere under ZeRO-3); collective."""
+        if self.stage < 3:
+            return self.policy
+        state = self._policy_state()
+        if state is None:
+            return None
+        policy = self.build_policy()
+        policy.load_state_dict(state)
+        return policy
