@@ -18,6 +18,41 @@ def is_world_main() -> bool:
     return world_rank() == 0
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_local_main() -> bool:
+    """True on one process per node (local rank 0): the one that moves the node's files."""
+    return local_rank() == 0
+
+
+def _group():
+    """``torch.distributed`` when a process group of more than one process is up, else None."""
+    if world_size() == 1:
+        return None
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+def is_distributed() -> bool:
+    return _group() is not None
+
+
+def all_gather_object(obj: object) -> list:
+    """``obj`` (picklable) from every process, in rank order; ``[obj]`` without a process group.
+
+    Collective: every process must call it. It also serves as a barrier.
+    """
+    dist = _group()
+    if dist is None:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def init_deepspeed(config_path: str | None) -> None:
     """Join the process group through DeepSpeed before any model is built.
 

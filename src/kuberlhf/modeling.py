@@ -37,6 +37,8 @@ def resolve_model_path(name_or_path: str, task: str, seed: int = 0) -> str:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
             model, tokenizer = build_model(name_or_path, task, seed)
+            # transformers writes weights on global rank 0 only; every node builds into its own cache
+            model.should_save_on_this_rank = lambda is_main_process: is_main_process
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             try:  # atomic: a concurrent process (another rank) may have won the race

@@ -4,9 +4,11 @@ An ``output_dir`` (local path or ``s3://`` prefix) holds the finished artifact (
 tokenizer, ``README.md`` card, ``metrics.json``; ``manifest.json`` written last) and
 ``checkpoints/checkpoint-N`` directories, each complete only once its own manifest is
 written. Training runs in a local work dir: ``output_dir`` itself when local, a cache
-directory when remote (checkpoints are uploaded as they are saved). Rerunning a command
-resumes from the newest complete checkpoint; a finished artifact is never overwritten
-unless ``overwrite=true``.
+directory when remote (checkpoints are uploaded as they are saved). On several nodes each
+node's local main uploads the files its node wrote (ZeRO shards, per-rank RNG states) and the
+global main writes the manifest once all have; on resume every node downloads the whole
+checkpoint. Rerunning a command resumes from the newest complete checkpoint; a finished
+artifact is never overwritten unless ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -113,17 +115,104 @@ def latest_checkpoint(run: RunDir) -> str | None:
     return None
 
 
+def check_same_checkpoint(resume: str | None) -> None:
+    """Refuse to go on when the processes picked different checkpoints to resume from (collective).
+
+    Each node picks and downloads the newest complete checkpoint on its own; they differ only
+    when the object store changed meanwhile (another job writing to the same ``output_dir``).
+    """
+    from kuberlhf.distributed import all_gather_object
+
+    names = all_gather_object(Path(resume).name if resume else None)
+    if len(set(names)) > 1:
+        raise KuberlhfError(f"the processes of this run would resume from different checkpoints ({names} by rank); "
+                            "is another job writing to the same output_dir?")
+
+
 def seal_checkpoint(run: RunDir, name: str, keep: int) -> None:
     """Write a saved checkpoint's manifest (it is complete from then on), upload it, rotate old ones."""
     storage.write_manifest(run.checkpoints / name)
     if run.remote:
         storage.upload_dir(run.checkpoints / name, f"{run.remote_checkpoints()}/{name}")
-        for _, old in _by_step(storage.list_subdirs(run.remote_checkpoints()))[keep:]:
-            storage.remove_dir(f"{run.remote_checkpoints()}/{old}")
+        _rotate_remote(run, keep)
     else:
-        for _, old in _by_step([p.name for p in run.checkpoints.iterdir()])[keep:]:
-            shutil.rmtree(run.checkpoints / old, ignore_errors=True)
+        _rotate_local(run, keep)
     log.info("checkpoint %s sealed%s", name, f" and uploaded to {run.output_dir}" if run.remote else "")
+
+
+def _rotate_remote(run: RunDir, keep: int) -> None:
+    for _, old in _by_step(storage.list_subdirs(run.remote_checkpoints()))[keep:]:
+        storage.remove_dir(f"{run.remote_checkpoints()}/{old}")
+
+
+def _rotate_local(run: RunDir, keep: int) -> None:
+    names = [p.name for p in run.checkpoints.iterdir() if p.is_dir()] if run.checkpoints.is_dir() else []
+    for _, old in _by_step(names)[keep:]:
+        shutil.rmtree(run.checkpoints / old, ignore_errors=True)
+
+
+def seal_checkpoint_collective(run: RunDir, name: str, keep: int) -> None:
+    """Seal checkpoint ``name`` once every process has written its part; every process calls it.
+
+    One node, or a local ``output_dir``: the global main seals it with :func:`seal_checkpoint`.
+    Several nodes writing to ``s3://``: each node's disk holds only what its own processes
+    wrote (ZeRO shards, per-rank RNG states). Each node's local main uploads the files that
+    no node before it (in rank order) holds; once all have, the global main writes the
+    manifest of every node's files, so "manifest present = complete" holds for the whole
+    checkpoint. Rotation stays with the global main; the other nodes prune their local copies.
+    """
+    from kuberlhf import distributed as dist
+
+    nodes = sum(dist.all_gather_object(dist.is_local_main()))  # also: every process has written its files
+    if nodes <= 1 or not run.remote:
+        if dist.is_world_main():
+            seal_checkpoint(run, name, keep)
+        return
+    uri, here = f"{run.remote_checkpoints()}/{name}", run.checkpoints / name
+    files, error = None, None
+    try:
+        if dist.is_world_main():
+            storage.delete_manifest(uri)  # a stale copy of this checkpoint is incomplete until the end
+        if dist.is_local_main():
+            files = storage.build_manifest(here)["files"] if here.is_dir() else []
+    except storage.StorageError as err:
+        error = str(err)
+    reports = dist.all_gather_object((files, error))
+    _raise_first(name, [e for _, e in reports])
+    owned, mine = _assign([f for f, _ in reports], dist.world_rank())
+    error = None
+    if mine:
+        try:
+            storage.upload_files(here, uri, mine)
+        except storage.StorageError as err:
+            error = str(err)
+    _raise_first(name, dist.all_gather_object(error))  # every node has uploaded its part
+    if dist.is_world_main():
+        storage.put_manifest(uri, storage.manifest_of(owned))
+        _rotate_remote(run, keep)
+        log.info("checkpoint %s sealed and uploaded to %s from %d nodes", name, run.output_dir, nodes)
+    elif dist.is_local_main():
+        _rotate_local(run, keep)
+
+
+def _raise_first(name: str, errors: list) -> None:
+    if problems := [e for e in errors if e]:
+        raise storage.StorageError(f"checkpoint {name} could not be uploaded from every node: {problems[0]}")
+
+
+def _assign(listings: list[list[dict] | None], rank: int) -> tuple[list[dict], list[dict]]:
+    """Which process uploads which file: the first in rank order that holds it.
+
+    Returns (every file of the checkpoint, the files ``rank`` uploads).
+    """
+    owner: dict[str, tuple[int, dict]] = {}
+    for r, files in enumerate(listings):
+        for entry in files or []:
+            first = owner.setdefault(entry["path"], (r, entry))
+            if first[0] != r and first[1]["sha256"] != entry["sha256"]:
+                log.warning("%s differs between ranks %d and %d; keeping rank %d's", entry["path"], first[0], r,
+                            first[0])
+    return [e for _, e in owner.values()], [e for r, e in owner.values() if r == rank]
 
 
 def checkpoint_callback(run: RunDir, keep: int) -> Any:
@@ -133,8 +222,7 @@ def checkpoint_callback(run: RunDir, keep: int) -> Any:
 
     class SealCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                seal_checkpoint(run, f"checkpoint-{state.global_step}", keep)
+            seal_checkpoint_collective(run, f"checkpoint-{state.global_step}", keep)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero:
@@ -165,6 +253,7 @@ def start(cfg: Any, stage: str, kind: str) -> tuple[RunDir, tuple]:
 
 def train(trainer: Any, resume: str | None, finetune: str, stats: Any) -> tuple[Any, dict]:
     """Run a Trainer (resuming from ``resume`` when given); (result, the metrics every stage reports)."""
+    check_same_checkpoint(resume)
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)

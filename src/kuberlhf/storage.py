@@ -319,6 +319,46 @@ def upload_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = N
     return manifest
 
 
+def manifest_of(files: Iterable[dict]) -> dict:
+    """A manifest for file entries (``path``, ``size``, ``sha256``) gathered from several places."""
+    entries = sorted(files, key=lambda f: f["path"])
+    return {"format": MANIFEST_FORMAT, "files": entries, "total_bytes": sum(f["size"] for f in entries),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+def upload_files(local_dir: PathLike, uri: str, files: Iterable[dict], options: StorageOptions | None = None) -> None:
+    """Upload the listed files of ``local_dir`` (manifest entries) under the s3 prefix ``uri``; no manifest.
+
+    For an artifact assembled from several machines: each uploads its part, then one of them
+    writes the manifest with :func:`put_manifest`.
+    """
+    o = _opts(options)
+    bucket, prefix = parse_s3_uri(uri)
+    root = _local_path(local_dir)
+    client, config = s3_client(o), _transfer_config(o)
+    with _s3_errors(uri, "uploading to"):
+        for entry in files:
+            client.upload_file(str(root / entry["path"]), bucket, _key(prefix, entry["path"]), Config=config)
+
+
+def delete_manifest(uri: str, options: StorageOptions | None = None) -> None:
+    """Mark the artifact at the s3 prefix ``uri`` incomplete (before its files are rewritten)."""
+    bucket, prefix = parse_s3_uri(uri)
+    client = s3_client(options)
+    with _s3_errors(uri, "uploading to"):
+        client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
+
+
+def put_manifest(uri: str, manifest: dict, options: StorageOptions | None = None) -> None:
+    """Write ``manifest`` under the s3 prefix ``uri``: the artifact is complete from then on (call it last)."""
+    _parse_manifest(json.dumps(manifest), uri)
+    bucket, prefix = parse_s3_uri(uri)
+    client = s3_client(options)
+    with _s3_errors(uri, "uploading to"):
+        client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
+                          Body=json.dumps(manifest, indent=2).encode())
+
+
 def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None = None) -> Path:
     """Download the artifact at ``uri`` into ``local_dir``, verifying every file; keeps matching local files."""
     o = _opts(options)

@@ -32,12 +32,14 @@ class PpoLoop:
         acc = self.accelerator
         self.device = acc.device
         torch.manual_seed(t.seed)  # the same new weights (value head, LoRA) on every process
+        acc.wait_for_everyone()  # the main process has checked (or, on overwrite, cleared) output_dir
         with acc.local_main_process_first():
             policy_path = modeling.resolve_model_path(cfg.policy.name_or_path, "causal-lm", t.seed)
             reward_path = modeling.resolve_model_path(
                 cfg.reward_model.name_or_path, "sequence-classification", t.seed
             )
-            self.resume = runner.latest_checkpoint(run_dir)
+            self.resume = runner.latest_checkpoint(run_dir)  # downloaded on every node
+        runner.check_same_checkpoint(self.resume)
         if self.resume and Path(self.resume, "zero").is_dir() != self.zero:
             raise ConfigError(f"config key 'training.deepspeed': checkpoint {self.resume} was written "
                               f"{'with' if not self.zero else 'without'} DeepSpeed; resume it the same way")
@@ -304,7 +306,7 @@ class PpoLoop:
         name = f"checkpoint-{self.step}"
         directory = self.run_dir.checkpoints / name
         acc.wait_for_everyone()
-        if acc.is_main_process:
+        if acc.is_local_main_process:  # each node writes its own ranks' files on its own disk
             directory.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         self.learner.save(directory, acc.is_main_process)  # collective under DeepSpeed
@@ -321,9 +323,7 @@ class PpoLoop:
             "generator": self.generator.get_state(),
         }
         torch.save(rng, directory / f"rng_state_{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            runner.seal_checkpoint(self.run_dir, name, self.cfg.training.save_total_limit)
+        runner.seal_checkpoint_collective(self.run_dir, name, self.cfg.training.save_total_limit)
         acc.wait_for_everyone()
 
     def _load_state(self, directory: Path) -> None:
@@ -333,7 +333,9 @@ class PpoLoop:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.history = state["history"]
         rng_file = directory / f"rng_state_{self.accelerator.process_index}.pt"
-        if rng_file.exists():
+        if not rng_file.exists():
+            log.warning("%s is missing: this process's sampling does not continue where it stopped", rng_file)
+        else:
             rng = torch.load(rng_file, weights_only=False)
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
