@@ -1,7 +1,8 @@
 """Gold-judge improvement of a policy stage over seeds, on the demo task.
 
 Runs `kuberlhf STAGE --config configs/STAGE/demo.yaml training.seed=S` for each seed
-(from the demo SFT and reward models in outputs/demo, made by `make demo`) and prints
+(from the demo SFT and reward models in outputs/demo, made by `kuberlhf sft` and `kuberlhf reward`
+with configs/{sft,reward}/demo.yaml) and prints
 one markdown row per seed plus the mean and standard deviation of the improvement.
 $ .venv/bin/python bench/policy_seeds.py ppo --seeds 0 1 2
 """
