@@ -1,0 +1,69 @@
+"""The shared Kubernetes checks themselves: vendored CRDs unchanged, and each check able to fail."""
+
+from __future__ import annotations
+
+import pytest
+from k8schecks import CRD_DIR, CRD_FILES, SHARED_CRD_DIR, crd_errors, pss_restricted_errors, validate_all
+
+
+@pytest.mark.parametrize("name", sorted(CRD_FILES.values()))
+def test_vendored_crds_are_the_reference_copies(name):
+    if not (SHARED_CRD_DIR / name).is_file():
+        pytest.skip(f"no reference copy at {SHARED_CRD_DIR} to compare with")
+    assert (CRD_DIR / name).read_bytes() == (SHARED_CRD_DIR / name).read_bytes()
+
+
+def _job(**extra_spec) -> dict:
+    container = {"name": "pytorch", "image": "i", "securityContext": {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"}}}
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "job-1"},
+            "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "restartPolicy": "OnFailure",
+                                                        "template": {"spec": {"containers": [container]}}}},
+                     **extra_spec}}
+
+
+def test_a_minimal_restricted_job_passes():
+    assert crd_errors(_job()) == [] and pss_restricted_errors(_job()) == []
+
+
+def test_crd_check_refuses_unknown_fields_wrong_types_and_bad_names():
+    assert any("'bogus' was unexpected" in e for e in crd_errors(_job(bogus=1)))
+    job = _job()
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
+    assert any("replicas" in e for e in crd_errors(job))
+    job = _job()
+    job["metadata"]["name"] = "Job_1"
+    assert any("DNS-1035" in e for e in crd_errors(job))
+
+
+def test_int_or_string_fields_take_both_and_strings_stay_strings():
+    job = _job()
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resources"] = {
+        "limits": {"cpu": 2, "memory": "8Gi"}}  # quantities are x-kubernetes-int-or-string
+    assert crd_errors(job) == []
+    assert any("nprocPerNode: 8 is not of type 'string'" in e for e in crd_errors(_job(nprocPerNode=8)))
+
+
+def test_pss_check_catches_each_violation():
+    job = _job()
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    pod["hostNetwork"] = True
+    pod["volumes"] = [{"name": "h", "hostPath": {"path": "/"}}]
+    sc = pod["containers"][0]["securityContext"]
+    sc.update(privileged=True, allowPrivilegeEscalation=True, runAsUser=0)
+    sc["capabilities"] = {"add": ["SYS_ADMIN"]}
+    sc.pop("seccompProfile")
+    text = "\n".join(pss_restricted_errors(job))
+    for needle in ("hostNetwork", "hostPath", "privileged", "allowPrivilegeEscalation", "drop must include ALL",
+                   "NET_BIND_SERVICE", "runAsUser must not be 0", "seccompProfile"):
+        assert needle in text
+
+
+def test_builtin_kinds_are_validated_strictly_for_each_version():
+    bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}, "extra": 1}
+    errors = validate_all([bad])
+    assert len(errors) == 2 and all("'extra' was unexpected" in e for e in errors)
+    good = dict(bad)
+    good.pop("extra")
+    assert validate_all([good]) == []
