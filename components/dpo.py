@@ -1,7 +1,7 @@
 """The ``dpo`` stage as a KFP component: direct preference optimisation of the SFT policy."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def dpo_op(image: str):
@@ -10,6 +10,7 @@ def dpo_op(image: str):
     @dsl.component(base_image=image)
     def dpo(
         policy: Input[Model],
+        train_data: Input[Dataset],
         model: Output[Model],
         metrics: Output[Metrics],
         job_manifest: Output[Artifact],
@@ -24,7 +25,7 @@ def dpo_op(image: str):
         """DPO of the SFT policy on preference pairs (config file plus key=value overrides)."""
         from kuberlhf.workflow.steps import run_stage_step
 
-        run_stage_step("dpo", {"policy": policy}, model, metrics, job_manifest, logs, config=config,
-                       overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
+        run_stage_step("dpo", {"policy": policy}, model, metrics, job_manifest, logs, train_data=train_data,
+                       config=config, overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
 
     return dpo

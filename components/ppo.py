@@ -1,7 +1,7 @@
 """The ``ppo`` stage as a KFP component: PPO of the SFT policy against the reward model."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def ppo_op(image: str):
@@ -11,6 +11,7 @@ def ppo_op(image: str):
     def ppo(
         policy: Input[Model],
         reward_model: Input[Model],
+        train_data: Input[Dataset],
         model: Output[Model],
         metrics: Output[Metrics],
         job_manifest: Output[Artifact],
@@ -26,6 +27,7 @@ def ppo_op(image: str):
         from kuberlhf.workflow.steps import run_stage_step
 
         run_stage_step("ppo", {"policy": policy, "reward_model": reward_model}, model, metrics, job_manifest, logs,
-                       config=config, overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
+                       train_data=train_data, config=config, overrides=overrides, mode=mode, procs=procs,
+                       run_id=run_id, task=task)
 
     return ppo

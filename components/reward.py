@@ -1,7 +1,7 @@
 """The ``reward`` stage as a KFP component: a reward model trained on preference pairs."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def reward_op(image: str):
@@ -9,6 +9,7 @@ def reward_op(image: str):
 
     @dsl.component(base_image=image)
     def reward(
+        train_data: Input[Dataset],
         model: Output[Model],
         metrics: Output[Metrics],
         job_manifest: Output[Artifact],
@@ -23,7 +24,7 @@ def reward_op(image: str):
         """Reward model on preference pairs (config file plus key=value overrides)."""
         from kuberlhf.workflow.steps import run_stage_step
 
-        run_stage_step("reward", {}, model, metrics, job_manifest, logs, config=config, overrides=overrides,
-                       mode=mode, procs=procs, run_id=run_id, task=task)
+        run_stage_step("reward", {}, model, metrics, job_manifest, logs, train_data=train_data, config=config,
+                       overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
 
     return reward

@@ -1,7 +1,7 @@
 """The ``sft`` stage as a KFP component: supervised fine-tuning."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def sft_op(image: str):
@@ -9,6 +9,7 @@ def sft_op(image: str):
 
     @dsl.component(base_image=image)
     def sft(
+        train_data: Input[Dataset],
         model: Output[Model],
         metrics: Output[Metrics],
         job_manifest: Output[Artifact],
@@ -23,7 +24,7 @@ def sft_op(image: str):
         """Supervised fine-tuning of the policy (config file plus key=value overrides)."""
         from kuberlhf.workflow.steps import run_stage_step
 
-        run_stage_step("sft", {}, model, metrics, job_manifest, logs, config=config, overrides=overrides,
-                       mode=mode, procs=procs, run_id=run_id, task=task)
+        run_stage_step("sft", {}, model, metrics, job_manifest, logs, train_data=train_data, config=config,
+                       overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
 
     return sft

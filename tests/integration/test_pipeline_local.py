@@ -32,7 +32,19 @@ def test_rlhf_ppo_pipeline_runs_locally_and_reports(tmp_path):
     assert re.search(r"SFT \d\.\d{3} -> PPO \d\.\d{3} \(KL ", proc.stdout)
 
     run_dir = Path(re.search(r"pipeline rlhf-ppo finished: (\S+)", proc.stdout).group(1))
-    assert sorted(p.name for p in run_dir.iterdir()) == ["evaluate", "merge", "ppo", "reward", "sft"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "data", "data-2", "data-3", "evaluate", "merge", "ppo", "reward", "sft"]
+    # each training step read its data step's validated JSON Lines: the configs' demo data, row for row
+    for step, kind, rows, eval_rows in (("data", "sft", 3000, 300), ("data-2", "preference", 2000, 500),
+                                        ("data-3", "prompt", 2000, 200)):
+        (item,) = json.loads((run_dir / step / "executor_output.json").read_text())["artifacts"]["dataset"]["artifacts"]
+        meta = item["metadata"]
+        assert (meta["kind"], meta["rows"], meta["rows_skipped"], meta["eval_rows"]) == (kind, rows, 0, eval_rows)
+        assert sum(1 for _ in (run_dir / step / "dataset" / "train.jsonl").open()) == rows
+        assert (run_dir / step / "dataset" / "eval.jsonl").is_file()
+    for stage, step in (("sft", "data"), ("reward", "data-2"), ("ppo", "data-3")):
+        wired = f"{stage} reads its data from the data step's dataset: data.format=jsonl data.train={run_dir / step}"
+        assert wired in proc.stdout + proc.stderr, stage
     metrics = _metrics(run_dir / "evaluate")
     assert metrics["gold_score_final"] > metrics["gold_score_sft"], metrics
     assert metrics["reward_accuracy"] > 0.7 and metrics["kl"] > 0, metrics

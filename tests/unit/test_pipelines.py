@@ -72,11 +72,14 @@ def test_compiled_rlhf_ppo_matches_the_golden_file(tmp_path):
 def test_rlhf_ppo_wires_the_stages_in_order(tmp_path):
     spec, _ = compiled("rlhf-ppo", tmp_path)
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"sft", "merge", "reward", "ppo", "evaluate"}
+    assert set(tasks) == {"data", "data-2", "data-3", "sft", "merge", "reward", "ppo", "evaluate"}
 
     def source(task, name):
         return tasks[task]["inputs"]["artifacts"][name]["taskOutputArtifact"]
 
+    assert source("sft", "train_data") == {"producerTask": "data", "outputArtifactKey": "dataset"}
+    assert source("reward", "train_data") == {"producerTask": "data-2", "outputArtifactKey": "dataset"}
+    assert source("ppo", "train_data") == {"producerTask": "data-3", "outputArtifactKey": "dataset"}
     assert source("merge", "model") == {"producerTask": "sft", "outputArtifactKey": "model"}
     assert source("ppo", "policy") == {"producerTask": "merge", "outputArtifactKey": "merged"}
     assert source("ppo", "reward_model") == {"producerTask": "reward", "outputArtifactKey": "model"}
@@ -96,6 +99,7 @@ def test_steps_carry_images_retries_caching_config_and_secrets(name, tmp_path):
     images = {key.removeprefix("exec-"): e["container"]["image"] for key, e in executors.items()}
     expected = {"sft": "sft", "merge": "sft", "reward": "reward", "ppo": "ppo", "dpo": "dpo", "evaluate": "launcher"}
     for step, image in images.items():
+        step = "sft" if step.startswith("data") else step  # data steps run in the sft image
         assert image == f"registry.example/ml/kuberlhf-{expected[step]}:1.2.3", step
     tasks = spec["root"]["dag"]["tasks"]
     launchers = {t for t in tasks if t in ("sft", "reward", "ppo", "dpo")}

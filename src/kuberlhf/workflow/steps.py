@@ -10,8 +10,9 @@ The KFP components (``components/``) are thin shells around :func:`run_stage_ste
   write straight to the object-store URI KFP assigned to the output model, and the rendered
   job manifest is saved as an output artifact.
 
-Inputs of a stage (the SFT policy, the reward model) are handed over as config overrides:
-local paths in ``local`` mode, ``s3://`` URIs in ``pytorchjob`` mode.
+Inputs of a stage (the SFT policy, the reward model, the training data of a ``data`` step:
+:mod:`kuberlhf.workflow.data`) are handed over as config overrides: local paths in ``local``
+mode, ``s3://`` URIs in ``pytorchjob`` mode.
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ def resolve_config(ref: str) -> str:
     raise ConfigError(f"config {ref!r}: no such file (looked here and in {mounted})")
 
 
-def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, str], output_dir: str) -> list[str]:
-    """The stage's ``key=value`` overrides: quiet progress bars, the user's overrides, then the inputs and
-    the output directory, which the pipeline wires and so always win."""
+def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, str], output_dir: str,
+                    data: list[str] | None = None) -> list[str]:
+    """The stage's ``key=value`` overrides: quiet progress bars, the user's overrides, then the inputs (the
+    ``data`` overrides of its training data included) and the output directory, which the pipeline wires
+    and so always win."""
     if stage not in STAGE_INPUTS:
         raise ConfigError(f"stage {stage!r}: not a pipeline stage; known: {', '.join(STAGE_INPUTS)}")
     unknown = set(inputs) - set(STAGE_INPUTS[stage])
@@ -86,7 +89,7 @@ def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, s
             raise ConfigError(f"{stage} override {item!r}: expected key=value")
     wired = [f"{STAGE_INPUTS[stage][name]}={uri}" for name, uri in inputs.items()]
     quiet = ["training.disable_tqdm=true"] if stage in TRAINER_STAGES else []
-    return [*quiet, *(overrides or []), *wired, f"output_dir={output_dir}"]
+    return [*quiet, *(overrides or []), *(data or []), *wired, f"output_dir={output_dir}"]
 
 
 def stage_args(stage: str, config: str, overrides: list[str]) -> list[str]:
@@ -176,12 +179,16 @@ def run_stage(
     procs: int = 1,
     run_id: str = "",
     task: str = "",
+    train_data: str = "",
+    train_data_eval: bool = False,
 ) -> dict:
     """Run one pipeline step of ``stage``; returns the stage's ``metrics.json``.
 
     ``inputs`` maps the component's input names to where the stage reads them: local paths in
-    local mode, the artifacts' URIs in pytorchjob mode. A step whose output already holds a
-    finished artifact (a retry after the stage published) reports it instead of training again.
+    local mode, the artifacts' URIs in pytorchjob mode; so does ``train_data``, the folder of a data
+    step's ``Dataset`` (``train_data_eval``: it holds eval data too; empty: the config's own data). A
+    step whose output already holds a finished artifact (a retry after the stage published) reports it
+    instead of training again.
     """
     from kuberlhf import storage
 
@@ -196,7 +203,15 @@ def run_stage(
         if skipped:
             log.info("mode=local: ignoring cluster overrides %s", " ".join(skipped))
         overrides = [o for o in overrides or [] if not o.startswith("cluster.")]
-    args = stage_overrides(stage, overrides, inputs, output_dir)
+    if train_data:
+        from kuberlhf.workflow.data import data_overrides
+
+        location = train_data if mode == "local" else artifact_uri(train_data)
+        data = data_overrides(location, train_data_eval)
+        log.info("%s reads its data from the data step's dataset: %s", stage, " ".join(data))
+    else:
+        data = []
+    args = stage_overrides(stage, overrides, inputs, output_dir, data)
     if mode == "pytorchjob":
         _cluster_storage_env()
     if storage.is_complete(output_dir):
@@ -233,10 +248,16 @@ def _cluster_storage_env() -> None:
 
 
 def run_stage_step(stage: str, inputs: dict[str, Any], model: Any, metrics: Any, job_manifest: Any,
-                   logs: Any = None, **kwargs: Any) -> dict:
-    """:func:`run_stage` for a KFP component: its artifacts in, metrics logged on ``metrics``."""
+                   logs: Any = None, train_data: Any = None, **kwargs: Any) -> dict:
+    """:func:`run_stage` for a KFP component: its artifacts in (models in ``inputs``, a ``Dataset`` in
+    ``train_data``), metrics logged on ``metrics``."""
     mode = kwargs.get("mode", "local")
     wired = {name: (artifact.path if mode == "local" else artifact.uri) for name, artifact in inputs.items()}
+    if train_data is not None:
+        from kuberlhf.workflow.data import dataset_has_eval
+
+        kwargs["train_data"] = train_data.path if mode == "local" else train_data.uri
+        kwargs["train_data_eval"] = dataset_has_eval(train_data, mode)
     result = run_stage(stage, inputs=wired, output_path=model.path, output_uri=model.uri,
                        manifest_path=job_manifest.path, log_path=logs.path if logs is not None else None, **kwargs)
     for key, value in scalar_metrics(result).items():
