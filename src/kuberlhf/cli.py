@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stage_argv(stage: str, config: str | None, overrides: list[str]) -> list[str]:
+    """The arguments of ``kuberlhf STAGE`` (after the program): what a step or a pod runs."""
+    return [stage, *(["--config", config] if config else []), *overrides]
+
+
 def run_stage(verb: str, config: str | None, overrides: list[str]) -> dict:
     from kuberlhf.config import load_config
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 from typing import Any
 
+from kuberlhf.cli import stage_argv
 from kuberlhf.images import DATA_DIR
 from kuberlhf.k8s.spec import GPU_PRODUCTS, ClusterConfig
 
@@ -35,7 +36,7 @@ ANNOTATION_PREFIX = "kuberlhf.io/"
 
 def stage_command(stage: str, config: str | None, overrides: list[str], cluster: ClusterConfig) -> list[str]:
     """The container's command: a launcher around ``kuberlhf.cli <stage> --config ... overrides``."""
-    stage_args = [stage, *(["--config", config] if config else []), *overrides]
+    stage_args = stage_argv(stage, config, overrides)
     if cluster.launcher == "deepspeed":
         stage_args.append(f"training.deepspeed={cluster.deepspeed_config}")
     if cluster.launcher == "accelerate":

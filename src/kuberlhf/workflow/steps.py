@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kuberlhf.cli import stage_argv
 from kuberlhf.errors import ConfigError, KuberlhfError
 
 log = logging.getLogger("kuberlhf")
@@ -92,14 +93,9 @@ def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, s
     return [*quiet, *(overrides or []), *(data or []), *wired, f"output_dir={output_dir}"]
 
 
-def stage_args(stage: str, config: str, overrides: list[str]) -> list[str]:
-    """The ``kuberlhf`` command line of a stage, without the program."""
-    return [stage, *(["--config", config] if config else []), *overrides]
-
-
 def local_command(stage: str, config: str, overrides: list[str], procs: int) -> list[str]:
     """``kuberlhf STAGE`` in this interpreter, under torchrun when ``procs > 1``."""
-    args = stage_args(stage, config, overrides)
+    args = stage_argv(stage, config, overrides)
     if procs > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                 "-m", "kuberlhf.cli", *args]
@@ -115,7 +111,7 @@ def run_local(stage: str, config: str, overrides: list[str], procs: int = 1, log
 
         handler = _file_handler(log_path)
         try:
-            code = main(stage_args(stage, config, overrides))
+            code = main(stage_argv(stage, config, overrides))
         finally:
             if handler:
                 logging.getLogger().removeHandler(handler)
