@@ -178,6 +178,11 @@ def test_run_parameters_are_checked_against_the_pipeline():
         parse_params("rlhf-ppo", ["sft_overrides=training.max_steps=5"])
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_params("rlhf-ppo", ["procs"])
+    # values the steps refuse are refused before a run starts
+    with pytest.raises(ConfigError, match="mode: must be one of local, pytorchjob, got 'bogus'"):
+        parse_params("rlhf-dpo", ["mode=bogus"])
+    with pytest.raises(ConfigError, match="procs: must be at least 1, got 0"):
+        parse_params("rlhf-ppo", ["procs=0"])
 
 
 class FakeKfpClient:

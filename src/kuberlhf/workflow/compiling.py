@@ -94,5 +94,16 @@ def parse_params(name: str, items: list[str]) -> dict[str, Any]:
             value = text
         elif expected and (not isinstance(value, expected) or (kind == "NUMBER_INTEGER" and isinstance(value, bool))):
             raise ConfigError(f"--param {key}: expected {kind.lower().replace('number_', '')}, got {text!r}")
+        _check_value(key, value)
         result[key] = value
     return result
+
+
+def _check_value(key: str, value: Any) -> None:
+    """Refuse values the steps would refuse only once the run is under way."""
+    from kuberlhf.workflow.steps import MODES
+
+    if key == "mode" and value not in MODES:
+        raise ConfigError(f"--param mode: must be one of {', '.join(MODES)}, got {value!r}")
+    if key == "procs" and value < 1:
+        raise ConfigError(f"--param procs: must be at least 1, got {value}")
