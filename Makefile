@@ -40,8 +40,9 @@ test-unit: install ## unit tests only (seconds)
 test-integration: install ## integration tests only (tiny models, real processes, real S3 server)
 	$(BIN)/python -m pytest tests/integration -q
 
-lint: install ## ruff
-	$(BIN)/ruff check src tests bench components pipelines
+lint: install ## ruff, and the import layers of docs/architecture.md (import-linter)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 helm-lint: install ## Helm chart: lint --strict, render each ci/*-values.yaml, validate objects, bad values refused
 	$(BIN)/python tests/deploy_check.py helm-lint

@@ -13,7 +13,7 @@ from trl import SFTConfig, SFTTrainer
 
 from kuberlhf.demo.data import iter_rows
 from kuberlhf.demo.task import format_prompt
-from kuberlhf.modeling import resolve_model_path
+from kuberlhf.models.loading import resolve_model_path
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)

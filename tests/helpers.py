@@ -80,6 +80,6 @@ def load_state(model_dir) -> dict:
 
 def base_weights(name: str, task: str) -> dict:
     """The weights a demo model starts from (seed 0, as the demo configs use)."""
-    from kuberlhf.modeling import resolve_model_path
+    from kuberlhf.models.loading import resolve_model_path
 
     return load_state(resolve_model_path(name, task, 0))

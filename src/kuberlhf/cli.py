@@ -1,4 +1,4 @@
-"""The ``kuberlhf`` command: one verb per stage.
+"""The ``kuberlhf`` command: one verb per stage (from :data:`kuberlhf.stages.registry.STAGES`), and tools.
 
 $ kuberlhf sft --config configs/sft/demo.yaml [key=value ...]
 $ kuberlhf reward --config configs/reward/demo.yaml [key=value ...]
@@ -15,21 +15,12 @@ import sys
 
 from kuberlhf import __version__
 from kuberlhf.errors import KuberlhfError
+from kuberlhf.stages.registry import STAGES, done_line, get_stage, run_stage
 
-# stage verb -> (module, config class); each module has ``run(cfg) -> dict``.
-STAGES = {
-    "sft": ("kuberlhf.sft", "SftConfig"),
-    "reward": ("kuberlhf.reward", "RewardConfig"),
-    "ppo": ("kuberlhf.ppo", "PpoConfig"),
-    "dpo": ("kuberlhf.dpo", "DpoConfig"),
-    "rloo": ("kuberlhf.rloo", "RlooConfig"),
-    "grpo": ("kuberlhf.grpo", "GrpoConfig"),
-}
 # verbs beyond the stages -> module with ``add_parser(verbs)`` and ``run(args) -> int`` (import-light)
 TOOLS = {
     "launch": "kuberlhf.k8s.cli",
     "pipeline": "kuberlhf.workflow.cli",
-    "merge": "kuberlhf.merge",
 }
 
 
@@ -37,9 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kuberlhf", description="Kubernetes-native RLHF stages.")
     parser.add_argument("--version", action="version", version=f"kuberlhf {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="STAGE")
-    for name, (module, _) in STAGES.items():
-        doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()[0]
-        sub = verbs.add_parser(name, help=doc, description=doc)
+    for name, stage in STAGES.items():
+        sub = verbs.add_parser(name, help=stage.summary, description=stage.summary)
         sub.add_argument("--config", help=f"YAML config file (configs/{name}/*.yaml)")
         sub.add_argument("--help-config", action="store_true", help="list every config key and exit")
         sub.add_argument(
@@ -50,23 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", default="demo://prompts?n=200&split=test", help="held-out prompts (any data source)")
     ev.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ev.add_argument("--judge", default="gold", help="judge plug-in (kuberlhf.judges entry point; default gold)")
+    merge = verbs.add_parser("merge", help="merge an SFT artifact's LoRA adapter into a standalone model",
+                             description="Merge an SFT artifact's LoRA adapter into its base model: one "
+                                         "standalone model.")
+    merge.add_argument("--model", required=True, help="SFT artifact: local dir or s3:// URI")
+    merge.add_argument("--output", required=True, help="where the merged model goes: local dir or s3:// URI")
+    merge.add_argument("--base", help="base model to merge into (default: the one in the artifact's card)")
+    merge.add_argument("--overwrite", action="store_true", help="replace a finished artifact in --output")
     for module in TOOLS.values():
         importlib.import_module(module).add_parser(verbs)
     return parser
-
-
-def stage_argv(stage: str, config: str | None, overrides: list[str]) -> list[str]:
-    """The arguments of ``kuberlhf STAGE`` (after the program): what a step or a pod runs."""
-    return [stage, *(["--config", config] if config else []), *overrides]
-
-
-def run_stage(verb: str, config: str | None, overrides: list[str]) -> dict:
-    from kuberlhf.config import load_config
-
-    module_name, class_name = STAGES[verb]
-    module = importlib.import_module(module_name)
-    cfg = load_config(getattr(module, class_name), config, overrides)
-    return module.run(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "evaluate":
             return _evaluate(args)
+        if args.verb == "merge":
+            return _merge(args)
         if args.verb in TOOLS:
             return importlib.import_module(TOOLS[args.verb]).run(args)
         if args.help_config:
             from kuberlhf.config import describe
 
-            module_name, class_name = STAGES[args.verb]
-            cls = getattr(importlib.import_module(module_name), class_name)
-            for key, default, text in describe(cls):
+            for key, default, text in describe(get_stage(args.verb).config_cls):
                 print(f"{key} = {default}\n    {text}")
             return 0
         metrics = run_stage(args.verb, args.config, args.overrides)
@@ -92,20 +76,27 @@ def main(argv: list[str] | None = None) -> int:
     from kuberlhf.distributed import is_world_main
 
     if is_world_main():
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        print(f"kuberlhf {args.verb}: done: {summary}")
+        print(done_line(args.verb, metrics))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from kuberlhf.evaluate import gold_eval
+    from kuberlhf.eval.heldout import judge_eval
 
-    result = gold_eval(args.model, args.prompts, greedy=args.greedy, seed=args.seed)
+    result = judge_eval(args.model, args.prompts, judge=args.judge, greedy=args.greedy, seed=args.seed)
     for sample in result.pop("samples"):
-        print(f"  [{sample['gold']:.2f}] {sample['prompt'].splitlines()[0]} ->{sample['response']}")
+        print(f"  [{sample[args.judge]:.2f}] {sample['prompt'].splitlines()[0]} ->{sample['response']}")
     print(json.dumps(result))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from kuberlhf.models.publish import merge_artifact
+
+    result = merge_artifact(args.model, args.output, base=args.base, overwrite=args.overwrite)
+    print(f"kuberlhf merge: done: {'merged the adapter' if result['merged'] else 'passed through'} -> {args.output}")
     return 0
 
 

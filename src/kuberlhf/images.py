@@ -7,7 +7,8 @@ references from here, so a release changes them together:
 
 The registry defaults to ``ghcr.io/kuberlhf``; ``KUBERLHF_IMAGE_REGISTRY`` overrides it (a
 private mirror), ``KUBERLHF_IMAGE_TAG`` the tag (a CI build). Several stages share an image
-where they need the same libraries: RLOO and GRPO are TRL trainers and run in the DPO image.
+where they need the same libraries: RLOO and GRPO are TRL trainers and run in the DPO image
+(each stage's image is named in :mod:`kuberlhf.stages.registry`).
 
 The images themselves live in ``images/<image>/`` (Dockerfile, ``requirements.in``,
 hash-locked ``requirements.lock``); ``python -m kuberlhf.images`` prints one
@@ -21,6 +22,7 @@ import sys
 
 from kuberlhf import __version__
 from kuberlhf.errors import ConfigError
+from kuberlhf.stages.registry import STAGES
 
 DEFAULT_REGISTRY = "ghcr.io/kuberlhf"
 # image folder under images/ -> what it runs
@@ -31,9 +33,9 @@ IMAGES = {
     "dpo": "DPO, RLOO and GRPO (TRL, DeepSpeed)",
     "launcher": "KFP components: PyTorchJob launcher, evaluation and report",
 }
-# stage (CLI verb) -> image folder
-STAGE_IMAGE = {"sft": "sft", "reward": "reward", "ppo": "ppo", "dpo": "dpo", "rloo": "dpo", "grpo": "dpo",
-               "evaluate": "launcher", "launcher": "launcher"}
+# stage (CLI verb) -> image folder: each stage's from the stage registry; the pipelines' other steps
+# (evaluation and report, launchers) run in the launcher image
+STAGE_IMAGE = {**{name: stage.image for name, stage in STAGES.items()}, "evaluate": "launcher", "launcher": "launcher"}
 
 
 # Every image starts from this CUDA base (the CUDA 13 runtime of the PyPI torch wheels; cuDNN,

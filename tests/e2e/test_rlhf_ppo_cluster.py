@@ -88,7 +88,7 @@ def test_each_training_stage_ran_as_a_succeeded_pytorchjob(finished_run):
 
 
 def test_artifacts_are_complete_and_ppo_metrics_are_sane(finished_run):
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     jobs = {j["metadata"]["labels"]["kuberlhf.io/stage"]: j for j in pytorchjobs()}
     for stage in STAGES:

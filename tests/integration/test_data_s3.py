@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kuberlhf.data import iter_rows, load_examples
-from kuberlhf.data.sources import deeplake_creds
+from kuberlhf.data.hub import deeplake_creds
 from kuberlhf.errors import DataError
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -153,7 +153,7 @@ def test_deeplake_on_s3_wrong_credentials(s3_bucket):
 
 
 def test_save_to_disk_dataset_on_s3(s3_bucket):
-    from kuberlhf.storage import fs_for
+    from kuberlhf.artifacts.storage import fs_for
 
     uri = f"s3://{s3_bucket}/hf/pairs"
     dd = datasets.DatasetDict(

@@ -107,7 +107,7 @@ def test_killed_sft_run_resumes_from_its_newest_checkpoint(tmp_path):
 
 
 def test_checkpoint_cut_off_mid_save_is_passed_over(tmp_path):
-    from kuberlhf import runner
+    from kuberlhf.artifacts import rundir as runner
 
     out = tmp_path / "sft"
     assert run(cli_command(*sft_args(out, "training.max_steps=4", "training.save_steps=2"))).returncode == 0

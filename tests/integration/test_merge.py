@@ -16,7 +16,7 @@ def test_merge_turns_an_unmerged_lora_sft_into_a_standalone_model(tmp_path):
 
     out = tmp_path / "merged"
     assert run_cli(["merge", "--model", sft, "--output", out]) == 0
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     listed = {f["path"] for f in storage.verify_local(out)["files"]}
     assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json", "README.md"} <= listed
@@ -32,7 +32,7 @@ def test_merge_turns_an_unmerged_lora_sft_into_a_standalone_model(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kuberlhf.modeling import resolve_model_path
+    from kuberlhf.models.loading import resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok("Question: write a cheerful note about cats\n\nAnswer:", return_tensors="pt")

@@ -58,8 +58,8 @@ def _base_model_on_s3(bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (A ``demo://`` model is materialised by each process that needs it, and transformers
     writes weights only on rank 0 once the process group is up.)
     """
-    from kuberlhf import storage
-    from kuberlhf.modeling import resolve_model_path
+    from kuberlhf.artifacts import storage
+    from kuberlhf.models.loading import resolve_model_path
 
     monkeypatch.setenv("KUBERLHF_CACHE", str(tmp_path / "builder"))
     uri = f"s3://{bucket}/models/tiny-llama"
@@ -68,7 +68,7 @@ def _base_model_on_s3(bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def _local_checkpoint(cache: Path, uri: str, name: str) -> Path:
-    from kuberlhf.modeling import fingerprint
+    from kuberlhf.artifacts.cache import fingerprint
 
     return cache / "runs" / fingerprint(uri) / "checkpoints" / name
 
@@ -84,7 +84,7 @@ def _matching(patterns: tuple[str, ...], rank: int, paths) -> list[str]:
 def _check_whole(uri: str, name: str, caches: list[Path], patterns: tuple[str, ...], tmp_path: Path) -> None:
     """The sealed checkpoint ``name`` holds both ranks' files (listed in its manifest, all present in the
     bucket), although each node's own disk held only its own rank's."""
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     remote = f"{uri}/checkpoints/{name}"
     assert storage.is_complete(remote)
@@ -103,7 +103,7 @@ def _check_whole(uri: str, name: str, caches: list[Path], patterns: tuple[str, .
 @pytest.mark.slow
 def test_zero2_sft_on_two_nodes_checkpoints_whole_and_resumes_on_other_machines(s3_bucket, tmp_path, monkeypatch):
     pytest.importorskip("deepspeed", reason="deepspeed is installed by `make install`")
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     uri = f"s3://{s3_bucket}/runs/two-nodes"
     caches = [tmp_path / "node0", tmp_path / "node1"]
@@ -132,7 +132,7 @@ def test_zero2_sft_on_two_nodes_checkpoints_whole_and_resumes_on_other_machines(
 @pytest.mark.slow
 def test_zero2_ppo_on_two_nodes_checkpoints_whole_and_resumes_on_other_machines(s3_bucket, tmp_path, trained):
     pytest.importorskip("deepspeed", reason="deepspeed is installed by `make install`")
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     uri = f"s3://{s3_bucket}/runs/ppo-two-nodes"
     caches = [tmp_path / "node0", tmp_path / "node1"]
@@ -157,7 +157,7 @@ def _pick(rank: int, init: str, names: list, results) -> None:
 
     import torch.distributed as dist
 
-    from kuberlhf import runner
+    from kuberlhf.artifacts import rundir as runner
     from kuberlhf.errors import KuberlhfError
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0")
@@ -196,8 +196,8 @@ def test_demo_models_are_built_whole_on_every_node(tmp_path):
         "import os, sys, torch.distributed as dist\n"
         "os.environ['KUBERLHF_CACHE'] = sys.argv[1] + '/rank' + os.environ['RANK']\n"
         "dist.init_process_group('gloo')\n"
-        "from kuberlhf import modeling\n"
-        "path = modeling.resolve_model_path('demo://tiny-llama', 'causal-lm', 0)\n"
+        "from kuberlhf.models import loading\n"
+        "path = loading.resolve_model_path('demo://tiny-llama', 'causal-lm', 0)\n"
         "print('built', os.environ['RANK'], sorted(os.listdir(path)))\n"
     )
     port = free_ports(1)[0]

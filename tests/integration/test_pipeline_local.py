@@ -54,7 +54,7 @@ def test_rlhf_ppo_pipeline_runs_locally_and_reports(tmp_path):
     assert page.count("<tr><td><pre>Question:") == 4  # the samples, SFT and PPO side by side
     assert f"SFT <b>{metrics['gold_score_sft']:.3f}</b> &rarr; PPO <b>{metrics['gold_score_final']:.3f}</b>" in page
 
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     for step, name in (("sft", "model"), ("merge", "merged"), ("reward", "model"), ("ppo", "model")):
         listed = {f["path"] for f in storage.verify_local(run_dir / step / name)["files"]}

@@ -79,17 +79,17 @@ def test_killed_ppo_run_resumes_exactly(tmp_path, trained):
 def test_nan_reward_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, trained, monkeypatch):
     import torch
 
-    from kuberlhf import storage
-    from kuberlhf.rlhf import models
+    from kuberlhf.artifacts import storage
+    from kuberlhf.rlhf import rollout
 
-    real, calls = models.reward_scores, []
+    real, calls = rollout.reward_scores, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         scores = real(*args, **kwargs)
         return scores * float("nan") if len(calls) == 3 else scores
 
-    monkeypatch.setattr(models, "reward_scores", poisoned)
+    monkeypatch.setattr(rollout, "reward_scores", poisoned)
     out = tmp_path / "ppo"
     code, err = run_cli(ppo_args(out, trained, "training.save_steps=2", "training.max_steps=10"), capture=True)
     assert code == 2

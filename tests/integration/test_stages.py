@@ -11,7 +11,7 @@ from helpers import REPO, base_weights, load_state, reward_args, run_cli, sft_ar
 
 def assert_artifact(out, stage_keys):
     """A finished artifact: model, tokenizer, card, metrics.json and a manifest that verifies."""
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "metrics.json", "manifest.json"):
         assert (out / name).is_file(), name

@@ -11,7 +11,7 @@ from test_distributed import _kill_after_first_checkpoint
 
 
 def test_sft_writes_a_complete_artifact_to_s3_and_reward_reads_data_from_s3(s3_bucket, tmp_path, monkeypatch):
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     monkeypatch.setenv("KUBERLHF_CACHE", str(tmp_path / "cache"))
     uri = f"s3://{s3_bucket}/runs/sft"
@@ -36,7 +36,7 @@ def test_sft_writes_a_complete_artifact_to_s3_and_reward_reads_data_from_s3(s3_b
 
 
 def test_killed_s3_run_resumes_on_a_fresh_machine(s3_bucket, tmp_path, monkeypatch):
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     uri = f"s3://{s3_bucket}/runs/resume"
     cache = tmp_path / "cache"

@@ -1,4 +1,4 @@
-"""kuberlhf.storage against a real S3 server (SeaweedFS, see tests/s3server.py)."""
+"""kuberlhf.artifacts.storage against a real S3 server (SeaweedFS, see tests/s3server.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kuberlhf import storage
+from kuberlhf.artifacts import storage
 from kuberlhf.errors import StorageError
 
 FILES = {

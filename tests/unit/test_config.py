@@ -4,8 +4,8 @@ import pytest
 
 from kuberlhf.config import load_config, parse_override
 from kuberlhf.errors import ConfigError
-from kuberlhf.reward import RewardConfig
-from kuberlhf.sft import SftConfig
+from kuberlhf.stages.reward import RewardConfig
+from kuberlhf.stages.sft import SftConfig
 
 
 @pytest.fixture
@@ -96,12 +96,9 @@ def test_shipped_configs_load():
     [("sft", []), ("reward", []), ("dpo", []), ("rloo", []), ("grpo", [])],
 )
 def test_streaming_needs_max_steps_in_every_trainer_stage(stage, extra):
-    import importlib
+    from kuberlhf.stages.registry import STAGES
 
-    from kuberlhf.cli import STAGES
-
-    module, name = STAGES[stage]
-    cls = getattr(importlib.import_module(module), name)
+    cls = STAGES[stage].config_cls
     args = ["output_dir=x", "data.train=demo://sft", "data.streaming=true", *extra]
     with pytest.raises(ConfigError, match="'training.max_steps': must be set"):
         load_config(cls, None, args)
@@ -109,7 +106,7 @@ def test_streaming_needs_max_steps_in_every_trainer_stage(stage, extra):
 
 
 def test_ppo_refuses_streaming_prompts():
-    from kuberlhf.ppo import PpoConfig
+    from kuberlhf.stages.ppo import PpoConfig
 
     with pytest.raises(ConfigError, match="'data.streaming': PPO reads its prompts up front"):
         load_config(PpoConfig, None, ["output_dir=x", "data.train=demo://prompts", "data.streaming=true"])

@@ -428,7 +428,7 @@ AWS_VARS = (
 
 
 def test_deeplake_creds_from_env(monkeypatch):
-    from kuberlhf.data.sources import deeplake_creds
+    from kuberlhf.data.hub import deeplake_creds
 
     for var in AWS_VARS:
         monkeypatch.delenv(var, raising=False)

@@ -162,7 +162,7 @@ def test_data_overrides_come_after_the_users_and_object_store_roots_become_s3(tm
         launched.append(overrides)
 
     monkeypatch.setitem(sys.modules, "kuberlhf.k8s.launcher", SimpleNamespace(launch_stage=launch_stage))
-    monkeypatch.setattr("kuberlhf.storage.is_complete", lambda uri: False)
+    monkeypatch.setattr("kuberlhf.artifacts.storage.is_complete", lambda uri: False)
     steps.run_stage("reward", mode="pytorchjob", overrides=[], output_path=str(tmp_path / "m2"),
                     output_uri="s3://b/m2", train_data="minio://mlpipeline/run/data/dataset/", **common)
     assert launched[0] == ["training.disable_tqdm=true", "data.format=jsonl",

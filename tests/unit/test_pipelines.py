@@ -33,8 +33,8 @@ def compiled(name: str, tmp_path: Path, **images) -> tuple[dict, dict]:
 
 
 def test_pipeline_registry_matches_the_cli_choices():
-    from kuberlhf.pipelines import PIPELINES as registry
     from kuberlhf.workflow.cli import PIPELINE_NAMES
+    from kuberlhf.workflow.pipelines import PIPELINES as registry
 
     assert list(registry) == list(PIPELINE_NAMES) == PIPELINES
 
@@ -130,23 +130,30 @@ def test_top_level_import_scan_sees_a_heavy_import():
     assert top_level_imports("import torch\nfrom kfp import dsl\ndef f():\n    import yaml\n") == {"torch", "kfp"}
 
 
-@pytest.mark.parametrize("module", sorted(p.stem for p in (REPO / "components").glob("*.py")))
+COMPONENTS = REPO / "src" / "kuberlhf" / "workflow" / "components"
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in COMPONENTS.glob("*.py")))
 def test_components_import_only_kfp_at_module_level(module):
-    assert top_level_imports((REPO / "components" / f"{module}.py").read_text()) <= {"kfp", "typing"}
+    assert top_level_imports((COMPONENTS / f"{module}.py").read_text()) <= {"kfp", "typing"}
 
 
-def test_every_package_is_listed_in_pyproject():
-    """setuptools installs only the listed packages: a new one missing from the list would vanish from wheels."""
+def test_every_package_is_found_under_src():
+    """setuptools finds the packages under src/: every folder of modules is a package (none would vanish from
+    wheels), and the Kubeflow components and pipelines live inside kuberlhf (no package-dir remapping)."""
     import tomllib
 
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(REPO / "src").parts) for p in (REPO / "src").rglob("__init__.py")}
-    assert found | {"kuberlhf.components", "kuberlhf.pipelines"} <= listed, sorted(found - listed)
-    import kuberlhf.components
-    import kuberlhf.pipelines
+    from setuptools import find_packages
 
-    assert Path(kuberlhf.components.__file__).parent == REPO / "components"
-    assert Path(kuberlhf.pipelines.__file__).parent == REPO / "pipelines"
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["packages"]["find"]["where"] == ["src"] and "package-dir" not in config
+    module_dirs = {".".join(p.parent.relative_to(REPO / "src").parts) for p in (REPO / "src" / "kuberlhf").rglob("*.py")}
+    assert module_dirs <= set(find_packages(str(REPO / "src"))), sorted(module_dirs - set(find_packages(str(REPO / "src"))))
+    import kuberlhf.workflow.components
+    import kuberlhf.workflow.pipelines
+
+    assert Path(kuberlhf.workflow.components.__file__).parent == COMPONENTS
+    assert Path(kuberlhf.workflow.pipelines.__file__).parent == REPO / "src" / "kuberlhf" / "workflow" / "pipelines"
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -325,7 +332,7 @@ def test_config_references_fall_back_to_the_mounted_config_map(tmp_path, monkeyp
 
 
 def fake_artifact(path: Path, metrics: dict) -> None:
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     path.mkdir(parents=True, exist_ok=True)
     (path / "metrics.json").write_text(json.dumps(metrics))

@@ -5,21 +5,19 @@ import math
 import pytest
 import torch
 
+from kuberlhf.models.generation import entropy_from_logits, logprobs_from_logits, truncate_after_eos
 from kuberlhf.rlhf.ppo_core import (
     AdaptiveKLController,
     FixedKLController,
     NonFiniteError,
     check_finite,
-    entropy_from_logits,
     gae,
     kl_estimate,
-    logprobs_from_logits,
     masked_mean,
     masked_var,
     masked_whiten,
     per_token_rewards,
     policy_loss,
-    truncate_after_eos,
     value_loss,
 )
 

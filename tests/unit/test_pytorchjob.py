@@ -262,10 +262,12 @@ def test_deepspeed_passes_its_config_to_the_stage_and_needs_a_stage_that_has_it(
         assert command[0] == "torchrun" and "training.deepspeed=configs/deepspeed/zero2.json" in command
         assert command[command.index("-m") + 1 : command.index("-m") + 3] == ["kuberlhf.cli", stage]
         assert crd_errors(job) == [] and pss_restricted_errors(job) == []
-    from kuberlhf import cli
+    import dataclasses
 
-    # every shipped stage has training.deepspeed; a config class without it is refused
-    monkeypatch.setitem(cli.STAGES, "ppo", ("kuberlhf.k8s.spec", "ClusterConfig"))
+    from kuberlhf.stages.registry import STAGES
+
+    # every shipped stage runs under DeepSpeed; a stage the registry marks otherwise is refused
+    monkeypatch.setitem(STAGES, "ppo", dataclasses.replace(STAGES["ppo"], deepspeed=False))
     with pytest.raises(ConfigError, match="'cluster.launcher': stage 'ppo' does not run under DeepSpeed"):
         render("ppo", "configs/ppo/demo.yaml", [], "r", "ppo", ds)
 

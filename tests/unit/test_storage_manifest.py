@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kuberlhf import storage
+from kuberlhf.artifacts import storage
 from kuberlhf.errors import KuberlhfError, StorageError
 
 

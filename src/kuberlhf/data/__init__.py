@@ -23,13 +23,14 @@ from kuberlhf.data.formats import (
     RowError,
     check_templates,
 )
-from kuberlhf.data.sources import BadRecord, iter_records, iter_rows
+from kuberlhf.data.records import BadRecord
+from kuberlhf.data.sources import iter_records, iter_rows
 from kuberlhf.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["KINDS", "DataStats", "iter_rows", "load_examples"]
+__all__ = ["KINDS", "DataStats", "iter_rows", "load_data", "load_examples"]
 
 KINDS = ("sft", "preference", "prompt")
 ON_BAD_ROW = ("error", "skip")
@@ -222,3 +223,21 @@ def load_examples(
         yield from _examples(**gen_kwargs)
 
     return datasets.IterableDataset.from_generator(generate, features=features), stats
+
+
+def load_data(data: Any, kind: str, seed: int) -> tuple[Any, Any | None, DataStats]:
+    """A stage's ``data`` section loaded as examples of ``kind``: (train, eval or None, DataStats of train).
+
+    Eval comes from ``data.eval``, else from a seeded ``data.eval_fraction`` split of train.
+    """
+    common = {"format": data.format, "on_bad_row": data.on_bad_row, "template_kwargs": data.template_kwargs}
+    train, stats = load_examples(
+        data.train, kind, split=data.split, streaming=data.streaming, max_rows=data.max_rows, **common
+    )
+    if data.eval:
+        held_out, _ = load_examples(data.eval, kind, split=data.eval_split, **common)
+        return train, held_out, stats
+    if data.eval_fraction > 0 and not data.streaming:
+        parts = train.train_test_split(test_size=data.eval_fraction, seed=seed)
+        return parts["train"], parts["test"], stats
+    return train, None, stats

@@ -7,7 +7,7 @@ reported as :class:`BadRecord` instead of raised, so a caller can skip them.
 
 Sources and how ``format="auto"`` picks them:
 
-* ``demo://...``: built-in demo data (:mod:`kuberlhf.demo.data`);
+* ``<scheme>://...`` of a data-source plug-in (:mod:`kuberlhf.plugins`), e.g. the demo task's ``demo://``;
 * ``hf://org/name``: a Hugging Face Hub dataset; ``al://``/``hub://``: Deep Lake;
 * a local path or ``s3://`` URI: a ``.jsonl``/``.json``/``.parquet`` file, or a directory
   (prefix) holding a Deep Lake 4 dataset (``_deeplake_log/``), a ``save_to_disk``
@@ -15,8 +15,8 @@ Sources and how ``format="auto"`` picks them:
   order, others ignored); ``format="deeplake"`` forces Deep Lake;
 * an ``org/name`` that is no local path: a Hugging Face Hub dataset.
 
-S3 files are opened with :mod:`kuberlhf.storage`; Deep Lake gets its S3 ``creds`` from
-the standard ``AWS_*`` variables (:func:`deeplake_creds`).
+S3 files are opened with :mod:`kuberlhf.artifacts.storage`; Hugging Face and Deep Lake datasets
+are read by :mod:`kuberlhf.data.hub`.
 """
 
 from __future__ import annotations
@@ -26,43 +26,25 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from kuberlhf import plugins
+from kuberlhf.data.hub import _deeplake, _hf_disk, _hf_hub
+from kuberlhf.data.records import BATCH_ROWS, BadRecord, Record, _one_line
 from kuberlhf.errors import DataError
 
 FORMATS = ("auto", "jsonl", "json", "parquet", "hf", "deeplake", "demo")
 FILE_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 DEEPLAKE_MARKER = "_deeplake_log"
 HF_DISK_MARKERS = ("dataset_dict.json", "state.json")
-BATCH_ROWS = 1024
+_BUILTIN = {"", "s3", "hf", "al", "hub", "file", *FILE_FORMATS.values(), "deeplake"}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SUPPORTED = (
     "local or s3:// .jsonl/.json/.parquet files or directories of them, Hugging Face "
     "save_to_disk directories or hub names (org/name, hf://org/name), Deep Lake 4 "
     "datasets (directory, file://, al://, hub://, s3:// with format=deeplake), demo://"
 )
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    """A record that could not be parsed (e.g. invalid JSON); ``message`` says why."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class Record:
-    """One raw row, where it came from (``source``) and its 0-based ``index`` there."""
-
-    source: str
-    index: int
-    row: dict[str, Any] | BadRecord
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 # ---------------------------------------------------------------------- public API
@@ -89,8 +71,10 @@ def iter_records(
     path = str(path)
     if format not in FORMATS:
         raise DataError(f"{path}: unknown format {format!r}; supported formats: {', '.join(FORMATS)}")
-    if path.startswith("demo://") or format == "demo":
-        yield from _demo(path)
+    plugin = plugins.scheme(path) if format == "auto" else format
+    if plugin not in _BUILTIN and (source := plugins.load("data_sources", plugin)) is not None:
+        for index, row in enumerate(source(path)):
+            yield Record(path, index, row)
     elif path.startswith("hf://"):
         yield from _hf_hub(_strip_hf(path), path, split, streaming)
     elif path.startswith(("al://", "hub://")):
@@ -172,7 +156,7 @@ def _looks_like_hub_name(path: str) -> bool:
 
 
 def _s3(uri: str, split: str, format: str) -> Iterator[Record]:
-    from kuberlhf.storage import fs_for, open_uri
+    from kuberlhf.artifacts.storage import fs_for, open_uri
 
     if format == "deeplake":
         yield from _deeplake(uri)
@@ -293,128 +277,3 @@ def _read_parquet(handle: IO[bytes], source: str) -> Iterator[Record]:
             for row in batch.to_pylist():
                 yield Record(source, index, row)
                 index += 1
-
-
-# ---------------------------------------------------------------------- Hugging Face
-
-
-def _hf_disk(
-    path: str, shown: str, split: str, storage_options: dict[str, Any] | None = None
-) -> Iterator[Record]:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(path, storage_options=storage_options)
-    except Exception as err:  # any failure means an unreadable source
-        raise DataError(f"{shown}: cannot load a save_to_disk dataset ({_one_line(err)})") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise DataError(
-                f"{shown}: no split {split!r}; available splits: {', '.join(sorted(loaded))}"
-            )
-        loaded = loaded[split]
-        shown = f"{shown}[{split}]"
-    index = 0
-    for batch in loaded.iter(batch_size=BATCH_ROWS):
-        for row in _columns_to_rows(batch):
-            yield Record(shown, index, row)
-            index += 1
-
-
-def _hf_hub(
-    name: str, shown: str, split: str, streaming: bool, *, local_miss: bool = False
-) -> Iterator[Record]:
-    import datasets
-
-    prefix = f"{shown}: no such local path, and " if local_miss else f"{shown}: "
-    index = 0
-    try:
-        loaded = datasets.load_dataset(name, split=split, streaming=streaming)
-        for row in loaded:
-            yield Record(shown, index, dict(row))
-            index += 1
-    except DataError:
-        raise
-    except Exception as err:  # hub, network and builder errors alike
-        raise DataError(
-            f"{prefix}cannot load Hugging Face dataset {name!r} (split {split!r})"
-            + (f" after {index} rows" if index else "")
-            + f": {type(err).__name__}: {_one_line(err)}"
-        ) from None
-
-
-def _columns_to_rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Rows of a column-major batch (dict of equally long lists)."""
-    columns = list(batch)
-    for values in zip(*(batch[c] for c in columns), strict=True):
-        yield dict(zip(columns, values, strict=True))
-
-
-# ---------------------------------------------------------------------- Deep Lake
-
-
-def deeplake_creds() -> dict[str, str] | None:
-    """Deep Lake 4 ``creds`` from the standard ``AWS_*`` environment variables."""
-    env = os.environ
-    pairs = {
-        "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID"),
-        "aws_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY"),
-        "aws_session_token": env.get("AWS_SESSION_TOKEN"),
-        "endpoint_url": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-        "aws_region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-        "profile_name": env.get("AWS_PROFILE"),
-    }
-    creds = {k: v for k, v in pairs.items() if v}
-    return creds or None
-
-
-def _deeplake(url: str) -> Iterator[Record]:
-    import deeplake
-
-    if url.startswith("hub://"):
-        url = "al://" + url[len("hub://") :]
-    creds = deeplake_creds() if url.startswith("s3://") else None
-    token = os.environ.get("ACTIVELOOP_TOKEN") if url.startswith("al://") else None
-    try:
-        ds = deeplake.open_read_only(url, creds=creds, token=token)
-        columns = [column.name for column in ds.schema.columns]
-    except Exception as err:  # deeplake has its own exception types
-        raise DataError(f"{url}: cannot open Deep Lake dataset ({_one_line(err)})") from None
-    index = 0
-    try:
-        for batch in ds.batches(BATCH_ROWS):
-            for row in _columns_to_rows({c: _plain(batch[c]) for c in columns}):
-                yield Record(url, index, row)
-                index += 1
-    except Exception as err:
-        raise DataError(f"{url} row {index}: cannot read Deep Lake data ({_one_line(err)})") from None
-
-
-def _plain(value: Any) -> Any:
-    """Convert numpy, bytes and Deep Lake values into plain Python str/int/float/list/dict."""
-    if value is None or isinstance(value, str | bool | int | float):
-        return value
-    if isinstance(value, bytes | bytearray):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return bytes(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return _plain(value.tolist())
-    if hasattr(value, "to_dict"):  # deeplake Dict
-        return _plain(value.to_dict())
-    return value
-
-
-# ---------------------------------------------------------------------- demo
-
-
-def _demo(path: str) -> Iterator[Record]:
-    from kuberlhf.demo.data import iter_rows as demo_rows
-
-    for index, row in enumerate(demo_rows(path)):
-        yield Record(path, index, row)

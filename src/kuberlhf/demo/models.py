@@ -9,6 +9,12 @@ seed: the demo's "pretraining" is its SFT stage.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from kuberlhf.artifacts.cache import cache_root, fingerprint
 from kuberlhf.errors import ConfigError
 
 DEMO_MODELS = ("demo://tiny-llama", "demo://tiny-deberta")
@@ -110,3 +116,33 @@ def build_model(name: str, task: str, seed: int = 0):
     if task == "sequence-classification":
         return AutoModelForSequenceClassification.from_config(config), tokenizer
     raise ValueError(f"unknown task {task!r}")
+
+
+def resolve(name: str, task: str, seed: int = 0) -> Path:
+    """The folder of demo model ``name`` built for ``task`` from ``seed`` (the ``demo://`` model source).
+
+    Built once per (name, task, seed, source of this package) and saved into the cache, so every
+    later load (the QLoRA reload for merging, the reference model) sees the same weights.
+    """
+    key = f"{name.removeprefix('demo://')}-{task}-seed{seed}-{_source_fingerprint()}"
+    target = cache_root() / "demo-models" / key
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+        model, tokenizer = build_model(name, task, seed)
+        # transformers writes weights on global rank 0 only; every node builds into its own cache
+        model.should_save_on_this_rank = lambda is_main_process: is_main_process
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:  # atomic: a concurrent process (another rank) may have won the race
+            os.rename(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _source_fingerprint() -> str:
+    """Changes whenever the code that builds demo models or their tokenizers' corpus changes."""
+    from kuberlhf.demo import task
+
+    return fingerprint(Path(__file__).read_text() + Path(task.__file__).read_text())[:8]

@@ -36,7 +36,7 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def add_parser(verbs) -> None:
-    from kuberlhf.cli import STAGES
+    from kuberlhf.stages.registry import STAGES
 
     doc = (__doc__ or "").strip().splitlines()[0].removeprefix("``kuberlhf launch``: ")
     parser_class, verbs._parser_class = verbs._parser_class, _IntermixedParser  # argparse has no public hook

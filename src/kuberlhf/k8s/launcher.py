@@ -21,13 +21,13 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from kuberlhf.errors import ConfigError, KuberlhfError
 from kuberlhf.k8s.pytorchjob import GROUP, PLURAL, VERSION, build_pytorchjob, primary_pod, spec_hash, to_yaml
 from kuberlhf.k8s.spec import ClusterConfig, load_cluster, split_overrides
 
-log = logging.getLogger("kuberlhf")
+log = logging.getLogger(__name__)
 BACKENDS = ("pytorchjob",)
 TERMINAL = ("Succeeded", "Failed")
 # job names leave room for the operator's pod and service names, <job>-worker-<index>, within 63
@@ -89,23 +89,15 @@ def check_job_name(name: str) -> str:
 
 def validate_stage_config(stage: str, config: str | None, overrides: list[str], cluster: ClusterConfig) -> Any:
     """Load the stage's config as the pod will, so a bad key fails before anything is created."""
-    import importlib
+    from kuberlhf.stages.registry import get_stage, load_stage_config
 
-    from kuberlhf.cli import STAGES
-    from kuberlhf.config import load_config
-
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
-    module_name, class_name = STAGES[stage]
-    cls = getattr(importlib.import_module(module_name), class_name)
     extra = []
     if cluster.launcher == "deepspeed":
-        training = get_type_hints(cls).get("training")
-        if not (training and "deepspeed" in {f.name for f in dataclasses.fields(training)}):
+        if not get_stage(stage).deepspeed:
             raise ConfigError(f"config key 'cluster.launcher': stage {stage!r} does not run under DeepSpeed "
-                              "(its config has no training.deepspeed); use torchrun")
+                              "(training.deepspeed); use torchrun")
         extra.append(f"training.deepspeed={cluster.deepspeed_config}")
-    cfg = load_config(cls, config, [*overrides, *extra])
+    cfg = load_stage_config(stage, config, [*overrides, *extra])
     if config and not (config.startswith("configs/") or config.startswith("/etc/kuberlhf/")):
         log.warning("config %r must exist in the image (configs/...) or the kuberlhf-config ConfigMap "
                     "(/etc/kuberlhf/...) for the pods to read it", config)

@@ -21,9 +21,9 @@ import hashlib
 import json
 from typing import Any
 
-from kuberlhf.cli import stage_argv
 from kuberlhf.images import DATA_DIR
 from kuberlhf.k8s.spec import GPU_PRODUCTS, ClusterConfig
+from kuberlhf.stages.registry import stage_argv
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"

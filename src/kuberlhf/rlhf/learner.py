@@ -24,7 +24,7 @@ from torch import nn
 
 from kuberlhf.config import require
 from kuberlhf.errors import ConfigError
-from kuberlhf.rlhf import models as rl
+from kuberlhf.models import generation as rl
 
 
 def make_accelerator(training: Any, micro_batch: int) -> Any:

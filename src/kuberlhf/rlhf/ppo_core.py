@@ -6,6 +6,9 @@ Pure functions on torch tensors, no trainer. Unless stated otherwise a tensor is
 row. Padded positions are never read: they may hold garbage (even NaN/inf) and every
 per-token output is zero there.
 
+Log-probs and entropies from logits, and cutting responses after their EOS, are
+:mod:`kuberlhf.models.generation` (evaluation uses them too).
+
 References: Schulman et al. 2017 (PPO), Schulman et al. 2016 (GAE), Ziegler et al. 2019
 (adaptive KL), Schulman 2020 "Approximating KL divergence" (k1/k2/k3).
 """
@@ -15,12 +18,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
-    "AdaptiveKLController", "FixedKLController", "NonFiniteError", "check_finite", "entropy_from_logits", "gae",
-    "kl_estimate", "logprobs_from_logits", "masked_mean", "masked_var", "masked_whiten", "per_token_rewards",
-    "policy_loss", "truncate_after_eos", "value_loss",
+    "AdaptiveKLController", "FixedKLController", "NonFiniteError", "check_finite", "gae", "kl_estimate",
+    "masked_mean", "masked_var", "masked_whiten", "per_token_rewards", "policy_loss", "value_loss",
 ]
 
 
@@ -66,27 +67,6 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     if not shift_mean:
         whitened = whitened + mean
     return _zero_pad(whitened, mask)
-
-
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each label: ``log_softmax(logits)[..., label]``, shape ``labels.shape``.
-
-    ``logits`` is ``(..., V)`` and already aligned with ``labels`` (for a causal LM,
-    ``logits[:, :-1]`` scores ``input_ids[:, 1:]``). Computed in float32 as
-    ``logits[label] - logsumexp(logits)``, which avoids materializing the full log_softmax.
-    """
-    logits = logits.float()
-    picked = logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of ``softmax(logits)`` over the last dim: ``H = -sum_v p_v log p_v`` (float32).
-
-    Tokens with logit -inf (p = 0) contribute 0, as do their gradients.
-    """
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(-1)
 
 
 def kl_estimate(
@@ -242,22 +222,6 @@ class FixedKLController:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = float(state["value"])
-
-
-def truncate_after_eos(
-    tokens: torch.Tensor, eos_token_id: int, pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cut each response after its first EOS.
-
-    Returns ``(tokens, mask, has_eos)``: tokens after the first EOS replaced by ``pad_token_id``;
-    ``mask`` (long, ``(B, T)``) is 1 up to and including the first EOS (all 1 for a row without
-    one); ``has_eos`` (bool, ``(B,)``) says whether the row had an EOS. Works when pad == eos.
-    """
-    is_eos = (tokens == eos_token_id).long()
-    after_eos = (is_eos.cumsum(1) - is_eos) > 0  # an EOS strictly earlier in the row
-    mask = (~after_eos).long()
-    out = torch.where(after_eos, torch.full_like(tokens, pad_token_id), tokens)
-    return out, mask, is_eos.bool().any(1)
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-PIPELINE_NAMES = ("rlhf-ppo", "rlhf-dpo")  # kuberlhf.pipelines.PIPELINES, without importing kfp here
+PIPELINE_NAMES = ("rlhf-ppo", "rlhf-dpo")  # kuberlhf.workflow.pipelines.PIPELINES, without importing kfp here
 
 
 def add_parser(verbs) -> None:

@@ -12,14 +12,14 @@ DEFAULT_PIPELINE = "rlhf-ppo"
 
 
 def pipeline_names() -> list[str]:
-    from kuberlhf.pipelines import PIPELINES
+    from kuberlhf.workflow.pipelines import PIPELINES
 
     return list(PIPELINES)
 
 
 def build(name: str, registry: str | None = None, tag: str | None = None) -> Any:
     """The ``@dsl.pipeline`` function of pipeline ``name``."""
-    from kuberlhf.pipelines import PIPELINES
+    from kuberlhf.workflow.pipelines import PIPELINES
 
     if name not in PIPELINES:
         raise ConfigError(f"pipeline {name!r}: unknown; known: {', '.join(PIPELINES)}")

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from kuberlhf.errors import ConfigError
+from kuberlhf.stages.registry import STAGES
+from kuberlhf.workflow.configs import resolve_config
 
-log = logging.getLogger("kuberlhf")
+log = logging.getLogger(__name__)
 
 # stage -> the kind of examples its training data holds (kuberlhf.data.KINDS)
-DATA_KINDS = {"sft": "sft", "reward": "preference", "dpo": "preference",
-              "ppo": "prompt", "rloo": "prompt", "grpo": "prompt"}
+DATA_KINDS = {name: stage.data_kind for name, stage in STAGES.items() if stage.data_kind}
 TRAIN_FILE = "train.jsonl"
 EVAL_FILE = "eval.jsonl"
 
@@ -33,9 +34,8 @@ def stage_data_config(stage: str, config: str, overrides: list[str] | None, sour
     """The validated ``data`` section of ``stage``'s config (file plus overrides), ``source`` replacing
     ``data.train`` when given. The rest of the config is the training step's to check: the pipeline
     wires its output and input models there."""
-    from kuberlhf.common import DataConfig
     from kuberlhf.config import from_dict, merge_overrides, read_yaml
-    from kuberlhf.workflow.steps import resolve_config
+    from kuberlhf.config.sections import DataConfig
 
     if stage not in DATA_KINDS:
         raise ConfigError(f"stage {stage!r}: has no training data; known: {', '.join(DATA_KINDS)}")

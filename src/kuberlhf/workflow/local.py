@@ -22,7 +22,7 @@ from typing import Any
 
 from kuberlhf.errors import KuberlhfError
 
-log = logging.getLogger("kuberlhf")
+log = logging.getLogger(__name__)
 DEFAULT_ROOT = "outputs/pipeline"
 CONFIG_PARAMS = ("sft_config", "reward_config", "ppo_config", "dpo_config")
 

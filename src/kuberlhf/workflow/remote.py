@@ -19,7 +19,7 @@ from typing import Any
 from kuberlhf import __version__
 from kuberlhf.errors import KuberlhfError
 
-log = logging.getLogger("kuberlhf")
+log = logging.getLogger(__name__)
 LAUNCHER_SERVICE_ACCOUNT = "kuberlhf-launcher"
 
 

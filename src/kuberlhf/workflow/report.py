@@ -21,20 +21,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("kuberlhf")
+from kuberlhf.stages.registry import POLICY_STAGES, STAGES, Panel
 
-# A plot is a title and panels; a panel is a y label and the logged series drawn on it: (key, legend label).
-Panel = tuple[str, list[tuple[str, str]]]
-SFT_PANELS: list[Panel] = [("loss", [("loss", "training"), ("eval_loss", "held-out")])]
-REWARD_PANELS: list[Panel] = [("pairwise accuracy", [("accuracy", "training batches")])]
-POLICY_CURVES: dict[str, tuple[str, list[Panel]]] = {
-    "ppo": ("PPO: reward and KL to the SFT policy",
-            [("reward-model score", [("reward", "rollouts")]), ("KL per sequence", [("kl", "rollouts")])]),
-    "dpo": ("DPO: loss and preference accuracy",
-            [("DPO loss", [("loss", "training")]), ("implicit-reward accuracy", [("rewards/accuracies", "training")])]),
-    "rloo": ("RLOO: loss and reward", [("loss", [("loss", "training")]), ("reward", [("reward", "training")])]),
-    "grpo": ("GRPO: loss and reward", [("loss", [("loss", "training")]), ("reward", [("reward", "training")])]),
-}
+log = logging.getLogger(__name__)
+
+# the stages whose final policy a report can show, and each stage's plots: the stage registry's
+POLICY_CURVES = {name: STAGES[name].report for name in POLICY_STAGES if STAGES[name].report}
 
 
 def read_log(artifact: str | None) -> list[dict]:
@@ -62,7 +54,7 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def plot_curves(title: str, records: list[dict], panels: list[Panel],
+def plot_curves(title: str, panels: list[Panel], records: list[dict],
                 marks: dict[str, float] | None = None) -> str | None:
     """A PNG (base64) with one panel per y label that has data; None when no series has a point.
 
@@ -107,10 +99,10 @@ def plot_gold(sft: float, final: float, stage: str) -> str:
 def score_policies(sft_dir: str, policy_dir: str, prompts: str, *, gold: bool, samples: int, seed: int) -> dict:
     """Gold scores (when ``gold``) and side-by-side samples of the SFT and final policies on ``prompts``."""
     if gold:
-        from kuberlhf.evaluate import gold_eval
+        from kuberlhf.eval.heldout import judge_eval
 
-        before = gold_eval(sft_dir, prompts, seed=seed, samples=samples)
-        after = gold_eval(policy_dir, prompts, seed=seed, samples=samples)
+        before = judge_eval(sft_dir, prompts, judge="gold", seed=seed, samples=samples)
+        after = judge_eval(policy_dir, prompts, judge="gold", seed=seed, samples=samples)
         pairs = [{"prompt": b["prompt"], "sft": b["response"], "sft_gold": b["gold"], "final": a["response"],
                   "final_gold": a["gold"]} for b, a in zip(before["samples"], after["samples"], strict=True)]
         return {"gold_score_sft": before["gold_score"], "gold_score_final": after["gold_score"],
@@ -129,9 +121,9 @@ def _first_prompts(uri: str, n: int) -> list[str]:
 
 
 def _generate(model_dir: str, prompts: list[str], seed: int) -> list[str]:
-    from kuberlhf import modeling
-    from kuberlhf.common import ModelConfig
-    from kuberlhf.evaluate import generate
+    from kuberlhf.config.sections import ModelConfig
+    from kuberlhf.eval.heldout import generate
+    from kuberlhf.models import loading as modeling
 
     cfg = ModelConfig(name_or_path=model_dir)
     path = modeling.resolve_model_path(model_dir, "causal-lm", seed)
@@ -172,13 +164,12 @@ def write_report(
     scores = score_policies(sft_dir, policy_dir, prompts, gold=gold, samples=samples, seed=seed)
     sft_m, reward_m, policy_m = map(read_stage_metrics, (sft_dir, reward_dir, policy_dir))
     metrics = summary_metrics(scores, sft_m, reward_m, policy_m)
-    title, panels = POLICY_CURVES[policy_stage]
     plots = [
         plot_gold(metrics["gold_score_sft"], metrics["gold_score_final"], policy_stage) if gold else None,
-        plot_curves("SFT: loss", read_log(sft_dir), SFT_PANELS),
-        plot_curves("Reward model: pairwise accuracy", read_log(reward_dir), REWARD_PANELS,
-                    {"accuracy": reward_m["eval_accuracy"]} if "eval_accuracy" in reward_m else None),
-        plot_curves(title, read_log(policy_dir), panels),
+        plot_curves(*STAGES["sft"].report, records=read_log(sft_dir)),
+        plot_curves(*STAGES["reward"].report, records=read_log(reward_dir),
+                    marks={"accuracy": reward_m["eval_accuracy"]} if "eval_accuracy" in reward_m else None),
+        plot_curves(*POLICY_CURVES[policy_stage], records=read_log(policy_dir)),
     ]
     page = render_html(policy_stage, metrics, [p for p in plots if p], scores["samples"], prompts)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -26,24 +26,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kuberlhf.cli import stage_argv
 from kuberlhf.errors import ConfigError, KuberlhfError
+from kuberlhf.stages.registry import STAGES, stage_argv
+from kuberlhf.workflow.configs import CONFIG_DIR, resolve_config
+from kuberlhf.workflow.data import data_overrides, dataset_has_eval
 
-log = logging.getLogger("kuberlhf")
+log = logging.getLogger(__name__)
 
 MODES = ("local", "pytorchjob")
-CONFIG_DIR = "/etc/kuberlhf"  # the kuberlhf-config ConfigMap, mounted by the pipelines
-# stage -> {input name of the component: config key that receives the input model}
-STAGE_INPUTS: dict[str, dict[str, str]] = {
-    "sft": {},
-    "reward": {},
-    "ppo": {"policy": "policy.name_or_path", "reward_model": "reward_model.name_or_path"},
-    "dpo": {"policy": "model.name_or_path"},
-    "rloo": {"policy": "policy.name_or_path", "reward_model": "reward_model.name_or_path"},
-    "grpo": {"policy": "policy.name_or_path", "reward_model": "reward_model.name_or_path"},
-}
-# Trainer stages have progress bars, which only clutter a step's log
-TRAINER_STAGES = ("sft", "reward", "dpo", "rloo", "grpo")
 LOCAL_MODE_NOTE = "# mode=local: the stage ran in the step's own process; no PyTorchJob was created.\n"
 
 
@@ -64,32 +54,23 @@ def artifact_uri(uri: str) -> str:
     return uri
 
 
-def resolve_config(ref: str) -> str:
-    """A stage config reference: an existing path as given, else the same name in the mounted ConfigMap."""
-    if not ref or Path(ref).is_file():
-        return ref
-    mounted = Path(os.environ.get("KUBERLHF_CONFIG_DIR", CONFIG_DIR))
-    for candidate in (mounted / ref, mounted / Path(ref).name):
-        if candidate.is_file():
-            return str(candidate)
-    raise ConfigError(f"config {ref!r}: no such file (looked here and in {mounted})")
-
-
 def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, str], output_dir: str,
                     data: list[str] | None = None) -> list[str]:
     """The stage's ``key=value`` overrides: quiet progress bars, the user's overrides, then the inputs (the
     ``data`` overrides of its training data included) and the output directory, which the pipeline wires
     and so always win."""
-    if stage not in STAGE_INPUTS:
-        raise ConfigError(f"stage {stage!r}: not a pipeline stage; known: {', '.join(STAGE_INPUTS)}")
-    unknown = set(inputs) - set(STAGE_INPUTS[stage])
+    if stage not in STAGES:
+        raise ConfigError(f"stage {stage!r}: not a pipeline stage; known: {', '.join(STAGES)}")
+    known = STAGES[stage].inputs
+    unknown = set(inputs) - set(known)
     if unknown:
-        raise ConfigError(f"stage {stage!r}: unknown input(s) {sorted(unknown)}; known: {sorted(STAGE_INPUTS[stage])}")
+        raise ConfigError(f"stage {stage!r}: unknown input(s) {sorted(unknown)}; known: {sorted(known)}")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"{stage} override {item!r}: expected key=value")
-    wired = [f"{STAGE_INPUTS[stage][name]}={uri}" for name, uri in inputs.items()]
-    quiet = ["training.disable_tqdm=true"] if stage in TRAINER_STAGES else []
+    wired = [f"{known[name]}={uri}" for name, uri in inputs.items()]
+    # Trainer stages have progress bars, which only clutter a step's log
+    quiet = ["training.disable_tqdm=true"] if STAGES[stage].trainer else []
     return [*quiet, *(overrides or []), *(data or []), *wired, f"output_dir={output_dir}"]
 
 
@@ -107,11 +88,9 @@ def run_local(stage: str, config: str, overrides: list[str], procs: int = 1, log
     if procs < 1:
         raise ConfigError(f"procs: must be at least 1, got {procs}")
     if procs == 1:
-        from kuberlhf.cli import main
-
         handler = _file_handler(log_path)
         try:
-            code = main(stage_argv(stage, config, overrides))
+            code = _run_here(stage, config, overrides)
         finally:
             if handler:
                 logging.getLogger().removeHandler(handler)
@@ -120,6 +99,22 @@ def run_local(stage: str, config: str, overrides: list[str], procs: int = 1, log
         code = _tee(local_command(stage, config, overrides, procs), log_path)
     if code != 0:
         raise KuberlhfError(f"kuberlhf {stage} exited with status {code}")
+
+
+def _run_here(stage: str, config: str, overrides: list[str]) -> int:
+    """``kuberlhf STAGE`` in this process: its exit status, its error or summary printed as the CLI does."""
+    from kuberlhf.distributed import is_world_main
+    from kuberlhf.stages.registry import done_line, run_stage
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        metrics = run_stage(stage, config, overrides)
+    except KuberlhfError as err:
+        print(f"kuberlhf {stage}: error: {err}", file=sys.stderr)
+        return 2
+    if is_world_main():
+        print(done_line(stage, metrics))
+    return 0
 
 
 def _file_handler(path: str | None) -> logging.Handler | None:
@@ -149,7 +144,7 @@ def _tee(cmd: list[str], log_path: str | None) -> int:
 
 def read_metrics(output_dir: str) -> dict:
     """``metrics.json`` of a finished artifact (local dir or ``s3://`` prefix)."""
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     with storage.open_uri(f"{output_dir.rstrip('/')}/metrics.json", "rb") as fh:
         return json.loads(fh.read())
@@ -186,7 +181,7 @@ def run_stage(
     step whose output already holds a finished artifact (a retry after the stage published) reports it
     instead of training again.
     """
-    from kuberlhf import storage
+    from kuberlhf.artifacts import storage
 
     if mode not in MODES:
         raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
@@ -200,8 +195,6 @@ def run_stage(
             log.info("mode=local: ignoring cluster overrides %s", " ".join(skipped))
         overrides = [o for o in overrides or [] if not o.startswith("cluster.")]
     if train_data:
-        from kuberlhf.workflow.data import data_overrides
-
         location = train_data if mode == "local" else artifact_uri(train_data)
         data = data_overrides(location, train_data_eval)
         log.info("%s reads its data from the data step's dataset: %s", stage, " ".join(data))
@@ -250,8 +243,6 @@ def run_stage_step(stage: str, inputs: dict[str, Any], model: Any, metrics: Any,
     mode = kwargs.get("mode", "local")
     wired = {name: (artifact.path if mode == "local" else artifact.uri) for name, artifact in inputs.items()}
     if train_data is not None:
-        from kuberlhf.workflow.data import dataset_has_eval
-
         kwargs["train_data"] = train_data.path if mode == "local" else train_data.uri
         kwargs["train_data_eval"] = dataset_has_eval(train_data, mode)
     result = run_stage(stage, inputs=wired, output_path=model.path, output_uri=model.uri,

@@ -1,0 +1,208 @@
+"""S3 connection: options, URIs, the boto3 client and s3fs filesystem, and one-line errors.
+
+Credentials and endpoints come from boto3's standard sources (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL[_S3]``,
+``AWS_DEFAULT_REGION``/``AWS_REGION``, profiles, IRSA) unless set in :class:`StorageOptions`.
+Every failure raises :class:`~kuberlhf.errors.StorageError` naming the URI at fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kuberlhf.errors import StorageError
+
+_MIB = 1024 * 1024
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CRED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+               "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+_DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_CRED_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / a web identity)"
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class StorageOptions:
+    """S3 connection settings; ``None`` fields fall back to boto3's standard sources."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    max_attempts: int = 8
+    multipart_threshold_mb: int = 64
+    multipart_chunksize_mb: int = 16
+    max_concurrency: int = 8
+
+
+_defaults = StorageOptions()
+
+
+def configure(options: StorageOptions | None) -> None:
+    """Set the options used when a function is called without ``options=`` (None resets)."""
+    global _defaults
+    _defaults = options if options is not None else StorageOptions()
+
+
+def _opts(options: StorageOptions | None) -> StorageOptions:
+    return options if options is not None else _defaults
+
+
+# ---------------------------------------------------------------------------------------------- URIs
+
+
+def is_remote(uri: str) -> bool:
+    """True for ``s3://`` URIs."""
+    return str(uri).lower().startswith("s3://")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/some/prefix/`` into ``("bucket", "some/prefix")``."""
+    if not is_remote(uri):
+        raise StorageError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = str(uri)[5:].partition("/")
+    if not bucket:
+        raise StorageError(f"empty bucket name in URI {uri!r}")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise StorageError(f"invalid S3 bucket name {bucket!r} in URI {uri!r} "
+                           "(3-63 chars: lowercase letters, digits, '.', '-')")
+    return bucket, key.strip("/")
+
+
+def _local_path(uri: PathLike) -> Path:
+    """A local path from a plain path or ``file://`` URI; other schemes are refused."""
+    text = os.fspath(uri)
+    if text.startswith("file://"):
+        return Path(text[7:])
+    if "://" in text:
+        raise StorageError(f"unsupported URI scheme in {text!r}: use s3://bucket/prefix or a local path")
+    return Path(text)
+
+
+def _key(prefix: str, rel: str) -> str:
+    return f"{prefix}/{rel}" if prefix else rel
+
+
+# ----------------------------------------------------------------------------------------- S3 client
+
+
+def _endpoint(o: StorageOptions) -> str | None:
+    return o.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _session(o: StorageOptions) -> tuple[Any, str]:
+    """A boto3 session and its region; StorageError when no credentials can be found."""
+    import boto3
+
+    session = boto3.session.Session(aws_access_key_id=o.access_key_id, aws_secret_access_key=o.secret_access_key,
+                                    aws_session_token=o.session_token, region_name=o.region)
+    if session.get_credentials() is None:
+        raise StorageError(f"no S3 credentials: {_CRED_HINT}")
+    return session, session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
+
+
+def _botocore_config(o: StorageOptions) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"retries": {"max_attempts": o.max_attempts, "mode": "standard"}}
+    if _endpoint(o):
+        cfg["s3"] = {"addressing_style": "path"}
+    return cfg
+
+
+def s3_client(options: StorageOptions | None = None) -> Any:
+    """A boto3 S3 client (standard retries, path-style addressing for custom endpoints)."""
+    from botocore.config import Config
+
+    o = _opts(options)
+    session, region = _session(o)
+    return session.client("s3", endpoint_url=_endpoint(o), region_name=region, config=Config(**_botocore_config(o)))
+
+
+def _transfer_config(o: StorageOptions) -> Any:
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=o.multipart_threshold_mb * _MIB,
+                          multipart_chunksize=o.multipart_chunksize_mb * _MIB,
+                          max_concurrency=o.max_concurrency, use_threads=True)
+
+
+def _client_code(exc: BaseException) -> str | None:
+    """The S3 error code of a ClientError, also when wrapped (boto3's S3UploadFailedError)."""
+    from botocore.exceptions import ClientError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ClientError):
+            return str(seen.response.get("Error", {}).get("Code", ""))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _translate(exc: BaseException, uri: str, action: str) -> StorageError:
+    """Map a boto3/botocore/s3fs exception to a one-line StorageError naming ``uri``."""
+    from botocore.exceptions import NoCredentialsError
+
+    code = _client_code(exc)
+    remote_os = isinstance(exc, OSError) and exc.errno is None  # s3fs errors carry no errno
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(f"no S3 credentials while {action} {uri}: {_CRED_HINT}")
+    if code in _CRED_CODES:
+        return StorageError(f"S3 rejected the credentials while {action} {uri} ({code}): "
+                            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    if code in _DENIED_CODES or (remote_os and isinstance(exc, PermissionError)):
+        return StorageError(f"access denied while {action} {uri}: the credentials lack permission "
+                            "(or are wrong); check AWS_ACCESS_KEY_ID and its policy")
+    if code == "NoSuchBucket":
+        return StorageError(f"bucket does not exist while {action} {uri}")
+    if code in _MISSING_CODES or (remote_os and isinstance(exc, FileNotFoundError)):
+        return StorageError(f"not found while {action} {uri}")
+    return StorageError(f"failed while {action} {uri}: {exc}")
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str, action: str) -> Iterator[None]:
+    """Re-raise boto3/botocore/s3fs (and local I/O) failures as StorageError."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except StorageError:
+        raise
+    except (ClientError, BotoCoreError, Boto3Error, OSError) as exc:
+        raise _translate(exc, uri, action) from exc
+
+
+# -------------------------------------------------------------------------------------- streaming IO
+
+
+def fs_for(uri: str, options: StorageOptions | None = None) -> Any:
+    """The fsspec filesystem for ``uri`` (for s3: s3fs configured like :func:`s3_client`)."""
+    if not is_remote(uri):
+        from fsspec.implementations.local import LocalFileSystem
+
+        _local_path(uri)  # refuses other schemes
+        return LocalFileSystem()
+    import s3fs
+
+    o = _opts(options)
+    _, region = _session(o)
+    return s3fs.S3FileSystem(key=o.access_key_id, secret=o.secret_access_key, token=o.session_token,
+                             client_kwargs={"endpoint_url": _endpoint(o), "region_name": region},
+                             config_kwargs=_botocore_config(o), skip_instance_cache=True)
+
+
+
+
+def configure_from(section: Any) -> None:
+    """Make a stage's ``storage`` config section the defaults of this process (:func:`configure`)."""
+    configure(StorageOptions(endpoint_url=section.endpoint_url, region=section.region,
+                             max_attempts=section.max_attempts))

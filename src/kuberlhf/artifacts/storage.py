@@ -1,0 +1,246 @@
+"""One storage layer for every artifact: local directories and ``s3://`` prefixes.
+
+An *artifact* is a directory (model, checkpoint, dataset shards) plus a ``manifest.json``
+(:mod:`kuberlhf.artifacts.manifest`) listing every file with its size and sha256, written last:
+its presence means "complete", and every downloaded file is verified against it. The S3
+connection, URIs and errors are :mod:`kuberlhf.artifacts.s3`; this module moves artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from kuberlhf.artifacts.manifest import (  # noqa: F401 (the storage API in one place)
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    _file_problem,
+    _parse_manifest,
+    _write_json_atomic,
+    build_manifest,
+    manifest_of,
+    verify_local,
+    write_manifest,
+)
+from kuberlhf.artifacts.s3 import (  # noqa: F401
+    _MISSING_CODES,
+    PathLike,
+    StorageOptions,
+    _client_code,
+    _key,
+    _local_path,
+    _opts,
+    _s3_errors,
+    _transfer_config,
+    configure,
+    fs_for,
+    is_remote,
+    parse_s3_uri,
+    s3_client,
+)
+from kuberlhf.errors import StorageError
+
+
+def _remote_manifest(client: Any, uri: str) -> dict | None:
+    """The parsed manifest under the s3 prefix ``uri``, or None when there is none."""
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = parse_s3_uri(uri)
+    try:
+        raw = client.get_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))["Body"].read()
+    except ClientError as exc:
+        if _client_code(exc) in _MISSING_CODES:
+            return None
+        raise
+    return _parse_manifest(raw, uri)
+
+
+def is_complete(uri: str, options: StorageOptions | None = None) -> bool:
+    """True when the artifact at ``uri`` (local dir or s3 prefix) has its manifest."""
+    if not is_remote(uri):
+        return (_local_path(uri) / MANIFEST_NAME).is_file()
+    client = s3_client(options)
+    with _s3_errors(uri, "checking"):
+        return _remote_manifest(client, uri) is not None
+
+
+# -------------------------------------------------------------------------------- transfer / publish
+
+
+def upload_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = None,
+               exclude: Iterable[str] = ()) -> dict:
+    """Upload ``local_dir`` to the s3 prefix ``uri``: stale manifest deleted first, new one written last."""
+    o = _opts(options)
+    bucket, prefix = parse_s3_uri(uri)
+    root = _local_path(local_dir)
+    manifest = build_manifest(root, exclude)
+    client, config = s3_client(o), _transfer_config(o)
+    with _s3_errors(uri, "uploading to"):
+        client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
+        for entry in manifest["files"]:
+            client.upload_file(str(root / entry["path"]), bucket, _key(prefix, entry["path"]), Config=config)
+        client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
+                          Body=json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def upload_files(local_dir: PathLike, uri: str, files: Iterable[dict], options: StorageOptions | None = None) -> None:
+    """Upload the listed files of ``local_dir`` (manifest entries) under the s3 prefix ``uri``; no manifest.
+
+    For an artifact assembled from several machines: each uploads its part, then one of them
+    writes the manifest with :func:`put_manifest`.
+    """
+    o = _opts(options)
+    bucket, prefix = parse_s3_uri(uri)
+    root = _local_path(local_dir)
+    client, config = s3_client(o), _transfer_config(o)
+    with _s3_errors(uri, "uploading to"):
+        for entry in files:
+            client.upload_file(str(root / entry["path"]), bucket, _key(prefix, entry["path"]), Config=config)
+
+
+def delete_manifest(uri: str, options: StorageOptions | None = None) -> None:
+    """Mark the artifact at the s3 prefix ``uri`` incomplete (before its files are rewritten)."""
+    bucket, prefix = parse_s3_uri(uri)
+    client = s3_client(options)
+    with _s3_errors(uri, "uploading to"):
+        client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
+
+
+def put_manifest(uri: str, manifest: dict, options: StorageOptions | None = None) -> None:
+    """Write ``manifest`` under the s3 prefix ``uri``: the artifact is complete from then on (call it last)."""
+    _parse_manifest(json.dumps(manifest), uri)
+    bucket, prefix = parse_s3_uri(uri)
+    client = s3_client(options)
+    with _s3_errors(uri, "uploading to"):
+        client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
+                          Body=json.dumps(manifest, indent=2).encode())
+
+
+def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None = None) -> Path:
+    """Download the artifact at ``uri`` into ``local_dir``, verifying every file; keeps matching local files."""
+    o = _opts(options)
+    bucket, prefix = parse_s3_uri(uri)
+    dest = _local_path(local_dir)
+    client, config = s3_client(o), _transfer_config(o)
+    with _s3_errors(uri, "downloading"):
+        manifest = _remote_manifest(client, uri)
+        if manifest is None:
+            raise StorageError(f"{uri} is an incomplete artifact: no {MANIFEST_NAME} "
+                               "(upload unfinished, or not a kuberlhf artifact)")
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / MANIFEST_NAME).unlink(missing_ok=True)
+        for entry in manifest["files"]:
+            target = dest / entry["path"]
+            if _file_problem(target, entry) is None:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+            try:
+                client.download_file(bucket, _key(prefix, entry["path"]), str(tmp), Config=config)
+                if problem := _file_problem(tmp, entry):
+                    raise StorageError(f"{uri}: {problem}")
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+    _write_json_atomic(dest / MANIFEST_NAME, manifest)
+    return dest
+
+
+def publish_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = None,
+                exclude: Iterable[str] = ()) -> dict:
+    """Publish a finished artifact to ``uri`` (s3 prefix, same or other local dir); returns its manifest."""
+    if is_remote(uri):
+        return upload_dir(local_dir, uri, options, exclude)
+    src, dst = _local_path(local_dir), _local_path(uri)
+    if dst.resolve() == src.resolve():
+        return write_manifest(src, exclude)
+    manifest = build_manifest(src, exclude)
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / MANIFEST_NAME).unlink(missing_ok=True)
+    for entry in manifest["files"]:
+        (dst / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / entry["path"], dst / entry["path"])
+    _write_json_atomic(dst / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def fetch_dir(uri: str, cache_root: PathLike | None = None, options: StorageOptions | None = None) -> Path:
+    """A local, verified copy of the artifact at ``uri``.
+
+    Remote: downloaded into ``(cache_root or ~/.cache/kuberlhf/artifacts)/<sha1 of uri>``. Local: returned
+    as is, verified when it has a manifest (a plain folder without one, e.g. a HF model, is allowed).
+    """
+    if is_remote(uri):
+        root = Path(cache_root) if cache_root else Path.home() / ".cache" / "kuberlhf" / "artifacts"
+        return download_dir(uri, root / hashlib.sha1(str(uri).rstrip("/").encode()).hexdigest(), options)
+    path = _local_path(uri)
+    if not path.is_dir():
+        raise StorageError(f"artifact directory not found: {uri}")
+    if (path / MANIFEST_NAME).is_file():
+        verify_local(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------- listing / delete
+
+
+def list_subdirs(uri: str, options: StorageOptions | None = None) -> list[str]:
+    """Sorted names of the immediate subdirectories of a local dir or s3 prefix.
+
+    On S3 only prefixes holding at least one object count: some S3-compatible stores
+    (SeaweedFS) keep reporting an emptied "directory" until a background cleanup.
+    """
+    if not is_remote(uri):
+        path = _local_path(uri)
+        return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    bucket, prefix = parse_s3_uri(uri)
+    base = f"{prefix}/" if prefix else ""
+    client, names = s3_client(options), []
+    with _s3_errors(uri, "listing"):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/"):
+            for sub in (cp["Prefix"] for cp in page.get("CommonPrefixes", [])):
+                if client.list_objects_v2(Bucket=bucket, Prefix=sub, MaxKeys=1).get("Contents"):
+                    names.append(sub[len(base):].rstrip("/"))
+    return sorted(names)
+
+
+def remove_dir(uri: str, options: StorageOptions | None = None) -> None:
+    """Delete a local dir or every object under an s3 prefix, the manifest first."""
+    if not is_remote(uri):
+        path = _local_path(uri)
+        if path.exists():
+            (path / MANIFEST_NAME).unlink(missing_ok=True)
+            shutil.rmtree(path)
+        return
+    bucket, prefix = parse_s3_uri(uri)
+    if not prefix:
+        raise StorageError(f"refusing to remove a whole bucket: {uri}")
+    client = s3_client(options)
+    with _s3_errors(uri, "removing"):
+        client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+            if keys := [{"Key": obj["Key"]} for obj in page.get("Contents", [])]:
+                errors = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors")
+                if errors:
+                    raise StorageError(f"cannot remove {uri}: {errors[0].get('Code')} on {errors[0].get('Key')}")
+
+
+def open_uri(uri: str, mode: str = "rb", options: StorageOptions | None = None) -> IO[Any]:
+    """Open one file (local path or s3 object) as a seekable file-like object; the caller closes it."""
+    if not is_remote(uri):
+        try:
+            return open(_local_path(uri), mode)
+        except OSError as exc:
+            raise StorageError(f"cannot open {uri}: {exc.strerror or exc}") from exc
+    bucket, key = parse_s3_uri(uri)
+    if not key:
+        raise StorageError(f"no object key in URI {uri!r}")
+    fs = fs_for(uri, options)
+    with _s3_errors(uri, "opening"):
+        return fs.open(f"{bucket}/{key}", mode)

@@ -1,0 +1,128 @@
+"""Sources with loaders of their own: Hugging Face datasets (the Hub, ``save_to_disk`` folders) and
+Deep Lake 4 datasets (local, ``s3://``, ``al://``/``hub://``),
+read in batches as records (:class:`~kuberlhf.data.records.Record`).
+
+Deep Lake gets its S3 ``creds`` from the standard ``AWS_*`` variables (:func:`deeplake_creds`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from kuberlhf.data.records import BATCH_ROWS, Record, _one_line
+from kuberlhf.errors import DataError
+
+
+def _hf_disk(
+    path: str, shown: str, split: str, storage_options: dict[str, Any] | None = None
+) -> Iterator[Record]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(path, storage_options=storage_options)
+    except Exception as err:  # any failure means an unreadable source
+        raise DataError(f"{shown}: cannot load a save_to_disk dataset ({_one_line(err)})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(
+                f"{shown}: no split {split!r}; available splits: {', '.join(sorted(loaded))}"
+            )
+        loaded = loaded[split]
+        shown = f"{shown}[{split}]"
+    index = 0
+    for batch in loaded.iter(batch_size=BATCH_ROWS):
+        for row in _columns_to_rows(batch):
+            yield Record(shown, index, row)
+            index += 1
+
+
+def _hf_hub(
+    name: str, shown: str, split: str, streaming: bool, *, local_miss: bool = False
+) -> Iterator[Record]:
+    import datasets
+
+    prefix = f"{shown}: no such local path, and " if local_miss else f"{shown}: "
+    index = 0
+    try:
+        loaded = datasets.load_dataset(name, split=split, streaming=streaming)
+        for row in loaded:
+            yield Record(shown, index, dict(row))
+            index += 1
+    except DataError:
+        raise
+    except Exception as err:  # hub, network and builder errors alike
+        raise DataError(
+            f"{prefix}cannot load Hugging Face dataset {name!r} (split {split!r})"
+            + (f" after {index} rows" if index else "")
+            + f": {type(err).__name__}: {_one_line(err)}"
+        ) from None
+
+
+def _columns_to_rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Rows of a column-major batch (dict of equally long lists)."""
+    columns = list(batch)
+    for values in zip(*(batch[c] for c in columns), strict=True):
+        yield dict(zip(columns, values, strict=True))
+
+
+
+
+def deeplake_creds() -> dict[str, str] | None:
+    """Deep Lake 4 ``creds`` from the standard ``AWS_*`` environment variables."""
+    env = os.environ
+    pairs = {
+        "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY"),
+        "aws_session_token": env.get("AWS_SESSION_TOKEN"),
+        "endpoint_url": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+        "aws_region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        "profile_name": env.get("AWS_PROFILE"),
+    }
+    creds = {k: v for k, v in pairs.items() if v}
+    return creds or None
+
+
+def _deeplake(url: str) -> Iterator[Record]:
+    import deeplake
+
+    if url.startswith("hub://"):
+        url = "al://" + url[len("hub://") :]
+    creds = deeplake_creds() if url.startswith("s3://") else None
+    token = os.environ.get("ACTIVELOOP_TOKEN") if url.startswith("al://") else None
+    try:
+        ds = deeplake.open_read_only(url, creds=creds, token=token)
+        columns = [column.name for column in ds.schema.columns]
+    except Exception as err:  # deeplake has its own exception types
+        raise DataError(f"{url}: cannot open Deep Lake dataset ({_one_line(err)})") from None
+    index = 0
+    try:
+        for batch in ds.batches(BATCH_ROWS):
+            for row in _columns_to_rows({c: _plain(batch[c]) for c in columns}):
+                yield Record(url, index, row)
+                index += 1
+    except Exception as err:
+        raise DataError(f"{url} row {index}: cannot read Deep Lake data ({_one_line(err)})") from None
+
+
+def _plain(value: Any) -> Any:
+    """Convert numpy, bytes and Deep Lake values into plain Python str/int/float/list/dict."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _plain(value.tolist())
+    if hasattr(value, "to_dict"):  # deeplake Dict
+        return _plain(value.to_dict())
+    return value
+
+

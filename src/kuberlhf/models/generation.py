@@ -1,0 +1,154 @@
+"""Sampling from a causal LM and scoring its own tokens: what rollouts and evaluation share.
+
+:func:`sample` generates one batch (KV cache on, cut after the first EOS) as :class:`Samples`;
+:func:`sequence_logprobs` gives the log-probs and entropies of the response tokens. The per-token
+math (:func:`logprobs_from_logits`, :func:`entropy_from_logits`, :func:`truncate_after_eos`) is
+tested against hand-computed numbers in ``tests/unit/test_ppo_core.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each label: ``log_softmax(logits)[..., label]``, shape ``labels.shape``.
+
+    ``logits`` is ``(..., V)`` and already aligned with ``labels`` (for a causal LM,
+    ``logits[:, :-1]`` scores ``input_ids[:, 1:]``). Computed in float32 as
+    ``logits[label] - logsumexp(logits)``, which avoids materializing the full log_softmax.
+    """
+    logits = logits.float()
+    picked = logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` over the last dim: ``H = -sum_v p_v log p_v`` (float32).
+
+    Tokens with logit -inf (p = 0) contribute 0, as do their gradients.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(-1)
+
+
+def truncate_after_eos(
+    tokens: torch.Tensor, eos_token_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut each response after its first EOS.
+
+    Returns ``(tokens, mask, has_eos)``: tokens after the first EOS replaced by ``pad_token_id``;
+    ``mask`` (long, ``(B, T)``) is 1 up to and including the first EOS (all 1 for a row without
+    one); ``has_eos`` (bool, ``(B,)``) says whether the row had an EOS. Works when pad == eos.
+    """
+    is_eos = (tokens == eos_token_id).long()
+    after_eos = (is_eos.cumsum(1) - is_eos) > 0  # an EOS strictly earlier in the row
+    mask = (~after_eos).long()
+    out = torch.where(after_eos, torch.full_like(tokens, pad_token_id), tokens)
+    return out, mask, is_eos.bool().any(1)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: 0 at each row's first real token."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: int):
+    """Log-probs and entropies (float32) of the tokens from position ``start`` on, from a causal LM's logits."""
+    logits = logits[:, start - 1 : -1].float()
+    return logprobs_from_logits(logits, input_ids[:, start:]), entropy_from_logits(logits)
+
+
+def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int):
+    """Log-probs and entropies of the tokens from position ``start`` on (float32)."""
+    pos = position_ids(attention_mask)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits
+    return response_logprobs(logits, input_ids, start)
+
+
+@dataclass
+class Samples:
+    """One batch of sampled responses; B rows, P prompt tokens (left-padded), R response tokens.
+
+    ``input_ids``/``attention_mask`` (long, ``(B, P + R)``): prompt + response (right-padded after
+    its EOS); ``start`` = P, where responses begin; ``mask`` (float, ``(B, R)``): 1 on response tokens,
+    the EOS included; ``has_eos`` (bool, ``(B,)``); ``texts``: the decoded responses; ``prompts``.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    start: int
+    mask: torch.Tensor
+    has_eos: torch.Tensor
+    texts: list[str]
+    prompts: list[str]
+
+
+@torch.no_grad()
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_at_eos: bool = True,
+    synced_gpus: bool = False,
+) -> Samples:
+    """One batch of responses (KV cache on), cut after the first EOS.
+
+    ``synced_gpus`` keeps every process generating until all are done (ZeRO-3: each forward
+    gathers the sharded weights from all processes, so none may stop early).
+    """
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
+    tokenizer.padding_side = padding_side
+    was_training = model.training
+    model.eval()
+    sampling = {"do_sample": True, "top_k": top_k, "top_p": top_p, "temperature": temperature} if do_sample else {
+        "do_sample": False}
+    generated = model.generate(
+        **enc,
+        **sampling,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,
+        pad_token_id=tokenizer.pad_token_id,
+        synced_gpus=synced_gpus,
+    )
+    model.train(was_training)
+    start = enc["input_ids"].shape[1]
+    response, mask, has_eos = truncate_after_eos(generated[:, start:], tokenizer.eos_token_id, tokenizer.pad_token_id)
+    mask = mask.to(enc["attention_mask"].dtype)
+    return Samples(
+        input_ids=torch.cat([enc["input_ids"], response], dim=1),
+        attention_mask=torch.cat([enc["attention_mask"], mask], dim=1),
+        start=start,
+        mask=mask.float(),
+        has_eos=has_eos,
+        texts=tokenizer.batch_decode(response, skip_special_tokens=True),
+        prompts=prompts,
+    )
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int = 24, batch_size: int = 64,
+             greedy: bool = False, seed: int = 0) -> list[str]:
+    """Responses to ``prompts`` (batched, KV cache on); sampling is pure (top_k 0, top_p 1)."""
+    return [text for batch in batches(model, tokenizer, prompts, max_new_tokens, batch_size, greedy, seed)
+            for text in batch.texts]
+
+
+def batches(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int, greedy: bool,
+            seed: int):
+    """:func:`sample` over ``prompts`` in batches, seeded once."""
+    torch.manual_seed(seed)
+    for start in range(0, len(prompts), batch_size):
+        yield sample(model, tokenizer, prompts[start : start + batch_size], max_new_tokens=max_new_tokens,
+                     do_sample=not greedy)

@@ -1,0 +1,359 @@
+"""The PPO training loop on transformers + accelerate (DDP or DeepSpeed ZeRO-2/3 under torchrun), resumable."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kuberlhf.artifacts import checkpoints, rundir
+from kuberlhf.distributed import all_gather
+from kuberlhf.errors import ConfigError, KuberlhfError
+from kuberlhf.models import generation
+from kuberlhf.models import loading as modeling
+from kuberlhf.rlhf import learner as learners
+from kuberlhf.rlhf import ppo_core as core
+from kuberlhf.rlhf import rollout as rl
+from kuberlhf.rlhf import value as values
+
+log = logging.getLogger(__name__)
+
+
+class PpoLoop:
+    """Owns the models, optimizers and state of one PPO run (see kuberlhf.stages.ppo)."""
+
+    def __init__(self, cfg: Any, run_dir: rundir.RunDir):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.zero = bool(cfg.training.deepspeed)
+        self._setup_accelerator()
+        policy_path, reward_path = self._setup_paths()
+        self.prompts, self.eval_prompts = self._load_prompts()
+        self._setup_models(policy_path, reward_path)
+        self._setup_state()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup_accelerator(self) -> None:
+        """The Accelerator (DDP or a DeepSpeed engine), and the seed of the new weights (value head, LoRA)."""
+        t = self.cfg.training
+        self.accelerator = learners.make_accelerator(t, self.cfg.rollout.batch_size // self.cfg.ppo.num_mini_batches)
+        self.device = self.accelerator.device
+        torch.manual_seed(t.seed)  # the same new weights (value head, LoRA) on every process
+        self.accelerator.wait_for_everyone()  # the main process has checked (or, on overwrite, cleared) output_dir
+
+    def _setup_paths(self) -> tuple[str, str]:
+        """Fetch the policy, the reward model and the checkpoint to resume from (once per node)."""
+        cfg, acc = self.cfg, self.accelerator
+        with acc.local_main_process_first():
+            policy_path = modeling.resolve_model_path(cfg.policy.name_or_path, "causal-lm", cfg.training.seed)
+            reward_path = modeling.resolve_model_path(
+                cfg.reward_model.name_or_path, "sequence-classification", cfg.training.seed
+            )
+            self.resume = rundir.latest_checkpoint(self.run_dir)  # downloaded on every node
+        rundir.check_same_checkpoint(self.resume)
+        if self.resume and Path(self.resume, "zero").is_dir() != self.zero:
+            raise ConfigError(f"config key 'training.deepspeed': checkpoint {self.resume} was written "
+                              f"{'with' if not self.zero else 'without'} DeepSpeed; resume it the same way")
+        return policy_path, reward_path
+
+    def _setup_models(self, policy_path: str, reward_path: str) -> None:
+        """Tokenizers, the frozen reward model and reference, and the learner (policy + value model)."""
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.training
+        # Under DeepSpeed the weights come back from its own checkpoint once the engine exists.
+        resume_weights = None if self.zero else self.resume
+        self.tokenizer = modeling.load_tokenizer(cfg.policy, policy_path, padding_side="left")
+        self.reward_tokenizer = modeling.load_tokenizer(cfg.reward_model, reward_path)
+        self.reward_model = modeling.load_sequence_classifier(
+            cfg.reward_model, reward_path, self.reward_tokenizer.pad_token_id
+        ).to(self.device).eval()
+        self.reward_model.requires_grad_(False)
+
+        self.reference = None
+        if cfg.finetune == "full":
+            self.reference = modeling.load_causal_lm(cfg.policy, policy_path).to(self.device).eval()
+            self.reference.requires_grad_(False)
+        policy = self._policy(policy_path, resume_weights)
+        value = self._value_model(policy_path, reward_path)
+        if resume_weights:
+            from safetensors.torch import load_file
+
+            value.load_state_dict(load_file(f"{resume_weights}/value.safetensors"))
+        if self.zero:
+            self.learner: Any = learners.ZeroLearner(acc, policy, value, t, lambda: self._policy(policy_path, None))
+        else:
+            self.learner = learners.SeparateLearner(acc, policy, value, t)
+        self.final: Any = None
+
+    def _setup_state(self) -> None:
+        """The KL controller, the step and history, the sampling seeds; then the checkpoint's state, if any."""
+        a, t, acc = self.cfg.ppo, self.cfg.training, self.accelerator
+        if a.adaptive_kl:
+            self.kl_ctl = core.AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
+        else:
+            self.kl_ctl = core.FixedKLController(a.kl_coef)
+        self.step = 0
+        self.history: list[dict] = []
+        torch.manual_seed(t.seed + acc.process_index)  # sampling differs between processes
+        self.generator = torch.Generator().manual_seed(t.seed + acc.process_index)
+        if self.resume:
+            self._load_state(Path(self.resume))
+
+    def _load_prompts(self) -> tuple[list[str], list[str]]:
+        from kuberlhf.data import load_data
+
+        train, held_out, _ = load_data(self.cfg.data, "prompt", self.cfg.training.seed)
+        prompts = list(train["prompt"])
+        return prompts, list(held_out["prompt"]) if held_out is not None else []
+
+    def _policy(self, path: str, resume: str | None) -> Any:
+        """The policy to train: the SFT model (resumed weights from ``resume``), or a LoRA adapter on it."""
+        if self.cfg.finetune == "full":
+            return modeling.load_causal_lm(self.cfg.policy, f"{resume}/policy" if resume else path)
+        from peft import PeftModel, get_peft_model
+
+        base = modeling.load_causal_lm(self.cfg.policy, path)
+        if resume:
+            return PeftModel.from_pretrained(base, f"{resume}/policy", is_trainable=True)
+        return get_peft_model(base, modeling.peft_config(self.cfg.lora, "CAUSAL_LM"))
+
+    def _value_model(self, policy_path: str, reward_path: str) -> values.ValueModel:
+        shared = values.same_tokenizer(self.tokenizer, self.reward_tokenizer)
+        choice = self.cfg.value_init
+        if choice == "reward" and not shared:
+            raise ConfigError(
+                "config key 'value_init': 'reward' needs the reward model to share the policy's tokenizer; "
+                "use 'policy' or 'auto'"
+            )
+        use_reward = choice == "reward" or (choice == "auto" and shared)
+        dtype = modeling.torch_dtype(self.cfg.policy.dtype)
+        if use_reward:
+            return values.build_value_model(reward_path, dtype, getattr(self.reward_model, "score", None))
+        return values.build_value_model(policy_path, dtype)
+
+    # ------------------------------------------------------------------ rollout
+
+    def _batch_prompts(self, step: int) -> list[str]:
+        """The prompts of ``step`` on this process: a seeded permutation per pass over the data."""
+        acc, size = self.accelerator, self.cfg.rollout.batch_size
+        start = (step * acc.num_processes + acc.process_index) * size
+        out = []
+        for pos in range(start, start + size):
+            epoch, index = divmod(pos, len(self.prompts))
+            order = np.random.default_rng(self.cfg.training.seed + epoch).permutation(len(self.prompts))
+            out.append(self.prompts[order[index]])
+        return out
+
+    def rollout(self, prompts: list[str]) -> generation.Samples:
+        r = self.cfg.rollout
+        return generation.sample(
+            self.learner.policy,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_k=r.top_k,
+            top_p=r.top_p,
+            stop_at_eos=r.stop_at_eos,
+            synced_gpus=self.learner.synced_gpus,
+        )
+
+    @torch.no_grad()
+    def score(self, samples: generation.Samples) -> rl.RolloutBatch:
+        """Old log-probs, reference log-probs, values, scores, rewards and advantages of ``samples``."""
+        a, r = self.cfg.ppo, self.cfg.rollout
+        ids, attn, mask, start = samples.input_ids, samples.attention_mask, samples.mask, samples.start
+        policy = self.learner.policy
+        logprobs, _ = generation.sequence_logprobs(policy, ids, attn, start)
+        if self.reference is not None:
+            ref_logprobs, _ = generation.sequence_logprobs(self.reference, ids, attn, start)
+        else:
+            with policy.disable_adapter():
+                ref_logprobs, _ = generation.sequence_logprobs(policy, ids, attn, start)
+        old_values = self.learner.value(ids, attn)[:, start - 1 : -1].float()
+        texts = [p + t for p, t in zip(samples.prompts, samples.texts, strict=True)]
+        scores = rl.reward_scores(self.reward_model, self.reward_tokenizer, texts, r.reward_max_length).to(self.device)
+        core.check_finite("reward", scores)
+        if r.missing_eos_penalty is not None:
+            scores = scores - r.missing_eos_penalty * (~samples.has_eos.to(self.device)).float()
+        if a.reward_clip is not None:
+            scores = scores.clamp(-a.reward_clip, a.reward_clip)
+        kl = core.kl_estimate(logprobs, ref_logprobs, a.kl_estimator) * mask
+        rewards, _ = core.per_token_rewards(scores, kl, self.kl_ctl.value, mask)
+        if a.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = core.gae(rewards, old_values, mask, a.gamma, a.lam)
+        return rl.RolloutBatch(samples, logprobs=logprobs, ref_logprobs=ref_logprobs, values=old_values, scores=scores,
+                            kl=kl, advantages=core.masked_whiten(advantages, mask), returns=returns)
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, batch: rl.RolloutBatch) -> dict:
+        a, samples = self.cfg.ppo, batch.samples
+        lr = self.learner.learning_rate()  # the policy's, for this step
+        self.learner.train()
+        size = batch.size
+        mb = size // a.num_mini_batches
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "entropy")}
+        skipped = 0
+        for _ in range(a.num_ppo_epochs):
+            order = torch.randperm(size, generator=self.generator)
+            for i in range(0, size, mb):
+                idx = order[i : i + mb].to(self.device)
+                ids, attn, mask = samples.input_ids[idx], samples.attention_mask[idx], samples.mask[idx]
+                # values[t] = V(state before response token t): the value head at position start + t - 1
+                logprobs, entropy, new_values = self.learner.forward(ids, attn, samples.start)
+                pg, pstats = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask,
+                                              a.clip_range)
+                ratio_max = all_gather(torch.as_tensor(float(pstats["ratio_max"]), device=self.device)).max()
+                if ratio_max > a.ratio_threshold:  # decided on every process alike, so DDP stays in step
+                    skipped += 1
+                    continue
+                vf, _ = core.value_loss(new_values, batch.values[idx], batch.returns[idx], mask, a.clip_range_value)
+                loss = pg + a.vf_coef * vf
+                core.check_finite("loss", loss)
+                self.learner.step(loss)
+                stats["policy_loss"].append(pg.item())
+                stats["value_loss"].append(vf.item())
+                stats["clip_fraction"].append(float(pstats["clip_fraction"]))
+                stats["entropy"].append(core.masked_mean(entropy, mask).item())
+        self.learner.end_step()
+        out = {k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()}
+        out["skipped_minibatches"] = skipped
+        out["learning_rate"] = lr
+        return out
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict:
+        acc, t, a = self.accelerator, self.cfg.training, self.cfg.ppo
+        stopped = ""
+        started, gen_time, train_time, samples = time.perf_counter(), 0.0, 0.0, 0
+        if self.resume:
+            log.info("resuming from %s at step %d", self.resume, self.step)
+        while self.step < t.max_steps:
+            t0 = time.perf_counter()
+            sampled = self.rollout(self._batch_prompts(self.step))
+            t1 = time.perf_counter()
+            try:
+                batch = self.score(sampled)
+                stats = self.update(batch)
+            except core.NonFiniteError as err:
+                last = rundir.latest_checkpoint(self.run_dir) if acc.is_main_process else None
+                raise KuberlhfError(
+                    f"stopping at step {self.step + 1}: {err}; the last complete checkpoint is {last or 'none'}"
+                ) from None
+            t2 = time.perf_counter()
+            gen_time, train_time = gen_time + (t1 - t0), train_time + (t2 - t1)
+            mask = sampled.mask
+            seq_kl = all_gather(batch.kl.sum(1)).mean().item()
+            n = all_gather(torch.tensor([mask.shape[0]], device=self.device)).sum().item()
+            samples += n
+            self.kl_ctl.update(seq_kl, n)
+            self.step += 1
+            record = {
+                "step": self.step,
+                "reward": all_gather(batch.scores).mean().item(),
+                "kl": seq_kl,
+                "kl_coef": float(self.kl_ctl.value),
+                "response_length": all_gather(mask.sum(1)).float().mean().item(),
+                "generation_share": (t1 - t0) / (t2 - t0),
+                "samples_per_second": n / (t2 - t0),
+                **stats,
+            }
+            self.history.append(record)
+            if self.step % self.cfg.training.logging_steps == 0 or self.step == 1:
+                log.info("ppo %s", " ".join(f"{k}={v:.4g}" for k, v in record.items()))
+            if seq_kl > a.max_kl:
+                stopped = f"mean KL {seq_kl:.3g} exceeded ppo.max_kl={a.max_kl} at step {self.step}"
+                log.warning("stopping early: %s", stopped)
+            if self.step % t.save_steps == 0 or stopped:
+                self.save_checkpoint()
+            if stopped:
+                break
+        elapsed = time.perf_counter() - started
+        self.final = self.learner.final_policy()  # gathered from the shards under ZeRO-3 (all processes)
+        metrics = self._final_metrics(gen_time, train_time, samples, elapsed)
+        metrics["stopped_early"] = stopped
+        return metrics
+
+    def _final_metrics(self, gen_time: float, train_time: float, samples: int, elapsed: float) -> dict:
+        last = self.history[-10:]
+        metrics: dict[str, Any] = {
+            "steps": self.step,
+            "resumed_from_step": rundir.step_of(self.resume),
+            "reward": sum(h["reward"] for h in last) / max(len(last), 1),
+            "kl_train": sum(h["kl"] for h in last) / max(len(last), 1),
+            "samples_per_second": samples / max(elapsed, 1e-9),
+            "generation_time_share": gen_time / max(gen_time + train_time, 1e-9),
+            "skipped_minibatches": sum(h["skipped_minibatches"] for h in self.history),
+            "kl_coef": float(self.kl_ctl.value),
+            "world_size": self.accelerator.num_processes,
+            "zero_stage": self.learner.stage if self.zero else 0,
+        }
+        if self.accelerator.is_main_process and self.eval_prompts:
+            metrics.update(self.evaluate())
+        return metrics
+
+    def evaluate(self) -> dict:
+        """Gold score of the reference (SFT) and final policies and the final KL, on held-out prompts."""
+        from kuberlhf.eval.heldout import compare_to_reference
+
+        return compare_to_reference(
+            self.final,
+            self.reference,
+            self.tokenizer,
+            self.eval_prompts,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            seed=self.cfg.training.seed,
+            judge="gold" if self.cfg.gold_eval else None,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> None:
+        acc = self.accelerator
+        name = f"checkpoint-{self.step}"
+        directory = self.run_dir.checkpoints / name
+        acc.wait_for_everyone()
+        if acc.is_local_main_process:  # each node writes its own ranks' files on its own disk
+            directory.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        self.learner.save(directory, acc.is_main_process)  # collective under DeepSpeed
+        if acc.is_main_process:
+            state = {"step": self.step, **self.learner.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
+                     "history": self.history}
+            torch.save(state, directory / "state.pt")
+        acc.wait_for_everyone()
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generator": self.generator.get_state(),
+        }
+        torch.save(rng, directory / f"rng_state_{acc.process_index}.pt")
+        checkpoints.seal_checkpoint_collective(self.run_dir, name, self.cfg.training.save_total_limit)
+        acc.wait_for_everyone()
+
+    def _load_state(self, directory: Path) -> None:
+        state = torch.load(directory / "state.pt", weights_only=False)
+        self.step = state["step"]
+        self.learner.load(directory, state)
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.history = state["history"]
+        rng_file = directory / f"rng_state_{self.accelerator.process_index}.pt"
+        if not rng_file.exists():
+            log.warning("%s is missing: this process's sampling does not continue where it stopped", rng_file)
+        else:
+            rng = torch.load(rng_file, weights_only=False)
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"]:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self.generator.set_state(rng["generator"])

@@ -1,0 +1,40 @@
+"""PPO's value model: a transformer backbone with a scalar head, one value per token of the policy's text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ValueModel(nn.Module):
+    """A transformer backbone with a scalar head: one value per token of the policy's text."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.head.bias)
+        nn.init.normal_(self.head.weight, std=1.0 / (hidden_size + 1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(hidden).squeeze(-1)
+
+
+def build_value_model(path: str, dtype: Any, reward_head: nn.Module | None = None) -> ValueModel:
+    """A value model whose backbone is loaded from ``path``; the head starts from ``reward_head`` if given."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(path)
+    backbone = AutoModel.from_pretrained(path, dtype=dtype)
+    model = ValueModel(backbone, config.hidden_size)
+    if reward_head is not None and reward_head.weight.shape == model.head.weight.shape:
+        with torch.no_grad():
+            model.head.weight.copy_(reward_head.weight)
+    return model.to(dtype)
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    return a.get_vocab() == b.get_vocab()

@@ -1,0 +1,136 @@
+"""PPO with a KL penalty to the frozen SFT reference, against a trained reward model.
+
+$ kuberlhf ppo --config configs/ppo/demo.yaml
+$ kuberlhf ppo --config configs/ppo/demo.yaml output_dir=s3://bucket/runs/ppo training.max_steps=50
+$ torchrun --nproc_per_node 2 -m kuberlhf.cli ppo --config configs/ppo/demo.yaml
+$ torchrun --nproc_per_node 2 -m kuberlhf.cli ppo --config configs/ppo/demo.yaml \
+    training.deepspeed=configs/deepspeed/zero3.json
+
+Each step: sample responses to a batch of prompts (pure sampling: top_k 0, top_p 1),
+score them with the reward model (its own tokenizer: text is decoded and re-encoded),
+subtract a per-token KL penalty to the reference, estimate advantages with GAE, then
+run several epochs of clipped policy and value updates over mini-batches. Checkpoints
+hold the policy, the value model, both optimizers and schedulers, the KL controller, the
+RNG states and the prompt position, so a rerun resumes exactly where a run stopped.
+Under DeepSpeed (``training.deepspeed``) policy and value model share one ZeRO engine and
+one AdamW with two learning rates (:mod:`kuberlhf.rlhf.learner`); checkpoints are
+DeepSpeed's sharded ones, the final artifact a whole Hugging Face model.
+The math lives in :mod:`kuberlhf.rlhf.ppo_core`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kuberlhf.config import option, require
+from kuberlhf.config.sections import DataConfig, LoopConfig, LoraConfig, ModelConfig, StageConfig
+
+
+@dataclass
+class RolloutConfig:
+    batch_size: int = option(64, "prompts per step and process")
+    max_new_tokens: int = option(24, "longest response, in policy tokens")
+    temperature: float = option(1.0, "sampling temperature (1.0 samples the policy itself)")
+    top_k: int = option(0, "top-k filter; 0 = off (filters bias the KL estimate)")
+    top_p: float = option(1.0, "nucleus filter; 1.0 = off")
+    stop_at_eos: bool = option(True, "end a response at the tokenizer's EOS token")
+    missing_eos_penalty: float | None = option(1.0, "subtracted from the score of a response with no EOS")
+    reward_max_length: int = option(512, "reward-model tokens per scored text")
+
+    def __post_init__(self) -> None:
+        require(self.batch_size > 0, "rollout.batch_size", "must be positive")
+        require(self.temperature > 0, "rollout.temperature", "must be positive")
+
+
+@dataclass
+class PpoAlgoConfig:
+    num_ppo_epochs: int = option(4, "passes over each rollout batch")
+    num_mini_batches: int = option(4, "mini-batches per pass")
+    clip_range: float = option(0.2, "policy ratio clip (epsilon)")
+    clip_range_value: float = option(0.2, "value clip around the rollout's values")
+    vf_coef: float = option(0.5, "weight of the value loss")
+    gamma: float = option(1.0, "discount")
+    lam: float = option(0.95, "GAE lambda")
+    kl_coef: float = option(0.05, "KL penalty coefficient (initial value when adaptive)")
+    adaptive_kl: bool = option(False, "adapt kl_coef towards kl_target (Ziegler et al. 2019)")
+    kl_target: float = option(6.0, "target KL per sequence of the adaptive controller")
+    kl_horizon: int = option(10000, "horizon (samples) of the adaptive controller")
+    kl_estimator: Literal["k1", "k2", "k3"] = option("k1", "per-token KL estimator (Schulman's k1/k2/k3)")
+    whiten_rewards: bool = option(False, "whiten per-token rewards over each batch")
+    reward_clip: float | None = option(10.0, "clip scores to [-reward_clip, reward_clip]")
+    max_kl: float = option(20.0, "stop early once the mean KL per sequence exceeds this")
+    ratio_threshold: float = option(10.0, "skip a mini-batch whose probability ratio exceeds this")
+
+    def __post_init__(self) -> None:
+        require(self.num_mini_batches > 0, "ppo.num_mini_batches", "must be positive")
+        require(0 < self.clip_range < 1, "ppo.clip_range", "must be in (0, 1)")
+        require(self.max_kl > 0, "ppo.max_kl", "must be positive")
+
+
+@dataclass
+class PpoTrainingConfig(LoopConfig):
+    """The loop settings every stage has, with PPO's defaults, and the value model's learning rate.
+
+    ``max_grad_norm`` clips the policy's and the value model's gradients separately (under DeepSpeed,
+    of both together); ``deepspeed`` runs ZeRO-2/3 through accelerate.
+    """
+
+    max_steps: int = option(100, "PPO steps (rollout + update)")
+    learning_rate: float = option(1e-4, "policy learning rate")
+    lr_scheduler_type: str = option("linear", "transformers scheduler name")
+    save_steps: int = option(50, "checkpoint every N steps into output_dir/checkpoints")
+    value_learning_rate: float | None = option(None, "value-model learning rate; None = learning_rate")
+
+    def __post_init__(self) -> None:
+        require(self.max_steps > 0, "training.max_steps", "must be positive")
+        super().__post_init__()
+
+
+@dataclass
+class PpoConfig(StageConfig):
+    policy: ModelConfig = option(ModelConfig(name_or_path="outputs/demo/sft"), "the SFT policy (also the reference)")
+    reward_model: ModelConfig = option(ModelConfig(name_or_path="outputs/demo/reward"), "the trained reward model")
+    value_init: Literal["auto", "policy", "reward"] = option(
+        "auto", "value model backbone: reward (needs the policy's tokenizer), policy, or auto (reward if possible)"
+    )
+    finetune: Literal["full", "lora"] = option("full", "update all policy weights, or a LoRA adapter")
+    lora: LoraConfig = option(
+        LoraConfig, "adapter settings (finetune=lora; the adapter-disabled base is the reference)"
+    )
+    data: DataConfig = option(DataConfig, "prompts (eval: held-out prompts for the gold-judge score)")
+    rollout: RolloutConfig = option(RolloutConfig, "sampling")
+    ppo: PpoAlgoConfig = option(PpoAlgoConfig, "the PPO objective")
+    training: PpoTrainingConfig = option(PpoTrainingConfig, "optimisation and checkpointing")
+    gold_eval: bool = option(True, "score SFT and final policies with the gold judge (the demo task's)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(not self.data.streaming, "data.streaming", "PPO reads its prompts up front; set it to false")
+        require(
+            self.rollout.batch_size % self.ppo.num_mini_batches == 0,
+            "rollout.batch_size",
+            f"must be a multiple of ppo.num_mini_batches ({self.ppo.num_mini_batches})",
+        )
+
+
+def run(cfg: PpoConfig) -> dict:
+    """Train the policy with PPO and publish it to ``cfg.output_dir``; returns the metrics."""
+    from kuberlhf.artifacts import cards, rundir
+    from kuberlhf.artifacts.s3 import configure_from
+    from kuberlhf.distributed import is_world_main
+    from kuberlhf.models.publish import save_policy
+    from kuberlhf.rlhf.loop import PpoLoop
+
+    configure_from(cfg.storage)
+    run_dir = rundir.prepare_run(cfg.output_dir, "ppo", cfg.overwrite, is_main=is_world_main())
+    loop = PpoLoop(cfg, run_dir)
+    metrics = loop.train()
+    if loop.accelerator.is_main_process:
+        staging = run_dir.staging
+        lora = cfg.finetune == "lora"
+        save_policy(loop.final, loop.tokenizer, staging, lora=lora, merge=lora and cfg.lora.merge)
+        cards.write_train_log(staging, loop.history)
+        cards.publish(run_dir, staging, metrics, cards.model_card("ppo", cfg, metrics, cfg.policy.name_or_path))
+    loop.accelerator.wait_for_everyone()
+    return metrics

@@ -1,0 +1,120 @@
+"""The one table of stages: every layer that needs to know the stages reads it.
+
+A :class:`Stage` names everything that belongs to one stage: its CLI verb (``kuberlhf sft``),
+config class and run function (in ``kuberlhf.stages.<module>``), the kind of training data its
+pipeline data step validates, the image it runs in, the component's input models and the config
+keys that receive them, whether it is a Trainer stage or runs under DeepSpeed, and the report's
+plots of its ``train_log.jsonl``. The CLI, the PyTorchJob builder and launcher, the pipeline steps
+and data steps, :mod:`kuberlhf.images` and the report all read :data:`STAGES`.
+
+This module imports nothing of the project but its errors: stage modules load on first use, so
+reading the table costs nothing (the CLI builds its help from it without importing TRL or torch).
+
+Adding a stage: write ``kuberlhf/stages/<name>.py`` (a config dataclass and ``run(cfg) -> dict``),
+add its :class:`Stage` below, then its ``configs/<name>/demo.yaml`` and its component
+(``kuberlhf/workflow/components/<name>.py``); ``tests/unit/test_registry.py`` checks that none is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from kuberlhf.errors import ConfigError
+
+# A plot of the report: a title and panels; a panel is a y label and the logged series drawn on it:
+# (key in train_log.jsonl, legend label).
+Panel = tuple[str, list[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Everything the other layers need to know about one stage."""
+
+    name: str  # CLI verb, config folder, component and job task name
+    module: str  # kuberlhf.stages.<module>: the config class and run(cfg) -> metrics
+    config_class: str
+    image: str  # folder under images/ (kuberlhf.images names the reference)
+    data_kind: str | None  # kind of examples of its training data (kuberlhf.data.KINDS)
+    inputs: dict[str, str] = field(default_factory=dict)  # component input model -> config key it sets
+    trainer: bool = True  # a Hugging Face Trainer stage (TRL), with its progress bars
+    deepspeed: bool = True  # runs under DeepSpeed ZeRO (training.deepspeed)
+    report: tuple[str, list[Panel]] | None = None  # plot of its train_log.jsonl in the pipeline report
+    help: str = ""  # the CLI's one-line help; "" = the first line of its module's docstring
+
+    @property
+    def component(self) -> str:
+        """``module:factory`` of its Kubeflow Pipelines component (kfp is imported only there)."""
+        return f"kuberlhf.workflow.components.{self.name}:{self.name}_op"
+
+    def load_module(self) -> Any:
+        return importlib.import_module(self.module)
+
+    @property
+    def config_cls(self) -> type:
+        return getattr(self.load_module(), self.config_class)
+
+    def run(self, cfg: Any) -> dict:
+        return self.load_module().run(cfg)
+
+    @property
+    def summary(self) -> str:
+        """The CLI's one-line help: ``help``, else the first line of its module's docstring."""
+        return self.help or (self.load_module().__doc__ or "").strip().splitlines()[0]
+
+
+_POLICY = {"policy": "policy.name_or_path", "reward_model": "reward_model.name_or_path"}
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("sft", "kuberlhf.stages.sft", "SftConfig", image="sft", data_kind="sft",
+          report=("SFT: loss", [("loss", [("loss", "training"), ("eval_loss", "held-out")])])),
+    Stage("reward", "kuberlhf.stages.reward", "RewardConfig", image="reward", data_kind="preference",
+          report=("Reward model: pairwise accuracy", [("pairwise accuracy", [("accuracy", "training batches")])])),
+    Stage("ppo", "kuberlhf.stages.ppo", "PpoConfig", image="ppo", data_kind="prompt", inputs=_POLICY,
+          trainer=False,
+          report=("PPO: reward and KL to the SFT policy",
+                  [("reward-model score", [("reward", "rollouts")]), ("KL per sequence", [("kl", "rollouts")])])),
+    Stage("dpo", "kuberlhf.stages.dpo", "DpoConfig", image="dpo", data_kind="preference",
+          inputs={"policy": "model.name_or_path"},
+          report=("DPO: loss and preference accuracy",
+                  [("DPO loss", [("loss", "training")]),
+                   ("implicit-reward accuracy", [("rewards/accuracies", "training")])])),
+    Stage("rloo", "kuberlhf.stages.online", "RlooConfig", image="dpo", data_kind="prompt", inputs=_POLICY,
+          help="RLOO (TRL) of the SFT policy against the trained reward model.",
+          report=("RLOO: loss and reward", [("loss", [("loss", "training")]), ("reward", [("reward", "training")])])),
+    Stage("grpo", "kuberlhf.stages.online", "GrpoConfig", image="dpo", data_kind="prompt", inputs=_POLICY,
+          help="GRPO (TRL) of the SFT policy against the trained reward model.",
+          report=("GRPO: loss and reward", [("loss", [("loss", "training")]), ("reward", [("reward", "training")])])),
+)}
+# stages whose output is a policy the pipeline report compares with the SFT policy
+POLICY_STAGES = tuple(name for name, s in STAGES.items() if "policy" in s.inputs)
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+def stage_argv(stage: str, config: str | None, overrides: list[str]) -> list[str]:
+    """The arguments of ``kuberlhf STAGE`` (after the program): what a pipeline step or a pod runs."""
+    return [stage, *(["--config", config] if config else []), *overrides]
+
+
+def load_stage_config(stage: str, config: str | None, overrides: list[str]) -> Any:
+    """The checked config of ``stage``: its class's defaults < the YAML file < ``key=value`` overrides."""
+    from kuberlhf.config import load_config
+
+    return load_config(get_stage(stage).config_cls, config, overrides)
+
+
+def run_stage(stage: str, config: str | None, overrides: list[str]) -> dict:
+    """Load the stage's config and run it; returns its metrics."""
+    return get_stage(stage).run(load_stage_config(stage, config, overrides))
+
+
+def done_line(stage: str, metrics: dict) -> str:
+    """What a finished stage prints: ``kuberlhf STAGE: done: key=value, ...`` (its float metrics)."""
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+    return f"kuberlhf {stage}: done: {summary}"

@@ -1,0 +1,182 @@
+"""The skeleton every Trainer stage shares (sft, reward, dpo, rloo, grpo), with hooks for what differs.
+
+:func:`run_trainer_stage` does, in order: storage defaults and DeepSpeed's process group (before any
+model loads), the run directory (refusing to clobber a finished artifact), the stage's data, the
+TRL config (``hooks.args``), the models and resume checkpoint (downloads once per node), the
+trainer (``hooks.trainer``) with the callback that seals each checkpoint, training with resume,
+the stage's own metrics (``hooks.metrics``), then the published model: full weights, or the LoRA
+adapter under ``adapter/`` merged into a standalone model (:func:`kuberlhf.models.publish.save_policy`),
+with the model card and ``metrics.json``, manifest last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kuberlhf.artifacts import cards, checkpoints, rundir
+from kuberlhf.data import DataStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageRun:
+    """What the template hands the hooks: the run directory, the data and the resolved models."""
+
+    run_dir: rundir.RunDir
+    train: Any
+    eval: Any | None
+    stats: DataStats
+    paths: dict[str, str]  # model role -> local path (or hub name) from_pretrained can load
+    resume: str | None  # the checkpoint training resumes from
+    tokenizer: Any = None  # the tokenizer published with the model (set by the trainer hook)
+
+
+class TrainerHooks(Protocol):
+    """What one Trainer stage supplies to :func:`run_trainer_stage`."""
+
+    def args(self, cfg: Any, work: dict) -> Any:
+        """The TRL config; ``work`` holds ``output_dir`` and the common TrainingArguments keywords."""
+
+    def models(self, cfg: Any) -> dict[str, tuple[str, str, int]]:
+        """Model role -> (name or path, task, seed): the models to fetch; ``policy`` is the trained one."""
+
+    def trainer(self, cfg: Any, args: Any, run: StageRun, callbacks: list) -> Any:
+        """The TRL trainer; sets ``run.tokenizer`` (the one published with the model)."""
+
+    def metrics(self, cfg: Any, trainer: Any, run: StageRun, result: Any) -> dict:
+        """Metrics beyond the common ones, computed on every process after training."""
+
+    def held_out(self, cfg: Any, trainer: Any, run: StageRun, policy: Any) -> dict:
+        """Metrics of the trained model on held-out data, on the main process only, before publishing."""
+
+
+def start(cfg: Any, stage: str, kind: str) -> tuple[rundir.RunDir, tuple]:
+    """Storage defaults, DeepSpeed's process group, the run dir and the data of ``kind``."""
+    from kuberlhf.artifacts.s3 import configure_from
+    from kuberlhf.data import load_data
+    from kuberlhf.distributed import init_deepspeed, is_world_main
+
+    configure_from(cfg.storage)
+    init_deepspeed(cfg.training.deepspeed)
+    run_dir = rundir.prepare_run(cfg.output_dir, stage, cfg.overwrite, is_main=is_world_main())
+    tracking_env(cfg.training, str(run_dir.work_dir))
+    return run_dir, load_data(cfg.data, kind, cfg.training.seed)
+
+
+def train(trainer: Any, resume: str | None, finetune: str, stats: DataStats) -> tuple[Any, dict]:
+    """Run a Trainer (resuming from ``resume`` when given); (result, the metrics every stage reports)."""
+    rundir.check_same_checkpoint(resume)
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {
+        "train_loss": result.metrics["train_loss"],
+        "train_runtime": result.metrics["train_runtime"],
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": rundir.step_of(resume),
+        "finetune": finetune,
+        "data": stats.to_dict(),
+    }
+    return result, metrics
+
+
+def trainer_kwargs(training: Any, work_dir: str) -> dict:
+    """Keyword arguments of transformers' TrainingArguments (and TRL's configs) for a ``training`` section."""
+    import torch
+
+    on_gpu = torch.cuda.is_available() and not training.use_cpu
+    precision = training.precision
+    if precision == "auto":
+        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+    kwargs = {name: getattr(training, name) for name in _SAME_NAMES}
+    kwargs.update(
+        data_seed=training.seed,
+        save_strategy="steps",
+        eval_strategy="steps" if training.eval_steps else "no",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to=[r for r in training.report_to if r != "none"] or "none",
+        use_cpu=training.use_cpu or not torch.cuda.is_available(),
+        ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        save_only_model=False,
+    )
+    return kwargs
+
+
+# fields of the training section that TrainingArguments takes under the same name
+_SAME_NAMES = (
+    "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+    "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay",
+    "max_grad_norm", "seed", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
+    "gradient_checkpointing", "deepspeed", "run_name", "disable_tqdm", "dataloader_num_workers",
+)
+
+
+def tracking_env(training: Any, work_dir: str) -> None:
+    """W&B without an API key runs offline, writing under the run's work dir (set once, at the start)."""
+    if "wandb" in training.report_to and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_DIR", work_dir)
+
+
+def checkpoint_callback(run: rundir.RunDir, keep: int) -> Any:
+    """A TrainerCallback that seals each checkpoint the Trainer saves and keeps the staged artifact's
+    ``train_log.jsonl`` (the Trainer's log history, resumed runs included) up to date."""
+    from transformers import TrainerCallback
+
+    class SealCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            checkpoints.seal_checkpoint_collective(run, f"checkpoint-{state.global_step}", keep)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                cards.write_train_log(run.staging, state.log_history)
+
+    return SealCheckpoint()
+
+
+def run_trainer_stage(cfg: Any, stage: str, kind: str, hooks: TrainerHooks, *, merge_from_base: bool = False) -> dict:
+    """Train one Trainer stage and publish its model to ``cfg.output_dir``; returns its metrics.
+
+    ``merge_from_base``: merge a LoRA adapter into a fresh load of the ``policy`` base (QLoRA trains
+    on a 4-bit base) rather than into the trained model in memory.
+    """
+    from kuberlhf.models import loading
+    from kuberlhf.models.publish import ADAPTER, save_policy
+
+    run_dir, (train_ds, eval_ds, stats) = start(cfg, stage, kind)
+    args = hooks.args(cfg, {"output_dir": str(run_dir.checkpoints),
+                            **trainer_kwargs(cfg.training, str(run_dir.work_dir))})
+    # Downloads happen once per node; loading is collective (ZeRO-3 partitions weights as they load).
+    with args.main_process_first(local=True, desc="fetch models and checkpoint"):
+        paths = {role: loading.resolve_model_path(name, task, seed)
+                 for role, (name, task, seed) in hooks.models(cfg).items()}
+        resume = rundir.latest_checkpoint(run_dir)
+    run = StageRun(run_dir, train_ds, eval_ds, stats, paths, resume)
+    callbacks = [checkpoint_callback(run_dir, cfg.training.save_total_limit)]
+    trainer = hooks.trainer(cfg, args, run, callbacks)
+    result, metrics = train(trainer, resume, cfg.finetune, stats)
+    metrics.update(hooks.metrics(cfg, trainer, run, result))
+
+    staging = run_dir.staging
+    lora = cfg.finetune != "full"
+    trainer.save_model(str(staging / ADAPTER) if lora else str(staging))  # collective: gathers ZeRO-3 shards
+    if trainer.is_world_process_zero():
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        metrics.update(hooks.held_out(cfg, trainer, run, policy))
+        model_cfg = _trained_model_config(cfg)
+        base = (lambda: loading.load_causal_lm(model_cfg, run.paths["policy"])) if merge_from_base else None
+        save_policy(policy, run.tokenizer, staging, lora=lora, merge=lora and cfg.lora.merge, base=base,
+                    saved=True)
+        card = cards.model_card(stage, cfg, metrics, model_cfg.name_or_path)
+        cards.publish(run_dir, staging, metrics, card)
+    return metrics
+
+
+def _trained_model_config(cfg: Any) -> Any:
+    """The ModelConfig of the model a stage trains (``model`` or ``policy``)."""
+    return cfg.model if hasattr(cfg, "model") else cfg.policy

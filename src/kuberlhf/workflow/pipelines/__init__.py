@@ -1,0 +1,17 @@
+"""The kuberlhf Kubeflow pipelines, installed as ``kuberlhf.workflow.pipelines``.
+
+* ``rlhf-ppo`` (:mod:`.rlhf_ppo`): SFT -> LoRA merge -> reward model -> PPO -> evaluation
+* ``rlhf-dpo`` (:mod:`.rlhf_dpo`): SFT -> DPO -> evaluation
+
+Each module has ``build(registry=None, tag=None)`` returning the ``@dsl.pipeline`` function
+with its components' images resolved by :func:`kuberlhf.images.image_ref`. The same
+definition runs locally (``kuberlhf pipeline run --local``, ``kfp.local``) and on Kubeflow
+(``kuberlhf pipeline compile|submit|upload``); its ``mode`` parameter picks whether the
+training stages run inside the step (``local``) or as PyTorchJobs (``pytorchjob``).
+"""
+
+# pipeline name -> module
+PIPELINES = {
+    "rlhf-ppo": "kuberlhf.workflow.pipelines.rlhf_ppo",
+    "rlhf-dpo": "kuberlhf.workflow.pipelines.rlhf_dpo",
+}
