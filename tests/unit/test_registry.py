@@ -1,0 +1,77 @@
+"""The stage registry is complete: each stage has every piece a stage needs, so one half-added fails here."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from pathlib import Path
+from typing import get_type_hints
+
+import pytest
+
+from kuberlhf import images
+from kuberlhf.data import KINDS
+from kuberlhf.stages.registry import POLICY_STAGES, STAGES, Stage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_stage_has_its_verb_config_image_component_and_data_kind(name):
+    from kuberlhf.cli import build_parser
+
+    stage = STAGES[name]
+    assert stage.name == name
+    # CLI verb, with the stage module's docstring as its help
+    verbs = next(a for a in build_parser()._actions if a.dest == "verb").choices
+    assert name in verbs and stage.summary
+    # the config class (a dataclass with the common fields) and run(cfg)
+    cls = stage.config_cls
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert {"output_dir", "overwrite", "storage", "training"} <= fields
+    assert list(inspect.signature(stage.load_module().run).parameters) == ["cfg"]
+    # its config folder with a demo config that loads
+    from kuberlhf.stages.registry import load_stage_config
+
+    assert (REPO / "configs" / name / "demo.yaml").is_file()
+    load_stage_config(name, str(REPO / "configs" / name / "demo.yaml"), [])
+    # its image folder, named by kuberlhf.images
+    assert (REPO / "images" / stage.image / "Dockerfile").is_file()
+    assert stage.image in images.IMAGES and images.STAGE_IMAGE[name] == stage.image
+    # its KFP component, whose input models are the registry's
+    module, factory = stage.component.split(":")
+    component = getattr(importlib.import_module(module), factory)("img")
+    params = component.component_spec.inputs or {}
+    assert set(stage.inputs) <= set(params), (sorted(stage.inputs), sorted(params))
+    if stage.data_kind:
+        assert stage.data_kind in KINDS and "train_data" in params
+    # every input it wires is a config key of the stage
+    for key in stage.inputs.values():
+        section, _, leaf = key.partition(".")
+        assert leaf in {f.name for f in dataclasses.fields(get_type_hints(cls)[section])}, key
+    # a DeepSpeed stage has the key the launcher sets
+    if stage.deepspeed:
+        assert "deepspeed" in {f.name for f in dataclasses.fields(get_type_hints(cls)["training"])}
+    # report panels for every policy stage, each panel (y label, [(series key, legend)])
+    if name in POLICY_STAGES or name in ("sft", "reward"):
+        title, panels = stage.report
+        assert title and panels and all(isinstance(label, str) and lines for label, lines in panels)
+
+
+def test_a_half_added_stage_fails_the_walk(monkeypatch):
+    """A registry entry whose module, config folder and component are missing is caught."""
+    half = Stage("ghost", "kuberlhf.stages.ghost", "GhostConfig", image="ppo", data_kind="prompt")
+    monkeypatch.setitem(STAGES, "ghost", half)
+    with pytest.raises(ModuleNotFoundError):
+        test_every_stage_has_its_verb_config_image_component_and_data_kind("ghost")
+    assert not (REPO / "configs" / "ghost").exists()
+
+
+def test_the_tables_that_read_the_registry_agree_with_it():
+    from kuberlhf.workflow.data import DATA_KINDS
+    from kuberlhf.workflow.report import POLICY_CURVES
+
+    assert DATA_KINDS == {name: s.data_kind for name, s in STAGES.items() if s.data_kind}
+    assert set(POLICY_CURVES) == set(POLICY_STAGES) == {"ppo", "dpo", "rloo", "grpo"}
+    assert {name for name, s in STAGES.items() if s.trainer} == {"sft", "reward", "dpo", "rloo", "grpo"}
