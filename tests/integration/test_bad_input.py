@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
-from helpers import REPO, cli_command, run, sft_args
+from helpers import REPO, cli_command, run, sft_args, subprocess_env
 
 
 def _one_line_error(proc) -> str:
@@ -64,3 +65,25 @@ def test_bad_output_uri_and_missing_data(tmp_path):
 def test_unloadable_model_is_named(tmp_path):
     line = _one_line_error(run(cli_command(*sft_args(tmp_path / "o", f"model.name_or_path={tmp_path / 'nomodel'}"))))
     assert "nomodel" in line
+
+
+def test_a_mistyped_s3_uri_is_refused_and_never_becomes_a_local_folder(tmp_path):
+    cases = {
+        "output_dir=s3:/bucket/runs/sft": ("'output_dir'", "did you mean 's3://bucket/runs/sft'"),
+        "output_dir=s3//bucket/runs/sft": ("'output_dir'", "did you mean 's3://bucket/runs/sft'"),
+        "output_dir=s3:///runs/sft": ("'output_dir'", "empty bucket name"),
+        "data.train=s3:/bucket/train.jsonl": ("'data.train'", "did you mean 's3://bucket/train.jsonl'"),
+        "model.name_or_path=s3:bucket/sft": ("'model.name_or_path'", "did you mean 's3://bucket/sft'"),
+    }
+    for override, (key, hint) in cases.items():
+        proc = subprocess.run(cli_command(*sft_args("unused", override)), cwd=tmp_path, capture_output=True, text=True,
+                              env=subprocess_env(), timeout=300)
+        line = _one_line_error(proc)
+        assert key in line and hint in line, (override, line)
+    assert list(tmp_path.iterdir()) == [], "nothing may be written (a folder named s3: above all)"
+
+
+def test_a_missing_local_model_path_says_so(tmp_path):
+    missing = tmp_path / "no" / "such" / "sft"
+    line = _one_line_error(run(cli_command(*sft_args(tmp_path / "out", f"model.name_or_path={missing}"))))
+    assert f"model '{missing}': no such local directory" in line and "repo" not in line.lower()

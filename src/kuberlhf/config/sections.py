@@ -9,9 +9,11 @@ with the code that uses them: :func:`kuberlhf.data.load_data` (``DataConfig``),
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from kuberlhf.config import option, require
 
@@ -153,6 +155,42 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.output_dir), "output_dir", "required (a local path or s3://bucket/prefix)")
+        for key, value in _locations(self):
+            problem = uri_problem(value)
+            require(problem is None, key, problem or "")
+
+
+# a scheme followed by anything but "://": s3:/bucket, s3:bucket, s3//bucket
+_MISTYPED_SCHEME = re.compile(r"^(s3|minio|gs|hf|demo|file)(:/?(?!/)|//)", re.IGNORECASE)
+
+
+def uri_problem(value: str) -> str | None:
+    """Why ``value`` is a broken URI (a mistyped scheme, an empty bucket), or None.
+
+    Caught here, such a value never becomes a local folder named ``s3:``.
+    """
+    if not value:
+        return None
+    if found := _MISTYPED_SCHEME.match(value):
+        scheme, rest = found.group(1).lower(), value[found.end():]
+        return f"{value!r} is not a valid URI; did you mean {scheme + '://' + rest!r}?"
+    if value.lower().startswith("s3://") and not value[5:].split("/", 1)[0]:
+        return f"{value!r} has an empty bucket name (expected s3://bucket/prefix)"
+    return None
+
+
+def _locations(cfg: Any) -> list[tuple[str, str]]:
+    """(config key, value) of every location a stage config names: its output, models and data."""
+    found = [("output_dir", cfg.output_dir)]
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, ModelConfig):
+            found.append((f"{f.name}.name_or_path", value.name_or_path))
+        elif isinstance(value, DataConfig):
+            found += [(f"{f.name}.train", value.train), (f"{f.name}.eval", value.eval or "")]
+        elif isinstance(value, str) and f.name != "output_dir" and f.name.endswith(("_model", "_prompts")):
+            found.append((f.name, value))
+    return found
 
 
 def check_trainer_stage(cfg: StageConfig) -> None:

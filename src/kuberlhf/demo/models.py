@@ -3,7 +3,10 @@
 ``demo://tiny-llama`` is a 2-layer Llama causal LM with a byte-level BPE tokenizer;
 ``demo://tiny-deberta`` is a 2-layer DeBERTa-v2 sequence classifier (the architecture
 of DeBERTa-v3) with its own word-level tokenizer, so policy and reward model do not
-share a tokenizer, as in the real recipe. Weights are randomly initialised from a
+share a tokenizer, as in the real recipe. ``demo://tiny-opt`` is a second, fast causal
+architecture with what the Llama lacks: OPT's learned absolute positions, dropout 0.1 (as in
+facebook/opt-*) and a SentencePiece-style tokenizer (Unigram with a Metaspace pre-tokenizer and
+decoder, as Llama-2, Mistral and DeBERTa-v3 have). Weights are randomly initialised from a
 seed: the demo's "pretraining" is its SFT stage.
 """
 
@@ -17,7 +20,7 @@ from pathlib import Path
 from kuberlhf.artifacts.cache import cache_root, fingerprint
 from kuberlhf.errors import ConfigError
 
-DEMO_MODELS = ("demo://tiny-llama", "demo://tiny-deberta")
+DEMO_MODELS = ("demo://tiny-llama", "demo://tiny-deberta", "demo://tiny-opt")
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
@@ -47,6 +50,17 @@ def build_tokenizer(name: str):
         )
         tok.train_from_iterator(corpus(), trainer)
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+        fast.chat_template = CHAT_TEMPLATE
+        return fast
+    if name == "demo://tiny-opt":
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+        trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+                                          unk_token="<unk>", show_progress=False)
+        tok.train_from_iterator(corpus(), trainer)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                       unk_token="<unk>")
         fast.chat_template = CHAT_TEMPLATE
         return fast
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
@@ -79,6 +93,7 @@ def build_model(name: str, task: str, seed: int = 0):
         AutoModelForSequenceClassification,
         DebertaV2Config,
         LlamaConfig,
+        OPTConfig,
     )
 
     if name not in DEMO_MODELS:
@@ -95,6 +110,21 @@ def build_model(name: str, task: str, seed: int = 0):
             num_key_value_heads=4,
             max_position_embeddings=256,
             tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    elif name == "demo://tiny-opt":
+        config = OPTConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            ffn_dim=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            word_embed_proj_dim=64,
+            dropout=0.1,
+            attention_dropout=0.1,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,

@@ -58,17 +58,26 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: int):
-    """Log-probs and entropies (float32) of the tokens from position ``start`` on, from a causal LM's logits."""
+def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: int, temperature: float = 1.0):
+    """Log-probs and entropies (float32) of the tokens from position ``start`` on, from a causal LM's logits.
+
+    Both are of ``softmax(logits / temperature)``: the distribution the tokens were sampled from.
+    The entropy is a statistic: it carries no autograd graph.
+    """
     logits = logits[:, start - 1 : -1].float()
-    return logprobs_from_logits(logits, input_ids[:, start:]), entropy_from_logits(logits)
+    if temperature != 1.0:
+        logits = logits / temperature
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits.detach())
+    return logprobs_from_logits(logits, input_ids[:, start:]), entropy
 
 
-def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int):
-    """Log-probs and entropies of the tokens from position ``start`` on (float32)."""
+def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int,
+                      temperature: float = 1.0):
+    """Log-probs and entropies of the tokens from position ``start`` on (float32), at ``temperature``."""
     pos = position_ids(attention_mask)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits
-    return response_logprobs(logits, input_ids, start)
+    return response_logprobs(logits, input_ids, start, temperature)
 
 
 @dataclass
@@ -77,7 +86,8 @@ class Samples:
 
     ``input_ids``/``attention_mask`` (long, ``(B, P + R)``): prompt + response (right-padded after
     its EOS); ``start`` = P, where responses begin; ``mask`` (float, ``(B, R)``): 1 on response tokens,
-    the EOS included; ``has_eos`` (bool, ``(B,)``); ``texts``: the decoded responses; ``prompts``.
+    the EOS included; ``has_eos`` (bool, ``(B,)``); ``texts``: the decoded responses; ``prompts``;
+    ``prompts_truncated``: how many prompts were cut (from the left) to fit ``max_prompt_length``.
     """
 
     input_ids: torch.Tensor
@@ -87,6 +97,7 @@ class Samples:
     has_eos: torch.Tensor
     texts: list[str]
     prompts: list[str]
+    prompts_truncated: int = 0
 
 
 @torch.no_grad()
@@ -102,27 +113,38 @@ def sample(
     top_p: float = 1.0,
     stop_at_eos: bool = True,
     synced_gpus: bool = False,
+    max_prompt_length: int | None = None,
 ) -> Samples:
     """One batch of responses (KV cache on), cut after the first EOS.
 
     ``synced_gpus`` keeps every process generating until all are done (ZeRO-3: each forward
     gathers the sharded weights from all processes, so none may stop early).
+
+    Sampling is exactly what is asked: the model's own ``generation_config.json`` (repetition
+    penalty, bad words, suppressed tokens, ...) is set aside for the call. ``max_prompt_length``
+    keeps the last tokens of a longer prompt (``Samples.prompts_truncated`` counts them). A
+    response's text is decoded in the context of its prompt, so a SentencePiece tokenizer keeps its
+    leading space (decoded alone, ``"\u2581fresh"`` loses it).
     """
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
-    tokenizer.padding_side = padding_side
+    from transformers import GenerationConfig
+
+    enc, truncated = _encode_prompts(tokenizer, prompts, max_prompt_length, next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    sampling = {"do_sample": True, "top_k": top_k, "top_p": top_p, "temperature": temperature} if do_sample else {
-        "do_sample": False}
-    generated = model.generate(
-        **enc,
-        **sampling,
+    config = GenerationConfig(
         max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        **({"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}),
         eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,
         pad_token_id=tokenizer.pad_token_id,
-        synced_gpus=synced_gpus,
+        bos_token_id=tokenizer.bos_token_id,
     )
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own, target.generation_config = target.generation_config, GenerationConfig()
+    try:
+        generated = model.generate(**enc, generation_config=config, synced_gpus=synced_gpus)
+    finally:
+        target.generation_config = own
     model.train(was_training)
     start = enc["input_ids"].shape[1]
     response, mask, has_eos = truncate_after_eos(generated[:, start:], tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -133,9 +155,43 @@ def sample(
         start=start,
         mask=mask.float(),
         has_eos=has_eos,
-        texts=tokenizer.batch_decode(response, skip_special_tokens=True),
+        texts=response_texts(tokenizer, enc["input_ids"], enc["attention_mask"], response, mask),
         prompts=prompts,
+        prompts_truncated=truncated,
     )
+
+
+def _encode_prompts(tokenizer: Any, prompts: list[str], max_length: int | None, device: Any) -> tuple[dict, int]:
+    """Left-padded prompt tokens, each cut to its last ``max_length`` tokens; (encoding, prompts cut)."""
+    saved = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=max_length is not None,
+                        max_length=max_length)
+        truncated = 0
+        if max_length is not None:
+            truncated = sum(len(ids) > max_length for ids in tokenizer(prompts)["input_ids"])
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = saved
+    return enc.to(device), truncated
+
+
+def response_texts(tokenizer: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response: torch.Tensor,
+                   response_mask: torch.Tensor) -> list[str]:
+    """Each response decoded after its prompt's tokens, minus the prompt's decoded text.
+
+    Decoded alone, a SentencePiece (Metaspace) tokenizer drops the response's leading space; in its
+    prompt's context it keeps it, so ``prompt + text`` is the text the policy's tokens spell.
+    """
+    texts = []
+    for p_ids, p_mask, r_ids, r_mask in zip(prompt_ids, prompt_mask, response, response_mask, strict=True):
+        head = p_ids[p_mask.bool()].tolist()
+        tail = r_ids[r_mask.bool()].tolist()
+        prefix = tokenizer.decode(head, skip_special_tokens=True)
+        full = tokenizer.decode(head + tail, skip_special_tokens=True)
+        alone = full[len(prefix):] if full.startswith(prefix) else tokenizer.decode(tail, skip_special_tokens=True)
+        texts.append(alone)
+    return texts
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int = 24, batch_size: int = 64,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from kuberlhf import plugins
@@ -9,6 +12,7 @@ from kuberlhf.artifacts import storage
 from kuberlhf.artifacts.cache import cache_root
 from kuberlhf.config.sections import LoraConfig, ModelConfig, QuantizationConfig
 from kuberlhf.errors import ConfigError, KuberlhfError
+from kuberlhf.models import gguf
 
 TASKS = ("causal-lm", "sequence-classification")
 
@@ -18,14 +22,24 @@ def resolve_model_path(name_or_path: str, task: str, seed: int = 0) -> str:
 
     A name whose scheme a plug-in registers (``demo://``: :mod:`kuberlhf.plugins`) is built by it
     (once per name, task and seed, into the cache, so every later load sees the same weights);
+    a ``.gguf`` file is converted once into a cached folder (:mod:`kuberlhf.models.gguf`);
     ``s3://`` artifacts are downloaded and verified against their manifest.
     """
     scheme = plugins.scheme(name_or_path)
     if scheme and scheme != "s3" and (source := plugins.load("model_sources", scheme)) is not None:
         return str(source(name_or_path, task, seed))
+    if gguf.is_gguf(name_or_path):
+        return str(gguf.resolve(name_or_path))
     if storage.is_remote(name_or_path):
         return str(storage.fetch_dir(name_or_path, cache_root() / "artifacts"))
+    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise KuberlhfError(f"model {name_or_path!r}: no such local directory (hub names look like org/name)")
     return name_or_path
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id: absolute, relative (./ ../ ~), or of more parts than org/name."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def torch_dtype(name: str) -> Any:
@@ -114,3 +128,21 @@ def peft_config(lora: LoraConfig, task_type: str) -> Any:
     return PeftLoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task_type
     )
+
+
+@contextlib.contextmanager
+def whole_under_zero3() -> Iterator[None]:
+    """Load a frozen model whole inside a ZeRO-3 Trainer run.
+
+    Once a Trainer's arguments name a ZeRO-3 config, transformers partitions every model it loads
+    (``zero.Init``); a frozen model called outside the engine (a reward model) must stay whole. The
+    registration lives in a module global of transformers (no public getter), restored on exit.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved

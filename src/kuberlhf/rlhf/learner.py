@@ -118,11 +118,11 @@ class SeparateLearner:
 
     synced_gpus = False
 
-    def __init__(self, acc: Any, policy: nn.Module, value: nn.Module, training: Any):
+    def __init__(self, acc: Any, policy: nn.Module, value: nn.Module, training: Any, temperature: float = 1.0):
         from transformers import get_scheduler
 
         t = training
-        self.acc, self.max_grad_norm = acc, t.max_grad_norm
+        self.acc, self.max_grad_norm, self.temperature = acc, t.max_grad_norm, temperature
         opt_p = torch.optim.AdamW(_trainable(policy), lr=t.learning_rate)
         opt_v = torch.optim.AdamW(value.parameters(), lr=t.value_learning_rate or t.learning_rate)
         self.sched_p = get_scheduler(t.lr_scheduler_type, opt_p, t.warmup_steps, t.max_steps)
@@ -137,13 +137,14 @@ class SeparateLearner:
     def value(self) -> Any:
         return self.acc.unwrap_model(self.value_model)
 
-    def train(self) -> None:
-        self.policy_model.train()
-        self.value_model.train()
+    def eval(self) -> None:
+        """Dropout off in both models, updates included: old and new log-probs come from the same network."""
+        self.policy_model.eval()
+        self.value_model.eval()
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor, start: int):
-        """(log-probs, entropies, values) of the response tokens, with gradients."""
-        logprobs, entropy = rl.sequence_logprobs(self.policy_model, ids, attn, start)
+        """(log-probs at the sampling temperature, entropies, values) of the response tokens, with gradients."""
+        logprobs, entropy = rl.sequence_logprobs(self.policy_model, ids, attn, start, self.temperature)
         return logprobs, entropy, self.value_model(ids, attn)[:, start - 1 : -1].float()
 
     def step(self, loss: torch.Tensor) -> None:
@@ -189,11 +190,11 @@ class ZeroLearner:
     """Policy + value model in one DeepSpeed engine (ZeRO-2/3 through accelerate)."""
 
     def __init__(self, acc: Any, policy: nn.Module, value: nn.Module, training: Any,
-                 build_policy: Callable[[], nn.Module]):
+                 build_policy: Callable[[], nn.Module], temperature: float = 1.0):
         from transformers import get_scheduler
 
         t = training
-        self.acc, self.build_policy = acc, build_policy
+        self.acc, self.build_policy, self.temperature = acc, build_policy, temperature
         groups = [{"params": _trainable(policy), "lr": t.learning_rate},
                   {"params": list(value.parameters()), "lr": t.value_learning_rate or t.learning_rate}]
         self.engine, _ = acc.prepare(ActorCritic(policy, value), torch.optim.AdamW(groups, lr=t.learning_rate))
@@ -212,12 +213,13 @@ class ZeroLearner:
     def value(self) -> Any:
         return self.engine.module.value
 
-    def train(self) -> None:
-        self.engine.train()
+    def eval(self) -> None:
+        """Dropout off in both models, updates included (see :meth:`SeparateLearner.eval`)."""
+        self.engine.eval()
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor, start: int):
         logits, values = self.engine(input_ids=ids, attention_mask=attn, position_ids=rl.position_ids(attn))
-        logprobs, entropy = rl.response_logprobs(logits, ids, start)
+        logprobs, entropy = rl.response_logprobs(logits, ids, start, self.temperature)
         return logprobs, entropy, values[:, start - 1 : -1].float()
 
     def step(self, loss: torch.Tensor) -> None:

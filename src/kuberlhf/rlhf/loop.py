@@ -84,9 +84,10 @@ class PpoLoop:
 
             value.load_state_dict(load_file(f"{resume_weights}/value.safetensors"))
         if self.zero:
-            self.learner: Any = learners.ZeroLearner(acc, policy, value, t, lambda: self._policy(policy_path, None))
+            self.learner: Any = learners.ZeroLearner(acc, policy, value, t, lambda: self._policy(policy_path, None),
+                                                     temperature=cfg.rollout.temperature)
         else:
-            self.learner = learners.SeparateLearner(acc, policy, value, t)
+            self.learner = learners.SeparateLearner(acc, policy, value, t, temperature=cfg.rollout.temperature)
         self.final: Any = None
 
     def _setup_state(self) -> None:
@@ -98,6 +99,7 @@ class PpoLoop:
             self.kl_ctl = core.FixedKLController(a.kl_coef)
         self.step = 0
         self.history: list[dict] = []
+        self.truncated = {"prompts_truncated": 0, "reward_texts_truncated": 0}  # this process, this session
         torch.manual_seed(t.seed + acc.process_index)  # sampling differs between processes
         self.generator = torch.Generator().manual_seed(t.seed + acc.process_index)
         if self.resume:
@@ -160,24 +162,38 @@ class PpoLoop:
             top_p=r.top_p,
             stop_at_eos=r.stop_at_eos,
             synced_gpus=self.learner.synced_gpus,
+            max_prompt_length=r.max_prompt_length,
         )
 
     @torch.no_grad()
     def score(self, samples: generation.Samples) -> rl.RolloutBatch:
-        """Old log-probs, reference log-probs, values, scores, rewards and advantages of ``samples``."""
+        """Old log-probs, reference log-probs, values, scores, rewards and advantages of ``samples``.
+
+        Every forward pass runs ``rollout.forward_batch_size`` rows at a time; log-probs are at the
+        sampling temperature, for the policy and the reference alike.
+        """
         a, r = self.cfg.ppo, self.cfg.rollout
-        ids, attn, mask, start = samples.input_ids, samples.attention_mask, samples.mask, samples.start
+        mask, start, size = samples.mask, samples.start, r.forward_batch_size
         policy = self.learner.policy
-        logprobs, _ = generation.sequence_logprobs(policy, ids, attn, start)
+
+        def logprobs_of(model: Any):
+            return lambda ids, attn: generation.sequence_logprobs(model, ids, attn, start, r.temperature)[0]
+
+        logprobs = rl.in_chunks(logprobs_of(policy), samples, size)
         if self.reference is not None:
-            ref_logprobs, _ = generation.sequence_logprobs(self.reference, ids, attn, start)
+            ref_logprobs = rl.in_chunks(logprobs_of(self.reference), samples, size)
         else:
             with policy.disable_adapter():
-                ref_logprobs, _ = generation.sequence_logprobs(policy, ids, attn, start)
-        old_values = self.learner.value(ids, attn)[:, start - 1 : -1].float()
+                ref_logprobs = rl.in_chunks(logprobs_of(policy), samples, size)
+        old_values = rl.in_chunks(lambda ids, attn: self.learner.value(ids, attn)[:, start - 1 : -1].float(),
+                                  samples, size)
         texts = [p + t for p, t in zip(samples.prompts, samples.texts, strict=True)]
-        scores = rl.reward_scores(self.reward_model, self.reward_tokenizer, texts, r.reward_max_length).to(self.device)
-        core.check_finite("reward", scores)
+        counts: dict = {}
+        scores = rl.reward_scores(self.reward_model, self.reward_tokenizer, texts, r.reward_max_length,
+                                  size or len(texts), counts).to(self.device)
+        self.truncated["reward_texts_truncated"] += counts.get("truncated", 0)
+        self.truncated["prompts_truncated"] += samples.prompts_truncated
+        rl.check_finite_everywhere("reward", scores)
         if r.missing_eos_penalty is not None:
             scores = scores - r.missing_eos_penalty * (~samples.has_eos.to(self.device)).float()
         if a.reward_clip is not None:
@@ -195,7 +211,7 @@ class PpoLoop:
     def update(self, batch: rl.RolloutBatch) -> dict:
         a, samples = self.cfg.ppo, batch.samples
         lr = self.learner.learning_rate()  # the policy's, for this step
-        self.learner.train()
+        self.learner.eval()  # no dropout anywhere in PPO (as in TRL): ratio 1 at the first mini-batch
         size = batch.size
         mb = size // a.num_mini_batches
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "entropy")}
@@ -215,7 +231,7 @@ class PpoLoop:
                     continue
                 vf, _ = core.value_loss(new_values, batch.values[idx], batch.returns[idx], mask, a.clip_range_value)
                 loss = pg + a.vf_coef * vf
-                core.check_finite("loss", loss)
+                rl.check_finite_everywhere("loss", loss)
                 self.learner.step(loss)
                 stats["policy_loss"].append(pg.item())
                 stats["value_loss"].append(vf.item())
@@ -295,6 +311,13 @@ class PpoLoop:
             "world_size": self.accelerator.num_processes,
             "zero_stage": self.learner.stage if self.zero else 0,
         }
+        keys = sorted(self.truncated)  # cut texts of this run, all processes (this session's steps)
+        totals = all_gather(torch.tensor([float(self.truncated[k]) for k in keys], device=self.device))
+        for key, total in zip(keys, totals.reshape(-1, len(keys)).sum(0).tolist(), strict=True):
+            metrics[key] = int(total)
+            if total:
+                log.warning("%d %s during this run (see rollout.max_prompt_length, rollout.reward_max_length)",
+                            int(total), key.replace("_", " "))
         if self.accelerator.is_main_process and self.eval_prompts:
             metrics.update(self.evaluate())
         return metrics

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
+
+from kuberlhf.models.generation import position_ids
 
 
 class ValueModel(nn.Module):
@@ -19,8 +22,16 @@ class ValueModel(nn.Module):
         nn.init.normal_(self.head.weight, std=1.0 / (hidden_size + 1))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        """Values ``(B, T)``; positions skip left padding (absolute-position backbones: GPT-2, BERT)."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self._takes_positions:
+            kwargs["position_ids"] = position_ids(attention_mask)
+        hidden = self.backbone(**kwargs).last_hidden_state
         return self.head(hidden).squeeze(-1)
+
+    @property
+    def _takes_positions(self) -> bool:
+        return "position_ids" in inspect.signature(self.backbone.forward).parameters
 
 
 def build_value_model(path: str, dtype: Any, reward_head: nn.Module | None = None) -> ValueModel:

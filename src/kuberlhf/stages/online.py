@@ -99,8 +99,9 @@ class OnlineHooks:
         run.tokenizer = loading.load_tokenizer(cfg.policy, run.paths["policy"], padding_side="left")
         reward_path = run.paths["reward_model"]
         reward_tokenizer = loading.load_tokenizer(cfg.reward_model, reward_path)
-        reward = loading.load_sequence_classifier(cfg.reward_model, reward_path, reward_tokenizer.pad_token_id)
-        reward.eval().requires_grad_(False)
+        with loading.whole_under_zero3():  # called outside the engine: whole on every process, on its device
+            reward = loading.load_sequence_classifier(cfg.reward_model, reward_path, reward_tokenizer.pad_token_id)
+        reward.to(args.device).eval().requires_grad_(False)
         return trainer_cls(
             model=loading.load_causal_lm(cfg.policy, run.paths["policy"]),
             reward_funcs=reward_function(reward, reward_tokenizer, cfg.reward_max_length),

@@ -36,10 +36,18 @@ class RolloutConfig:
     top_p: float = option(1.0, "nucleus filter; 1.0 = off")
     stop_at_eos: bool = option(True, "end a response at the tokenizer's EOS token")
     missing_eos_penalty: float | None = option(1.0, "subtracted from the score of a response with no EOS")
-    reward_max_length: int = option(512, "reward-model tokens per scored text")
+    reward_max_length: int = option(512, "reward-model tokens per scored text (longer ones lose their beginning)")
+    max_prompt_length: int | None = option(512, "policy tokens kept of a prompt (its end); None = no limit")
+    forward_batch_size: int | None = option(
+        None, "rows per forward pass when scoring a rollout (policy, reference, value, reward); None = all at once"
+    )
 
     def __post_init__(self) -> None:
         require(self.batch_size > 0, "rollout.batch_size", "must be positive")
+        require(self.max_prompt_length is None or self.max_prompt_length > 0, "rollout.max_prompt_length",
+                "must be positive (or null for no limit)")
+        require(self.forward_batch_size is None or self.forward_batch_size > 0, "rollout.forward_batch_size",
+                "must be positive (or null for the whole batch)")
         require(self.temperature > 0, "rollout.temperature", "must be positive")
 
 
