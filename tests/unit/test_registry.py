@@ -75,3 +75,20 @@ def test_the_tables_that_read_the_registry_agree_with_it():
     assert DATA_KINDS == {name: s.data_kind for name, s in STAGES.items() if s.data_kind}
     assert set(POLICY_CURVES) == set(POLICY_STAGES) == {"ppo", "dpo", "rloo", "grpo"}
     assert {name for name, s in STAGES.items() if s.trainer} == {"sft", "reward", "dpo", "rloo", "grpo"}
+
+
+def test_every_shipped_config_loads_with_its_stage(monkeypatch):
+    """configs/<stage>/*.yaml: the demo, the real-run shapes (OPT-1.3B, DeBERTa-v3-base) and SmolLM2."""
+    from kuberlhf.stages.registry import load_stage_config
+
+    monkeypatch.chdir(REPO)  # their training.deepspeed paths are relative to the repository (the image's workdir)
+    loaded = []
+    for name in STAGES:
+        for path in sorted((REPO / "configs" / name).glob("*.yaml")):
+            assert path.read_text().startswith("# "), f"{path} starts with what it is and the command that runs it"
+            load_stage_config(name, str(path), [])
+            loaded.append(f"{name}/{path.name}")
+    for expected in ("ppo/opt-1.3b.yaml", "ppo/opt-1.3b-lora.yaml", "dpo/opt-1.3b.yaml", "rloo/opt-1.3b-lora.yaml",
+                     "grpo/opt-1.3b-lora.yaml", "sft/smollm2-lora.yaml", "reward/smollm2-lora.yaml",
+                     "ppo/smollm2-lora.yaml", "dpo/smollm2-lora.yaml"):
+        assert expected in loaded

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,14 +26,52 @@ def write_train_log(staging: Path, history: list[dict]) -> None:
 
 
 def model_card(stage: str, cfg: Any, metrics: dict, base_model: str) -> str:
-    """README.md of an artifact: Hugging Face card metadata, the metrics and the full config."""
+    """README.md of an artifact: a Hugging Face model card (``huggingface_hub.ModelCard``) with its metadata,
+    the metrics (also as model-index results) and the full config.
+
+    ``base_model`` and ``datasets`` are Hub ids only when they are ones (a local path, an ``s3://`` URI
+    or a ``demo://`` name is named in the text instead); the config block is what ``kuberlhf merge``
+    reads the base model from.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    data = getattr(cfg, "data", None)
+    sources = [s for s in (getattr(data, "train", ""), getattr(data, "eval", None) or "") if s]
+    datasets = [s.removeprefix("hf://").removeprefix("datasets/") for s in sources if _hub_dataset(s)]
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    task, evaluated = _TASKS.get(stage, "text-generation"), sources[-1] if sources else "unknown"
+    results = [EvalResult(task_type=task, dataset_type=evaluated, dataset_name=evaluated, metric_type=k, metric_value=v)
+               for k, v in scalars.items() if k.startswith(("eval_", "gold_", "kl"))]
+    card_data = ModelCardData(
+        library_name="transformers", tags=["kuberlhf", stage], pipeline_tag=task,
+        base_model=base_model if _hub_model(base_model) else None, datasets=datasets or None,
+        model_name=f"kuberlhf-{stage}" if results else None, eval_results=results or None,
+    )
     rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if not isinstance(v, dict | list))
-    return (
-        f"---\nlibrary_name: transformers\ntags:\n- kuberlhf\n- {stage}\nbase_model: {base_model}\n---\n\n"
-        f"# kuberlhf {stage} model\n\nTrained by `kuberlhf {stage}` from `{base_model}`.\n\n"
+    text = (
+        f"---\n{card_data.to_yaml()}\n---\n\n"
+        f"# kuberlhf {stage} model\n\nTrained by `kuberlhf {stage}` from `{base_model}`"
+        + (f" on `{'`, `'.join(sources)}`" if sources else "") + ".\n\n"
         f"## Metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n"
         f"## Config\n\n```yaml\n{to_yaml(cfg)}```\n"
     )
+    return str(ModelCard(text))
+
+
+_TASKS = {"reward": "text-classification"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _hub_model(name: str) -> bool:
+    """A Hub model id (``facebook/opt-1.3b``), not a path, URI or GGUF file."""
+    return bool(_HUB_ID.match(name or "")) and "/" in name and not name.endswith(".gguf") and not os.path.exists(name)
+
+
+def _hub_dataset(source: str) -> bool:
+    if source.startswith("hf://"):
+        return True
+    return "://" not in source and _hub_model(source) and os.path.splitext(source)[1] not in (".jsonl", ".json",
+                                                                                              ".parquet")
 
 
 def _fmt(v: Any) -> str:

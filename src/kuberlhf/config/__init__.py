@@ -88,19 +88,24 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {data!r}")
     hints = get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
+    open_field = getattr(cls, "_open_section", None)  # a dict field that takes the undeclared keys
+    kwargs: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
+        if key not in known and open_field:
+            extras[key] = value
+            continue
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown config key {name!r}{hint}")
+            raise unknown_key(name, key, known, prefix)
         field_ = known[key]
         section_default = field_.default_factory not in (dataclasses.MISSING, hints[key])
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and section_default:
             # Keys given for a section override that section's own defaults, key by key.
             value = _deep_merge(dataclasses.asdict(field_.default_factory()), value)
         kwargs[key] = _coerce(hints[key], value, name)
+    if extras:
+        kwargs[open_field] = {**kwargs.get(open_field, {}), **extras}
     missing = [
         f"{prefix}{f.name}"
         for f in known.values()
@@ -114,6 +119,13 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config {prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def unknown_key(name: str, key: str, known: Any, prefix: str) -> ConfigError:
+    """``unknown config key 'a.b' (did you mean 'a.c'?)``."""
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {name!r}{hint}")
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

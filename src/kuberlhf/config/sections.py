@@ -13,7 +13,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from kuberlhf.config import option, require
 
@@ -131,6 +131,12 @@ class TrainingConfig(LoopConfig):
     run_name: str | None = option(None, "run name shown by the trackers")
     disable_tqdm: bool = option(False, "hide progress bars")
     dataloader_num_workers: int = option(0, "data loader worker processes")
+    extra: dict[str, Any] = option(
+        {}, "any other key of the stage's TRL config, given as training.<key> (training.optim=adafactor, "
+        "training.torch_compile=true, training.bf16=true, ...): passed through, checked against TRL's fields"
+    )
+    # training.<key> that is not a field above lands in ``extra`` (kuberlhf.config.from_dict)
+    _open_section: ClassVar[str] = "extra"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -198,3 +204,30 @@ def check_trainer_stage(cfg: StageConfig) -> None:
     StageConfig.__post_init__(cfg)
     if cfg.data.streaming:
         require(cfg.training.max_steps > 0, "training.max_steps", "must be set (> 0) with data.streaming=true")
+    check_trl_keys(cfg)
+
+
+def check_trl_keys(cfg: Any) -> None:
+    """The ``training.<key>`` pass-throughs of a Trainer stage must be fields of its TRL config class
+    (``TRL_ARGS``) that the stage does not set itself (``TRL_OWNED``: from its own config keys).
+
+    TRL is imported only when there are such keys; where it is absent (the launcher image) they are
+    checked by the training pods instead.
+    """
+    extra = cfg.training.extra
+    if not extra:
+        return
+    owned = {"output_dir", *type(cfg).TRL_OWNED}
+    for key in extra:
+        require(key not in owned, f"training.{key}", "set by the stage from its own config; use that key instead")
+    try:
+        import trl
+    except ImportError:
+        return
+    accepted = {f.name for f in dataclasses.fields(getattr(trl, type(cfg).TRL_ARGS)) if f.init}
+    declared = {f.name for f in dataclasses.fields(cfg.training)}
+    for key in extra:
+        if key not in accepted:
+            from kuberlhf.config import unknown_key
+
+            raise unknown_key(f"training.{key}", key, accepted | declared - {"extra"}, "training.")

@@ -10,7 +10,7 @@ The reference is an explicit model (``ref_model``), a frozen copy of the policy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from kuberlhf.config import option, require
 from kuberlhf.config.sections import (
@@ -28,6 +28,9 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca
 
 @dataclass
 class DpoConfig(StageConfig):
+    TRL_ARGS: ClassVar[str] = "DPOConfig"  # the TRL config it builds; training.<key> may set its fields
+    TRL_OWNED: ClassVar[tuple[str, ...]] = ("beta", "loss_type", "max_length")
+
     model: ModelConfig = option(ModelConfig(name_or_path="outputs/demo/sft"), "the SFT policy")
     ref_model: str | None = option(None, "reference model path; None = a frozen copy of the policy (LoRA: no adapter)")
     data: DataConfig = option(DataConfig, "preference pairs (prompt/chosen/rejected or hh-rlhf)")

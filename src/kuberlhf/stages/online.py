@@ -13,7 +13,7 @@ its own tokenizer and the text formatting of its training are used (as in PPO).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from kuberlhf.config import option, require
 from kuberlhf.config.sections import (
@@ -29,6 +29,10 @@ from kuberlhf.stages.trainer import StageRun, run_trainer_stage
 
 @dataclass
 class OnlineRLConfig(StageConfig):
+    TRL_ARGS: ClassVar[str] = "RLOOConfig"  # the TRL config it builds; training.<key> may set its fields
+    TRL_OWNED: ClassVar[tuple[str, ...]] = ("num_generations", "max_completion_length", "temperature", "top_k", "top_p",
+                                            "beta")
+
     policy: ModelConfig = option(ModelConfig(name_or_path="outputs/demo/sft"), "the SFT policy (also the reference)")
     reward_model: ModelConfig = option(ModelConfig(name_or_path="outputs/demo/reward"), "the trained reward model")
     data: DataConfig = option(DataConfig, "prompts (eval: held-out prompts for gold scores and the final KL)")
@@ -60,6 +64,8 @@ class RlooConfig(OnlineRLConfig):
 @dataclass
 class GrpoConfig(OnlineRLConfig):
     """Config of `kuberlhf grpo` (the fields of OnlineRLConfig)."""
+
+    TRL_ARGS: ClassVar[str] = "GRPOConfig"
 
 
 def reward_function(model: Any, tokenizer: Any, max_length: int):

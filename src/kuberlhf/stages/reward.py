@@ -13,7 +13,7 @@ model scores ``prompt + completion + eos``; the metrics are held-out pairwise ac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from kuberlhf.config import option, require
 from kuberlhf.config.sections import (
@@ -29,6 +29,9 @@ from kuberlhf.stages.trainer import StageRun, run_trainer_stage
 
 @dataclass
 class RewardConfig(StageConfig):
+    TRL_ARGS: ClassVar[str] = "RewardConfig"  # the TRL config it builds; training.<key> may set its fields
+    TRL_OWNED: ClassVar[tuple[str, ...]] = ("max_length", "center_rewards_coefficient")
+
     model: ModelConfig = option(
         ModelConfig(name_or_path="demo://tiny-deberta"),
         "the model to turn into a reward model (any AutoModelForSequenceClassification; DeBERTa-v3 is the reference)",

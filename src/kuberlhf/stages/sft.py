@@ -14,7 +14,7 @@ model (the stage's output); the adapter itself is kept under ``adapter/``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from kuberlhf.config import option, require
 from kuberlhf.config.sections import (
@@ -31,6 +31,10 @@ from kuberlhf.stages.trainer import StageRun, run_trainer_stage
 
 @dataclass
 class SftConfig(StageConfig):
+    TRL_ARGS: ClassVar[str] = "SFTConfig"  # the TRL config it builds; training.<key> may set its fields
+    TRL_OWNED: ClassVar[tuple[str, ...]] = ("max_length", "packing", "packing_strategy", "padding_free",
+                                            "completion_only_loss", "dataset_text_field")
+
     model: ModelConfig = option(ModelConfig, "the pretrained causal LM to fine-tune")
     data: DataConfig = option(DataConfig, "instruction data")
     finetune: Literal["full", "lora", "qlora"] = option("full", "full fine-tuning, LoRA, or QLoRA (4-bit base)")

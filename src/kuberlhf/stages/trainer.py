@@ -93,6 +93,7 @@ def trainer_kwargs(training: Any, work_dir: str) -> dict:
     if precision == "auto":
         precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
     kwargs = {name: getattr(training, name) for name in _SAME_NAMES}
+    # training.<key> pass-throughs of the TRL config win over what the section's own keys imply (bf16)
     kwargs.update(
         data_seed=training.seed,
         save_strategy="steps",
@@ -104,6 +105,7 @@ def trainer_kwargs(training: Any, work_dir: str) -> dict:
         ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         save_only_model=False,
     )
+    kwargs.update(training.extra)
     return kwargs
 
 
