@@ -86,6 +86,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from kuberlhf.eval.heldout import judge_eval
 
     result = judge_eval(args.model, args.prompts, judge=args.judge, greedy=args.greedy, seed=args.seed)
+    result.pop("scores")
     for sample in result.pop("samples"):
         print(f"  [{sample[args.judge]:.2f}] {sample['prompt'].splitlines()[0]} ->{sample['response']}")
     print(json.dumps(result))

@@ -395,10 +395,10 @@ def test_report_holds_plots_scores_and_samples(tmp_path, monkeypatch):
                 {"train_loss": 2.5, "eval_loss": 2.1})
     reward = write("reward", [{"step": s, "accuracy": 0.5 + s / 40} for s in range(1, 11)], {"eval_accuracy": 0.9})
     ppo = write("ppo", [{"step": s, "reward": s / 10, "kl": s / 5} for s in range(1, 11)], {"kl": 1.7})
-    pairs = [{"prompt": "Question: <cats> & dogs", "sft": "ok", "sft_gold": 0.5, "final": "great", "final_gold": 1.0}]
+    pairs = [{"prompt": "Question: <cats> & dogs", "sft": "ok", "sft_score": 0.5, "final": "great", "final_score": 1.0}]
     monkeypatch.setattr(report, "score_policies", lambda *a, **k: {
         "gold_score_sft": 0.55, "gold_score_final": 0.83, "well_formed_sft": 0.9, "well_formed_final": 1.0,
-        "samples": pairs})
+        "win_rate": 0.75, "samples": pairs, "judge": "the built-in demo task's gold judge", "judge_name": "gold"})
     out = tmp_path / "report.html"
     metrics = report.write_report(str(out), sft_dir=sft, policy_dir=ppo, reward_dir=reward)
     assert metrics["gold_score_final"] == 0.83 and metrics["gold_gain"] == pytest.approx(0.28)
@@ -406,6 +406,7 @@ def test_report_holds_plots_scores_and_samples(tmp_path, monkeypatch):
     page = out.read_text()
     assert page.count('src="data:image/png;base64,') == 4  # gold bars, SFT loss, reward accuracy, PPO reward/KL
     assert "SFT <b>0.550</b> &rarr; PPO <b>0.830</b>" in page
+    assert "win rate 0.75. Judge: the built-in demo task&#x27;s gold judge." in page
     assert "&lt;cats&gt; &amp; dogs" in page and "<cats>" not in page  # generations are escaped
 
     # An artifact without a training log leaves its plot out instead of failing.

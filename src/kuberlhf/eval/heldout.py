@@ -9,17 +9,21 @@ task's gold judge (``gold``) is the default, any ``kuberlhf.judges`` plug-in can
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kuberlhf.eval.judges import Judge, get_judge
 from kuberlhf.models.generation import batches, generate
+
+log = logging.getLogger(__name__)
 
 
 def judge_eval(model_path: str, prompts_uri: str, *, judge: str | Judge = "gold", greedy: bool = False,
                seed: int = 0, samples: int = 5) -> dict:
     """Mean judge score of the policy at ``model_path`` on the prompts at ``prompts_uri``.
 
-    Returns ``{"<judge>_score", "well_formed" (share scored above 0), "prompts", "samples"}``.
+    Returns ``{"<judge>_score", "well_formed" (share scored above 0), "prompts", "scores" (one per prompt),
+    "samples"}``.
     """
     from kuberlhf.config.sections import ModelConfig
     from kuberlhf.data import load_examples
@@ -38,6 +42,7 @@ def judge_eval(model_path: str, prompts_uri: str, *, judge: str | Judge = "gold"
         f"{judge.name}_score": sum(scores) / len(scores),
         "well_formed": sum(s > 0 for s in scores) / len(scores),
         "prompts": len(scores),
+        "scores": scores,
         "samples": [
             {"prompt": p, "response": r, judge.name: s}
             for p, r, s in list(zip(prompts, responses, scores, strict=True))[:samples]
@@ -59,7 +64,9 @@ def compare_to_reference(
 
     ``reference=None`` means ``policy`` is a PEFT model whose disabled adapter is the reference.
     ``kl`` is the mean over prompts of the summed per-token log-ratio (k1) on the response;
-    with a judge, ``<judge>_score_before`` (reference) and ``<judge>_score_after`` (policy).
+    with a judge that applies to ``prompts``, ``<judge>_score_before`` (reference), ``<judge>_score_after``
+    (policy) and ``judge`` (its name). A judge that does not apply (the gold judge off the demo task) is
+    left out with a warning: no score is better than a meaningless one.
     """
     import contextlib
 
@@ -83,8 +90,12 @@ def compare_to_reference(
             before = generate(policy if reference is None else reference, tokenizer, prompts,
                               max_new_tokens=max_new_tokens, seed=seed)
     metrics: dict[str, Any] = {"kl": sum(kls) / len(kls), "eval_prompts": len(prompts)}
+    judge = get_judge(judge) if isinstance(judge, str) else judge
+    if judge is not None and not judge.applies(prompts):
+        log.warning("the %s judge does not apply to these held-out prompts: no judge scores", judge.name)
+        judge = None
     if judge is not None:
-        judge = get_judge(judge) if isinstance(judge, str) else judge
+        metrics["judge"] = judge.name
         metrics[f"{judge.name}_score_before"] = sum(judge.score(prompts, before)) / len(prompts)
         metrics[f"{judge.name}_score_after"] = sum(judge.score(prompts, after)) / len(prompts)
         metrics["samples"] = [

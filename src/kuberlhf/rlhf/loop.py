@@ -323,18 +323,17 @@ class PpoLoop:
         return metrics
 
     def evaluate(self) -> dict:
-        """Gold score of the reference (SFT) and final policies and the final KL, on held-out prompts."""
+        """Judge scores of the reference (SFT) and final policies and the final KL, on held-out prompts: the
+        gold judge on the demo task's prompts, else the reward model."""
         from kuberlhf.eval.heldout import compare_to_reference
+        from kuberlhf.eval.judges import RewardModelJudge, get_judge
 
-        return compare_to_reference(
-            self.final,
-            self.reference,
-            self.tokenizer,
-            self.eval_prompts,
-            max_new_tokens=self.cfg.rollout.max_new_tokens,
-            seed=self.cfg.training.seed,
-            judge="gold" if self.cfg.gold_eval else None,
-        )
+        judge = get_judge("gold") if self.cfg.gold_eval else None
+        if judge is None or not judge.applies(self.eval_prompts):
+            judge = RewardModelJudge(self.reward_model, self.reward_tokenizer, self.cfg.rollout.reward_max_length)
+        return compare_to_reference(self.final, self.reference, self.tokenizer, self.eval_prompts,
+                                    max_new_tokens=self.cfg.rollout.max_new_tokens, seed=self.cfg.training.seed,
+                                    judge=judge)
 
     # ------------------------------------------------------------------ checkpoints
 

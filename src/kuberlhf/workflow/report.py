@@ -83,37 +83,68 @@ def plot_curves(title: str, panels: list[Panel], records: list[dict],
     return _png(fig)
 
 
-def plot_gold(sft: float, final: float, stage: str) -> str:
+def plot_gold(sft: float, final: float, stage: str, judge: str = "gold") -> str:
+    """The judge's mean score of the SFT and final policies (the gold judge's is in [0, 1])."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2, 3.0))
     ax = fig.add_subplot(1, 1, 1)
     bars = ax.bar(["SFT policy", f"{stage.upper()} policy"], [sft, final], color=["tab:gray", "tab:green"])
     ax.bar_label(bars, fmt="%.3f")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("mean gold-judge score")
-    ax.set_title("Gold judge on held-out prompts")
+    if judge == "gold":
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("mean gold-judge score")
+        ax.set_title("Gold judge on held-out prompts")
+    else:
+        ax.set_ylabel(f"mean {judge} score")
+        ax.set_title(f"{judge.capitalize()} judge on held-out prompts")
     return _png(fig)
 
 
-def score_policies(sft_dir: str, policy_dir: str, prompts: str, *, gold: bool, samples: int, seed: int) -> dict:
-    """Gold scores (when ``gold``) and side-by-side samples of the SFT and final policies on ``prompts``."""
+def pick_judge(prompts: list[str], *, gold: bool, reward_dir: str | None) -> Any:
+    """The judge of the report: the gold judge where it applies (the demo task's prompts), else the reward
+    model when there is one, else None (samples only)."""
+    from kuberlhf.eval.judges import RewardModelJudge, get_judge
+
     if gold:
-        from kuberlhf.eval.heldout import judge_eval
-
-        before = judge_eval(sft_dir, prompts, judge="gold", seed=seed, samples=samples)
-        after = judge_eval(policy_dir, prompts, judge="gold", seed=seed, samples=samples)
-        pairs = [{"prompt": b["prompt"], "sft": b["response"], "sft_gold": b["gold"], "final": a["response"],
-                  "final_gold": a["gold"]} for b, a in zip(before["samples"], after["samples"], strict=True)]
-        return {"gold_score_sft": before["gold_score"], "gold_score_final": after["gold_score"],
-                "well_formed_sft": before["well_formed"], "well_formed_final": after["well_formed"],
-                "eval_prompts": float(before["prompts"]), "samples": pairs}
-    texts = _first_prompts(prompts, samples)
-    sft, final = _generate(sft_dir, texts, seed), _generate(policy_dir, texts, seed)
-    return {"samples": [{"prompt": p, "sft": s, "final": f} for p, s, f in zip(texts, sft, final, strict=True)]}
+        judge = get_judge("gold")
+        if judge.applies(prompts):
+            return judge
+        log.warning("the gold judge does not apply to these prompts (not the demo task's)%s",
+                    "; scoring with the reward model" if reward_dir else "; no judge")
+    return RewardModelJudge.load(reward_dir) if reward_dir else None
 
 
-def _first_prompts(uri: str, n: int) -> list[str]:
+def score_policies(sft_dir: str, policy_dir: str, prompts: str, *, gold: bool, samples: int, seed: int,
+                   reward_dir: str | None = None) -> dict:
+    """Judge scores and side-by-side samples of the SFT and final policies on the same ``prompts``.
+
+    The judge (:func:`pick_judge`) scores each policy's response to every prompt: the means
+    (``<judge>_score_sft``, ``<judge>_score_final``), the final policy's win rate over SFT (share of
+    prompts where its response scores higher; ties count half) and ``judge``, its description.
+    """
+    from kuberlhf.eval.heldout import judge_eval
+
+    texts = _first_prompts(prompts, None)
+    judge = pick_judge(texts, gold=gold, reward_dir=reward_dir)
+    if judge is None:
+        texts = texts[:samples]
+        sft, final = _generate(sft_dir, texts, seed), _generate(policy_dir, texts, seed)
+        return {"judge": "none", "samples": [{"prompt": p, "sft": s, "final": f}
+                                             for p, s, f in zip(texts, sft, final, strict=True)]}
+    before = judge_eval(sft_dir, prompts, judge=judge, seed=seed, samples=samples)
+    after = judge_eval(policy_dir, prompts, judge=judge, seed=seed, samples=samples)
+    name = judge.name
+    pairs = [{"prompt": b["prompt"], "sft": b["response"], "sft_score": b[name], "final": a["response"],
+              "final_score": a[name]} for b, a in zip(before["samples"], after["samples"], strict=True)]
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for b, a in zip(before["scores"], after["scores"], strict=True)]
+    return {f"{name}_score_sft": before[f"{name}_score"], f"{name}_score_final": after[f"{name}_score"],
+            "well_formed_sft": before["well_formed"], "well_formed_final": after["well_formed"],
+            "win_rate": sum(wins) / len(wins), "eval_prompts": float(before["prompts"]), "samples": pairs,
+            "judge": judge.description, "judge_name": name}
+
+
+def _first_prompts(uri: str, n: int | None) -> list[str]:
     from kuberlhf.data import load_examples
 
     dataset, _ = load_examples(uri, "prompt")
@@ -133,8 +164,9 @@ def _generate(model_dir: str, prompts: list[str], seed: int) -> list[str]:
 def summary_metrics(scores: dict, sft: dict, reward: dict, policy: dict) -> dict[str, float]:
     """The numbers the report and KFP ``Metrics`` show."""
     out: dict[str, float] = {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
-    if "gold_score_sft" in out:
-        out["gold_gain"] = out["gold_score_final"] - out["gold_score_sft"]
+    name = scores.get("judge_name")
+    if name:
+        out[f"{name}_gain"] = out[f"{name}_score_final"] - out[f"{name}_score_sft"]
     picks = [(sft, "train_loss", "sft_train_loss"), (sft, "eval_loss", "sft_eval_loss"),
              (reward, "eval_accuracy", "reward_accuracy"), (reward, "eval_margin", "reward_margin"),
              (policy, "kl", "kl"), (policy, "reward", "policy_reward"), (policy, "train_loss", "policy_train_loss")]
@@ -161,17 +193,19 @@ def write_report(
         from kuberlhf.errors import ConfigError
 
         raise ConfigError(f"policy_stage: must be one of {', '.join(POLICY_CURVES)}, got {policy_stage!r}")
-    scores = score_policies(sft_dir, policy_dir, prompts, gold=gold, samples=samples, seed=seed)
+    scores = score_policies(sft_dir, policy_dir, prompts, gold=gold, samples=samples, seed=seed, reward_dir=reward_dir)
     sft_m, reward_m, policy_m = map(read_stage_metrics, (sft_dir, reward_dir, policy_dir))
     metrics = summary_metrics(scores, sft_m, reward_m, policy_m)
+    name = scores.get("judge_name")
     plots = [
-        plot_gold(metrics["gold_score_sft"], metrics["gold_score_final"], policy_stage) if gold else None,
+        plot_gold(metrics[f"{name}_score_sft"], metrics[f"{name}_score_final"], policy_stage, name) if name else None,
         plot_curves(*STAGES["sft"].report, records=read_log(sft_dir)),
         plot_curves(*STAGES["reward"].report, records=read_log(reward_dir),
                     marks={"accuracy": reward_m["eval_accuracy"]} if "eval_accuracy" in reward_m else None),
         plot_curves(*POLICY_CURVES[policy_stage], records=read_log(policy_dir)),
     ]
-    page = render_html(policy_stage, metrics, [p for p in plots if p], scores["samples"], prompts)
+    page = render_html(policy_stage, metrics, [p for p in plots if p], scores["samples"], prompts,
+                       judge=scores["judge"], judge_name=name)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(page)
     log.info("report written to %s", out)
@@ -184,30 +218,34 @@ vertical-align:top}th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}.num{
 pre{white-space:pre-wrap;margin:0;font-size:0.9em}"""
 
 
-def render_html(stage: str, metrics: dict[str, float], plots: list[str], samples: list[dict], prompts: str) -> str:
+def render_html(stage: str, metrics: dict[str, float], plots: list[str], samples: list[dict], prompts: str,
+                judge: str = "none", judge_name: str | None = None) -> str:
     esc = html.escape
     rows = "".join(f"<tr><td>{esc(k)}</td><td class=num>{v:.4g}</td></tr>" for k, v in metrics.items())
     images = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots)
-    gold = "sft_gold" in (samples[0] if samples else {})
+    scored = "sft_score" in (samples[0] if samples else {})
 
     def cell(text: str, score: float | None) -> str:
         badge = f" <b>[{score:.2f}]</b>" if score is not None else ""
         return f"<td><pre>{esc(text)}</pre>{badge}</td>"
 
     sample_rows = "".join(
-        f"<tr><td><pre>{esc(s['prompt'])}</pre></td>{cell(s['sft'], s.get('sft_gold'))}"
-        f"{cell(s['final'], s.get('final_gold'))}</tr>" for s in samples
+        f"<tr><td><pre>{esc(s['prompt'])}</pre></td>{cell(s['sft'], s.get('sft_score'))}"
+        f"{cell(s['final'], s.get('final_score'))}</tr>" for s in samples
     )
-    headline = (f"<p>Gold-judge score on held-out prompts: SFT <b>{metrics['gold_score_sft']:.3f}</b> &rarr; "
-                f"{esc(stage.upper())} <b>{metrics['gold_score_final']:.3f}</b></p>" if "gold_score_sft" in metrics
-                else "")
+    label = "Gold-judge" if judge_name == "gold" else f"{(judge_name or '').capitalize()}-judge"
+    headline = (f"<p>{label} score on held-out prompts: SFT <b>{metrics[f'{judge_name}_score_sft']:.3f}</b> "
+                f"&rarr; {esc(stage.upper())} <b>{metrics[f'{judge_name}_score_final']:.3f}</b>; win rate "
+                f"{metrics['win_rate']:.2f}. Judge: {esc(judge)}.</p>" if judge_name
+                else "<p>No judge: the gold judge does not apply to these prompts and no reward model was given."
+                     "</p>")
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kuberlhf report: rlhf-{esc(stage)}</title>"
         f"<style>{_STYLE}</style></head><body><h1>kuberlhf report: SFT &rarr; {esc(stage.upper())}</h1>{headline}"
         f"<h2>Metrics</h2><table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
         f"<h2>Plots</h2>{images}"
         f"<h2>Sample generations</h2><p>Held-out prompts from <code>{esc(prompts)}</code>, same sampling seed"
-        f"{'; gold-judge score in brackets' if gold else ''}.</p>"
+        f"{f'; {label.lower()} score in brackets' if scored else ''}.</p>"
         f"<table><tr><th>prompt</th><th>SFT policy</th><th>{esc(stage.upper())} policy</th></tr>{sample_rows}</table>"
         "</body></html>\n"
     )
