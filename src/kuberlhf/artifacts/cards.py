@@ -19,6 +19,28 @@ log = logging.getLogger(__name__)
 TRAIN_LOG = "train_log.jsonl"
 
 
+LOGS = "logs"
+
+
+def tracker_dirs(work_dir: Path) -> dict[str, Path]:
+    """Where a run's trackers write on this machine: TensorBoard events and W&B's (offline) runs."""
+    return {"tensorboard": work_dir / LOGS / "tensorboard", "wandb": work_dir / "wandb"}
+
+
+def collect_logs(work_dir: Path, staging: Path) -> list[str]:
+    """Copy the trackers' logs of this run into the staged artifact's ``logs/``: they are published with it
+    (an ``s3://`` run and a pipeline step keep them). Returns what was copied."""
+    copied = []
+    for name, source in tracker_dirs(work_dir).items():
+        runs = [source] if name == "tensorboard" else sorted(source.glob("offline-run-*")) + sorted(
+            source.glob("run-*"))
+        for run in (r for r in runs if r.is_dir() and any(p.is_file() for p in r.rglob("*"))):
+            target = staging / LOGS / name / (run.name if name == "wandb" else "")
+            shutil.copytree(run, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lock", "*.sock"))
+            copied.append(f"{LOGS}/{name}/{run.name if name == 'wandb' else ''}".rstrip("/"))
+    return copied
+
+
 def write_train_log(staging: Path, history: list[dict]) -> None:
     """One JSON record per logged step (``train_log.jsonl``): the curves of the evaluation report."""
     staging.mkdir(parents=True, exist_ok=True)

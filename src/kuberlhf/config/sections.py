@@ -103,8 +103,16 @@ class LoopConfig:
     save_total_limit: int = option(2, "checkpoints kept (older ones are deleted, locally and in object storage)")
     use_cpu: bool = option(False, "train on CPU even when a GPU is present")
     deepspeed: str | None = option(None, "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json); needs torchrun")
+    report_to: list[str] = option(
+        ["none"], "trackers: none, wandb (offline without WANDB_API_KEY), tensorboard; their logs are published "
+        "inside the artifact under logs/"
+    )
+    run_name: str | None = option(None, "run name shown by the trackers")
+    disable_tqdm: bool = option(False, "hide progress bars")
 
     def __post_init__(self) -> None:
+        for target in self.report_to:
+            require(target in REPORT_TARGETS, "training.report_to", f"unknown tracker {target!r}; use {REPORT_TARGETS}")
         require(self.max_steps != 0, "training.max_steps", "must be positive or -1")
         require(self.learning_rate > 0, "training.learning_rate", f"must be positive, got {self.learning_rate}")
         require(self.save_steps > 0, "training.save_steps", "must be positive")
@@ -127,9 +135,6 @@ class TrainingConfig(LoopConfig):
         "auto", "mixed precision; auto = bf16 on a GPU that supports it, else fp32"
     )
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
-    report_to: list[str] = option(["none"], "trackers: none, wandb (offline without WANDB_API_KEY), tensorboard")
-    run_name: str | None = option(None, "run name shown by the trackers")
-    disable_tqdm: bool = option(False, "hide progress bars")
     dataloader_num_workers: int = option(0, "data loader worker processes")
     extra: dict[str, Any] = option(
         {}, "any other key of the stage's TRL config, given as training.<key> (training.optim=adafactor, "
@@ -140,8 +145,6 @@ class TrainingConfig(LoopConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for target in self.report_to:
-            require(target in REPORT_TARGETS, "training.report_to", f"unknown tracker {target!r}; use {REPORT_TARGETS}")
 
 
 @dataclass

@@ -27,6 +27,16 @@ from kuberlhf.errors import ConfigError
 from kuberlhf.models import generation as rl
 
 
+def _trackers(training: Any) -> dict:
+    """accelerate's tracker arguments from ``training.report_to``: TensorBoard into the run's logs folder."""
+    import os
+
+    targets = [t for t in training.report_to if t != "none"]
+    if not targets:
+        return {}
+    return {"log_with": targets, "project_dir": os.environ.get("TENSORBOARD_LOGGING_DIR") or None}
+
+
 def make_accelerator(training: Any, micro_batch: int) -> Any:
     """The run's Accelerator: DeepSpeed when ``training.deepspeed`` names a config, else DDP/one process.
 
@@ -37,7 +47,7 @@ def make_accelerator(training: Any, micro_batch: int) -> Any:
     from accelerate import Accelerator
 
     if not training.deepspeed:
-        return Accelerator(cpu=training.use_cpu or not torch.cuda.is_available())
+        return Accelerator(cpu=training.use_cpu or not torch.cuda.is_available(), **_trackers(training))
     import os
 
     from accelerate import DeepSpeedPlugin
@@ -54,7 +64,7 @@ def make_accelerator(training: Any, micro_batch: int) -> Any:
 
     plugin = DeepSpeedPlugin(hf_ds_config=ds_config, zero3_init_flag=False)
     handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-    acc = Accelerator(cpu=False, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+    acc = Accelerator(cpu=False, deepspeed_plugin=plugin, kwargs_handlers=handlers, **_trackers(training))
     # The plugin registered its config with transformers, which would then shard every model
     # loaded from here on under ZeRO-3; the frozen reference and reward model must load whole.
     # ZeRO-3 shards the policy and value model when the engine is built.

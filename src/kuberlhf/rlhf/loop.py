@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from kuberlhf.artifacts import checkpoints, rundir
+from kuberlhf.config import flatten, to_dict
 from kuberlhf.distributed import all_gather
 from kuberlhf.errors import ConfigError, KuberlhfError
 from kuberlhf.models import generation
@@ -251,6 +253,11 @@ class PpoLoop:
         started, gen_time, train_time, samples = time.perf_counter(), 0.0, 0.0, 0
         if self.resume:
             log.info("resuming from %s at step %d", self.resume, self.step)
+        trackers = [r for r in t.report_to if r != "none"]
+        if trackers:
+            acc.init_trackers(t.run_name or "kuberlhf-ppo", config=flatten(to_dict(self.cfg)))
+        progress = tqdm(total=t.max_steps, initial=self.step, desc="ppo",
+                        disable=t.disable_tqdm or not acc.is_main_process)
         while self.step < t.max_steps:
             t0 = time.perf_counter()
             sampled = self.rollout(self._batch_prompts(self.step))
@@ -282,6 +289,10 @@ class PpoLoop:
                 **stats,
             }
             self.history.append(record)
+            progress.update(1)
+            progress.set_postfix(reward=f"{record['reward']:.3g}", kl=f"{seq_kl:.3g}")
+            if trackers:
+                acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=self.step)
             if self.step % self.cfg.training.logging_steps == 0 or self.step == 1:
                 log.info("ppo %s", " ".join(f"{k}={v:.4g}" for k, v in record.items()))
             if seq_kl > a.max_kl:
@@ -291,6 +302,9 @@ class PpoLoop:
                 self.save_checkpoint()
             if stopped:
                 break
+        progress.close()
+        if trackers:
+            acc.end_training()
         elapsed = time.perf_counter() - started
         self.final = self.learner.final_policy()  # gathered from the shards under ZeRO-3 (all processes)
         metrics = self._final_metrics(gen_time, train_time, samples, elapsed)
@@ -379,3 +393,4 @@ class PpoLoop:
             if rng["cuda"]:
                 torch.cuda.set_rng_state_all(rng["cuda"])
             self.generator.set_state(rng["generator"])
+

@@ -129,9 +129,11 @@ def run(cfg: PpoConfig) -> dict:
     from kuberlhf.distributed import is_world_main
     from kuberlhf.models.publish import save_policy
     from kuberlhf.rlhf.loop import PpoLoop
+    from kuberlhf.stages.trainer import tracking_env
 
     configure_from(cfg.storage)
     run_dir = rundir.prepare_run(cfg.output_dir, "ppo", cfg.overwrite, is_main=is_world_main())
+    tracking_env(cfg.training, str(run_dir.work_dir))
     loop = PpoLoop(cfg, run_dir)
     metrics = loop.train()
     if loop.accelerator.is_main_process:
@@ -139,6 +141,7 @@ def run(cfg: PpoConfig) -> dict:
         lora = cfg.finetune == "lora"
         save_policy(loop.final, loop.tokenizer, staging, lora=lora, merge=lora and cfg.lora.merge)
         cards.write_train_log(staging, loop.history)
+        cards.collect_logs(run_dir.work_dir, staging)
         cards.publish(run_dir, staging, metrics, cards.model_card("ppo", cfg, metrics, cfg.policy.name_or_path))
     loop.accelerator.wait_for_everyone()
     return metrics

@@ -119,10 +119,16 @@ _SAME_NAMES = (
 
 
 def tracking_env(training: Any, work_dir: str) -> None:
-    """W&B without an API key runs offline, writing under the run's work dir (set once, at the start)."""
+    """The trackers write under the run's work dir, whence their logs are published with the artifact
+    (:func:`kuberlhf.artifacts.cards.collect_logs`); W&B without an API key runs offline. Set at the start."""
+    from pathlib import Path
+
+    from kuberlhf.artifacts.cards import tracker_dirs
+
     if "wandb" in training.report_to and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_DIR", work_dir)
+    os.environ["WANDB_DIR"] = str(Path(work_dir))
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(tracker_dirs(Path(work_dir))["tensorboard"])
 
 
 def checkpoint_callback(run: rundir.RunDir, keep: int) -> Any:
@@ -174,6 +180,7 @@ def run_trainer_stage(cfg: Any, stage: str, kind: str, hooks: TrainerHooks, *, m
         base = (lambda: loading.load_causal_lm(model_cfg, run.paths["policy"])) if merge_from_base else None
         save_policy(policy, run.tokenizer, staging, lora=lora, merge=lora and cfg.lora.merge, base=base,
                     saved=True)
+        cards.collect_logs(run_dir.work_dir, staging)
         card = cards.model_card(stage, cfg, metrics, model_cfg.name_or_path)
         cards.publish(run_dir, staging, metrics, card)
     return metrics
