@@ -47,3 +47,18 @@ def test_ppo_off_the_demo_reports_reward_model_scores_not_a_silent_gold_zero(tmp
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["judge"] == "reward" and "gold_score_after" not in metrics
     assert isinstance(metrics["reward_score_before"], float) and isinstance(metrics["reward_score_after"], float)
+
+
+def test_ppo_scores_held_out_prompts_during_training_without_moving_its_rng(tmp_path, trained):
+    """eval.every_steps=2: the judge's score at steps 2 and 4 (train_log.jsonl), and the training itself, its
+    samples drawn from the same RNG stream, logs the same rewards as a run without it."""
+    from helpers import run_cli
+
+    logs = {}
+    for name, extra in (("plain", []), ("watched", ["eval.every_steps=2", "eval.prompts=8"])):
+        out = tmp_path / name
+        assert run_cli(ppo_args(out, trained, "training.max_steps=4", *extra)) == 0
+        logs[name] = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [("eval_score" in h) for h in logs["watched"]] == [False, True, False, True]
+    assert all(0 <= h["eval_score"] <= 1 for h in logs["watched"] if "eval_score" in h)  # the gold judge's scale
+    assert [h["reward"] for h in logs["plain"]] == [h["reward"] for h in logs["watched"]]

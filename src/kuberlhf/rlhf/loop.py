@@ -19,6 +19,7 @@ from kuberlhf.errors import ConfigError, KuberlhfError
 from kuberlhf.models import generation
 from kuberlhf.models import loading as modeling
 from kuberlhf.rlhf import learner as learners
+from kuberlhf.rlhf import monitor
 from kuberlhf.rlhf import ppo_core as core
 from kuberlhf.rlhf import rollout as rl
 from kuberlhf.rlhf import value as values
@@ -58,6 +59,9 @@ class PpoLoop:
             )
             self.resume = rundir.latest_checkpoint(self.run_dir)  # downloaded on every node
         rundir.check_same_checkpoint(self.resume)
+        if self.zero and cfg.eval.every_steps and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise ConfigError("config key 'eval.every_steps': not under ZeRO-3 (sharded weights generate only "
+                              "together); use ZeRO-2 or score at the end only")
         if self.resume and Path(self.resume, "zero").is_dir() != self.zero:
             raise ConfigError(f"config key 'training.deepspeed': checkpoint {self.resume} was written "
                               f"{'with' if not self.zero else 'without'} DeepSpeed; resume it the same way")
@@ -107,6 +111,19 @@ class PpoLoop:
         if self.resume:
             self._load_state(Path(self.resume))
 
+    @property
+    def judge(self) -> Any:
+        r = self.cfg.rollout
+        return monitor.pick_judge(self.cfg.gold_eval, self.eval_prompts, self.reward_model, self.reward_tokenizer,
+                                  r.reward_max_length)
+
+    def _score_now(self) -> float:
+        """The judge's score of the current policy on the first ``eval.prompts`` held-out prompts (every process
+        generates; ZeRO-3 is refused at set-up), the same prompts and seed each time."""
+        prompts = self.eval_prompts[: self.cfg.eval.prompts]
+        return monitor.judge_score(self.learner.policy, self.tokenizer, prompts, self.judge,
+                                   max_new_tokens=self.cfg.rollout.max_new_tokens, seed=self.cfg.training.seed)
+
     def _load_prompts(self) -> tuple[list[str], list[str]]:
         from kuberlhf.data import load_data
 
@@ -126,18 +143,9 @@ class PpoLoop:
         return get_peft_model(base, modeling.peft_config(self.cfg.lora, "CAUSAL_LM"))
 
     def _value_model(self, policy_path: str, reward_path: str) -> values.ValueModel:
-        shared = values.same_tokenizer(self.tokenizer, self.reward_tokenizer)
-        choice = self.cfg.value_init
-        if choice == "reward" and not shared:
-            raise ConfigError(
-                "config key 'value_init': 'reward' needs the reward model to share the policy's tokenizer; "
-                "use 'policy' or 'auto'"
-            )
-        use_reward = choice == "reward" or (choice == "auto" and shared)
-        dtype = modeling.torch_dtype(self.cfg.policy.dtype)
-        if use_reward:
-            return values.build_value_model(reward_path, dtype, getattr(self.reward_model, "score", None))
-        return values.build_value_model(policy_path, dtype)
+        return values.value_model_for(self.cfg.value_init, self.tokenizer, self.reward_tokenizer, policy_path,
+                                      reward_path, modeling.torch_dtype(self.cfg.policy.dtype),
+                                      getattr(self.reward_model, "score", None))
 
     # ------------------------------------------------------------------ rollout
 
@@ -288,6 +296,8 @@ class PpoLoop:
                 "samples_per_second": n / (t2 - t0),
                 **stats,
             }
+            if self.cfg.eval.every_steps and self.step % self.cfg.eval.every_steps == 0 and self.eval_prompts:
+                record["eval_score"] = self._score_now()
             self.history.append(record)
             progress.update(1)
             progress.set_postfix(reward=f"{record['reward']:.3g}", kl=f"{seq_kl:.3g}")
@@ -332,22 +342,13 @@ class PpoLoop:
             if total:
                 log.warning("%d %s during this run (see rollout.max_prompt_length, rollout.reward_max_length)",
                             int(total), key.replace("_", " "))
-        if self.accelerator.is_main_process and self.eval_prompts:
-            metrics.update(self.evaluate())
+        if self.accelerator.is_main_process and self.eval_prompts:  # the reference's and the final policy's
+            from kuberlhf.eval.heldout import compare_to_reference
+
+            metrics.update(compare_to_reference(
+                self.final, self.reference, self.tokenizer, self.eval_prompts, judge=self.judge,
+                max_new_tokens=self.cfg.rollout.max_new_tokens, seed=self.cfg.training.seed))
         return metrics
-
-    def evaluate(self) -> dict:
-        """Judge scores of the reference (SFT) and final policies and the final KL, on held-out prompts: the
-        gold judge on the demo task's prompts, else the reward model."""
-        from kuberlhf.eval.heldout import compare_to_reference
-        from kuberlhf.eval.judges import RewardModelJudge, get_judge
-
-        judge = get_judge("gold") if self.cfg.gold_eval else None
-        if judge is None or not judge.applies(self.eval_prompts):
-            judge = RewardModelJudge(self.reward_model, self.reward_tokenizer, self.cfg.rollout.reward_max_length)
-        return compare_to_reference(self.final, self.reference, self.tokenizer, self.eval_prompts,
-                                    max_new_tokens=self.cfg.rollout.max_new_tokens, seed=self.cfg.training.seed,
-                                    judge=judge)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -47,5 +47,20 @@ def build_value_model(path: str, dtype: Any, reward_head: nn.Module | None = Non
     return model.to(dtype)
 
 
+def value_model_for(choice: str, tokenizer: Any, reward_tokenizer: Any, policy_path: str, reward_path: str,
+                    dtype: Any, reward_head: nn.Module | None) -> ValueModel:
+    """PPO's value model by ``value_init``: on the reward model's backbone (needs the policy's tokenizer; its
+    head starts from the reward head), on the policy's, or ``auto`` (the reward model's where possible)."""
+    from kuberlhf.errors import ConfigError
+
+    shared = same_tokenizer(tokenizer, reward_tokenizer)
+    if choice == "reward" and not shared:
+        raise ConfigError("config key 'value_init': 'reward' needs the reward model to share the policy's tokenizer; "
+                          "use 'policy' or 'auto'")
+    if choice == "reward" or (choice == "auto" and shared):
+        return build_value_model(reward_path, dtype, reward_head)
+    return build_value_model(policy_path, dtype)
+
+
 def same_tokenizer(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()

@@ -96,6 +96,19 @@ class PpoTrainingConfig(LoopConfig):
 
 
 @dataclass
+class HeldOutConfig:
+    every_steps: int = option(
+        0, "score the policy on held-out prompts (data.eval) every N steps; 0 = only at the end. The judge's "
+        "score (eval_score in train_log.jsonl, plotted next to the reward) shows over-optimisation as it happens"
+    )
+    prompts: int = option(32, "held-out prompts of each such score (the first N of data.eval)")
+
+    def __post_init__(self) -> None:
+        require(self.every_steps >= 0, "eval.every_steps", "must be 0 (off) or positive")
+        require(self.prompts > 0, "eval.prompts", "must be positive")
+
+
+@dataclass
 class PpoConfig(StageConfig):
     policy: ModelConfig = option(ModelConfig(name_or_path="outputs/demo/sft"), "the SFT policy (also the reference)")
     reward_model: ModelConfig = option(ModelConfig(name_or_path="outputs/demo/reward"), "the trained reward model")
@@ -111,6 +124,7 @@ class PpoConfig(StageConfig):
     ppo: PpoAlgoConfig = option(PpoAlgoConfig, "the PPO objective")
     training: PpoTrainingConfig = option(PpoTrainingConfig, "optimisation and checkpointing")
     gold_eval: bool = option(True, "score SFT and final policies with the gold judge (the demo task's)")
+    eval: HeldOutConfig = option(HeldOutConfig, "held-out scores during training (the judge of the final ones)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
