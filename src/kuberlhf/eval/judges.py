@@ -9,10 +9,14 @@ prompts at all. Judges are found by name among the ``kuberlhf.judges`` entry poi
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from kuberlhf import plugins
 from kuberlhf.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class Judge(Protocol):
@@ -31,6 +35,18 @@ def get_judge(name: str) -> Judge:
         known = ", ".join(plugins.names("judges")) or "none installed"
         raise ConfigError(f"judge {name!r}: no such judge plug-in (known: {known})")
     return factory()
+
+
+def pick_judge(prompts: list[str], *, gold: bool, fallback: Callable[[], Judge] | None) -> Judge | None:
+    """The gold judge when asked for and it applies to ``prompts`` (the demo task's), else ``fallback()``
+    (a reward model), else None: never a gold score of prompts it cannot judge."""
+    if gold:
+        judge = get_judge("gold")
+        if judge.applies(prompts):
+            return judge
+        log.warning("the gold judge does not apply to these prompts (not the demo task's)%s",
+                    "; judging with the reward model" if fallback else "; no judge")
+    return fallback() if fallback else None
 
 
 class RewardModelJudge:

@@ -114,7 +114,7 @@ class PpoLoop:
     @property
     def judge(self) -> Any:
         r = self.cfg.rollout
-        return monitor.pick_judge(self.cfg.gold_eval, self.eval_prompts, self.reward_model, self.reward_tokenizer,
+        return monitor.run_judge(self.cfg.gold_eval, self.eval_prompts, self.reward_model, self.reward_tokenizer,
                                   r.reward_max_length)
 
     def _score_now(self) -> float:

@@ -11,16 +11,13 @@ from typing import Any
 
 import torch
 
-from kuberlhf.eval.judges import Judge, RewardModelJudge, get_judge
+from kuberlhf.eval.judges import Judge, RewardModelJudge, pick_judge
 from kuberlhf.models.generation import generate
 
 
-def pick_judge(gold: bool, prompts: list[str], reward_model: Any, reward_tokenizer: Any, max_length: int) -> Judge:
-    """The gold judge when asked for and it applies to ``prompts``, else the reward model as the judge."""
-    judge = get_judge("gold") if gold else None
-    if judge is None or not judge.applies(prompts):
-        judge = RewardModelJudge(reward_model, reward_tokenizer, max_length)
-    return judge
+def run_judge(gold: bool, prompts: list[str], reward_model: Any, reward_tokenizer: Any, max_length: int) -> Judge:
+    """The gold judge when asked for and it applies to ``prompts``, else the run's reward model as the judge."""
+    return pick_judge(prompts, gold=gold, fallback=lambda: RewardModelJudge(reward_model, reward_tokenizer, max_length))
 
 
 def judge_score(policy: Any, tokenizer: Any, prompts: list[str], judge: Judge, *, max_new_tokens: int,

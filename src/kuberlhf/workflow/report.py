@@ -101,32 +101,20 @@ def plot_gold(sft: float, final: float, stage: str, judge: str = "gold") -> str:
     return _png(fig)
 
 
-def pick_judge(prompts: list[str], *, gold: bool, reward_dir: str | None) -> Any:
-    """The judge of the report: the gold judge where it applies (the demo task's prompts), else the reward
-    model when there is one, else None (samples only)."""
-    from kuberlhf.eval.judges import RewardModelJudge, get_judge
-
-    if gold:
-        judge = get_judge("gold")
-        if judge.applies(prompts):
-            return judge
-        log.warning("the gold judge does not apply to these prompts (not the demo task's)%s",
-                    "; scoring with the reward model" if reward_dir else "; no judge")
-    return RewardModelJudge.load(reward_dir) if reward_dir else None
-
-
 def score_policies(sft_dir: str, policy_dir: str, prompts: str, *, gold: bool, samples: int, seed: int,
                    reward_dir: str | None = None) -> dict:
     """Judge scores and side-by-side samples of the SFT and final policies on the same ``prompts``.
 
-    The judge (:func:`pick_judge`) scores each policy's response to every prompt: the means
+    The judge (:func:`kuberlhf.eval.judges.pick_judge`: gold where it applies, else the reward model)
+    scores each policy's response to every prompt: the means
     (``<judge>_score_sft``, ``<judge>_score_final``), the final policy's win rate over SFT (share of
     prompts where its response scores higher; ties count half) and ``judge``, its description.
     """
     from kuberlhf.eval.heldout import judge_eval
+    from kuberlhf.eval.judges import RewardModelJudge, pick_judge
 
     texts = _first_prompts(prompts, None)
-    judge = pick_judge(texts, gold=gold, reward_dir=reward_dir)
+    judge = pick_judge(texts, gold=gold, fallback=(lambda: RewardModelJudge.load(reward_dir)) if reward_dir else None)
     if judge is None:
         texts = texts[:samples]
         sft, final = _generate(sft_dir, texts, seed), _generate(policy_dir, texts, seed)
