@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from helpers import run_cli, sft_args
+from helpers import cli_command, run, run_cli, sft_args
 from test_ppo import ppo_args
 
 
@@ -22,11 +22,13 @@ def test_sft_publishes_its_tensorboard_events(tmp_path):
 
 
 def test_ppo_reports_to_tensorboard_and_wandb_and_publishes_both(tmp_path, trained, monkeypatch):
+    """In a process of its own, as a stage runs: W&B keeps its first settings for the life of a process."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
     out = tmp_path / "ppo"
-    assert run_cli(ppo_args(out, trained, "training.report_to=[tensorboard,wandb]", "training.max_steps=2",
-                            "data.eval=null")) == 0
+    proc = run(cli_command(*ppo_args(out, trained, "training.report_to=[tensorboard,wandb]", "training.max_steps=2",
+                                     "data.eval=null")), WANDB_MODE="offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     paths = manifest_paths(out)
     assert any(p.startswith("logs/tensorboard/") and "tfevents" in p for p in paths), paths
     assert any(p.startswith("logs/wandb/offline-run-") and p.endswith(".wandb") for p in paths), paths

@@ -24,7 +24,8 @@ LOGS = "logs"
 
 def tracker_dirs(work_dir: Path) -> dict[str, Path]:
     """Where a run's trackers write on this machine: TensorBoard events and W&B's (offline) runs."""
-    return {"tensorboard": work_dir / LOGS / "tensorboard", "wandb": work_dir / "wandb"}
+    return {"tensorboard": work_dir / LOGS / "tensorboard",
+            "wandb": Path(os.environ.get("WANDB_DIR") or work_dir) / "wandb"}
 
 
 def collect_logs(work_dir: Path, staging: Path) -> list[str]:
@@ -32,8 +33,9 @@ def collect_logs(work_dir: Path, staging: Path) -> list[str]:
     (an ``s3://`` run and a pipeline step keep them). Returns what was copied."""
     copied = []
     for name, source in tracker_dirs(work_dir).items():
-        runs = [source] if name == "tensorboard" else sorted(source.glob("offline-run-*")) + sorted(
-            source.glob("run-*"))
+        # W&B: this run's, the newest (WANDB_DIR may hold the runs of other stages)
+        runs = [source] if name == "tensorboard" else sorted(
+            [*source.glob("offline-run-*"), *source.glob("run-*")], key=lambda p: p.stat().st_mtime)[-1:]
         for run in (r for r in runs if r.is_dir() and any(p.is_file() for p in r.rglob("*"))):
             target = staging / LOGS / name / (run.name if name == "wandb" else "")
             shutil.copytree(run, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lock", "*.sock"))

@@ -127,7 +127,7 @@ def tracking_env(training: Any, work_dir: str) -> None:
 
     if "wandb" in training.report_to and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ["WANDB_DIR"] = str(Path(work_dir))
+    os.environ.setdefault("WANDB_DIR", str(Path(work_dir)))  # a user's own WANDB_DIR stays
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(tracker_dirs(Path(work_dir))["tensorboard"])
 
 
