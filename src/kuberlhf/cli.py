@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from kuberlhf import __version__
 from kuberlhf.errors import KuberlhfError
-from kuberlhf.stages.registry import STAGES, done_line, get_stage, run_stage
+from kuberlhf.stages.registry import STAGES, configure_logging, done_line, get_stage, run_stage
 
 # verbs beyond the stages -> module with ``add_parser(verbs)`` and ``run(args) -> int`` (import-light)
 TOOLS = {
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         if args.verb == "evaluate":
             return _evaluate(args)

@@ -83,3 +83,13 @@ def all_gather(tensor):
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def resolve_precision(precision: str, use_cpu: bool = False) -> str:
+    """``training.precision`` made concrete: ``auto`` is bf16 on a GPU that supports it, else fp32."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    on_gpu = torch.cuda.is_available() and not use_cpu
+    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from helpers import REPO, run, run_cli, torchrun_command
 
 
@@ -45,8 +46,15 @@ def test_dpo_explicit_reference_and_lora(tmp_path, trained):
     assert code == 2 and "ref_model" in err
 
 
-def test_dpo_under_torchrun(tmp_path, trained):
-    out = tmp_path / "ddp"
-    proc = run(torchrun_command(2, *dpo_args(out, trained, "training.max_steps=2")), timeout=400)
+@pytest.mark.parametrize("zero", [None, "zero3"])
+def test_dpo_under_torchrun(tmp_path, trained, zero):
+    """Two processes (DDP, or ZeRO-3 whose sharded policy and reference are scored on held-out prompts as whole
+    copies on the main process)."""
+    out = tmp_path / (zero or "ddp")
+    extra = [f"training.deepspeed={REPO / f'configs/deepspeed/{zero}.json'}"] if zero else []
+    proc = run(torchrun_command(2, *dpo_args(out, trained, "training.max_steps=2", *extra)), timeout=400,
+               TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "metrics.json").read_text())["global_step"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 2
+    assert math.isfinite(metrics["gold_score_after"]) and math.isfinite(metrics["gold_score_before"])

@@ -1,4 +1,4 @@
-"""RLOO and GRPO (TRL) against the reward model: outputs, gold scores, KL, LoRA, torchrun."""
+"""RLOO and GRPO (TRL) against the reward model: outputs, gold scores, KL, LoRA, ZeRO-3 under torchrun."""
 
 from __future__ import annotations
 
@@ -46,11 +46,23 @@ def test_group_size_must_divide_the_batch(tmp_path, trained):
     assert code == 2 and "training.per_device_train_batch_size" in err
 
 
-def test_rloo_lora_and_torchrun(tmp_path, trained):
+def test_rloo_lora(tmp_path, trained):
     out = tmp_path / "lora"
     assert run_cli(online_args("rloo", out, trained, "finetune=lora", "lora.r=4", "training.max_steps=2")) == 0
     assert (out / "adapter/adapter_config.json").is_file() and not (out / "adapter_config.json").exists()
-    out = tmp_path / "ddp"
-    proc = run(torchrun_command(2, *online_args("grpo", out, trained, "training.max_steps=2")), timeout=400)
+
+
+
+def test_grpo_under_zero3_keeps_the_reward_model_and_the_held_out_scores_whole(tmp_path, trained):
+    """Two processes, ZeRO-3: the reward model is called outside the engine (loaded whole, on every process) and
+    the held-out scores run on the main process alone (a whole copy of the policy and reference, not shards)."""
+    pytest.importorskip("deepspeed", reason="deepspeed is installed by `make install`")
+    out = tmp_path / "zero3"
+    args = online_args("grpo", out, trained, "training.max_steps=2",
+                       f"training.deepspeed={REPO / 'configs/deepspeed/zero3.json'}")
+    proc = run(torchrun_command(2, *args), timeout=400, TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "metrics.json").read_text())["global_step"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and metrics["eval_prompts"] == 16
+    assert all(math.isfinite(metrics[k]) for k in ("gold_score_before", "gold_score_after", "kl", "reward"))
+    assert len(metrics["samples"]) == 5 and any(s["after"].strip() for s in metrics["samples"])

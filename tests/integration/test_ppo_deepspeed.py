@@ -36,6 +36,8 @@ def test_deepspeed_auto_values_are_filled_from_the_ppo_config(tmp_path):
     assert cfg["gradient_accumulation_steps"] == 1 and cfg["gradient_clipping"] == 0.5
     assert cfg["bf16"]["enabled"] is False and cfg["fp16"]["enabled"] is False
     assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    bf16 = deepspeed_config(str(REPO / "configs/deepspeed/zero3.json"), 4, 2, 0.5, precision="bf16")
+    assert bf16["bf16"]["enabled"] is True and bf16["fp16"]["enabled"] is False  # "auto" follows training.precision
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,52 @@ def test_with_dropout_in_the_policy_the_first_minibatch_ratio_is_one(tmp_path, t
     assert any(abs(c["ratio_mean"] - 1) > 1e-4 for c in calls), "the updates changed nothing"
 
 
+def first_minibatch_stats(monkeypatch) -> list[dict]:
+    from kuberlhf.rlhf import ppo_core
+
+    calls: list[dict] = []
+    spy(monkeypatch, ppo_core, "policy_loss", lambda out, *a, **k: calls.append({n: float(v) for n, v in out[1].items()}))
+    return calls
+
+
+def test_gradient_checkpointing_recomputes_in_train_mode_with_dropout_off(tmp_path, trained, monkeypatch):
+    """Checkpointing runs only in train mode; dropout is zeroed, so the first mini-batch still has ratio 1."""
+    import transformers.modeling_utils as hf_modeling
+
+    calls = first_minibatch_stats(monkeypatch)
+    recomputed: list[int] = []
+    spy(monkeypatch, hf_modeling, "checkpoint", lambda out, *a, **k: recomputed.append(1))
+    args = ppo_args(tmp_path / "ppo-gc", trained, "policy.name_or_path=demo://tiny-opt", "value_init=policy",
+                    "training.max_steps=2", "ppo.num_ppo_epochs=1", "ppo.num_mini_batches=2",
+                    "training.learning_rate=1e-3", "training.gradient_checkpointing=true")
+    assert run_cli(args) == 0
+    assert recomputed, "no layer was checkpointed"
+    for step in range(2):
+        assert calls[step * 2]["ratio_mean"] == pytest.approx(1.0, abs=1e-6), (step, calls[step * 2])
+
+
+def test_bf16_precision_scores_and_updates_under_the_same_autocast(tmp_path, trained, monkeypatch):
+    """training.precision=bf16 (CPU autocast here): the policy, the reference and the updates all run in bf16, so
+    at step 1 (reference = policy) the KL is 0 and the first mini-batch's ratio 1; a reference scored in fp32
+    beside a bf16 policy would show a KL of ~1e-2 before any update."""
+    import accelerate
+
+    from kuberlhf.rlhf.loop import PpoLoop
+
+    calls = first_minibatch_stats(monkeypatch)
+    precisions: list[str] = []
+    spy(monkeypatch, accelerate.Accelerator, "__init__", lambda out, self, *a, **k: precisions.append(self.mixed_precision))
+    batches: list = []
+    spy(monkeypatch, PpoLoop, "score", lambda batch, self, samples: batches.append(batch))
+    args = ppo_args(tmp_path / "ppo-bf16", trained, "training.max_steps=2", "ppo.num_ppo_epochs=1",
+                    "ppo.num_mini_batches=2", "training.precision=bf16")
+    assert run_cli(args) == 0
+    assert precisions == ["bf16"]
+    assert batches[0].kl.abs().max().item() < 1e-6
+    for step in range(2):
+        assert calls[step * 2]["ratio_mean"] == pytest.approx(1.0, abs=1e-6), (step, calls[step * 2])
+
+
 def test_a_tempered_run_scores_what_it_sampled(tmp_path, trained, monkeypatch):
     """With rollout.temperature=0.5 the old log-probs are of softmax(logits / 0.5), the sampling distribution."""
     from transformers import AutoModelForCausalLM

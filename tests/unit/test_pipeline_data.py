@@ -154,7 +154,7 @@ def test_data_overrides_come_after_the_users_and_object_store_roots_become_s3(tm
     assert ran[0] == ["training.disable_tqdm=true", "data.train=elsewhere", "data.format=jsonl",
                       "data.train=/runs/data/dataset/train.jsonl", "data.eval=/runs/data/dataset/eval.jsonl",
                       f"output_dir={tmp_path / 'm'}"]
-    assert steps.stage_overrides("ppo", [], {}, "/o") == ["output_dir=/o"]  # no data step: the config's data
+    assert steps.stage_overrides("ppo", [], {}, "/o") == ["training.disable_tqdm=true", "output_dir=/o"]  # no data step: the config's data
 
     launched = []
 

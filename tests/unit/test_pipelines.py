@@ -311,7 +311,7 @@ def test_stage_overrides_wire_inputs_and_output_last():
 
     args = stage_overrides("ppo", ["training.max_steps=5", "output_dir=/elsewhere"],
                            {"policy": "/a/sft", "reward_model": "/a/rm"}, "/a/ppo")
-    assert args == ["training.max_steps=5", "output_dir=/elsewhere", "policy.name_or_path=/a/sft",
+    assert args == ["training.disable_tqdm=true", "training.max_steps=5", "output_dir=/elsewhere", "policy.name_or_path=/a/sft",
                     "reward_model.name_or_path=/a/rm", "output_dir=/a/ppo"]
     assert stage_overrides("sft", [], {}, "/o")[0] == "training.disable_tqdm=true"
     with pytest.raises(ConfigError, match="unknown input"):
@@ -361,7 +361,7 @@ def test_pytorchjob_mode_launches_the_stage_once_and_reports_its_metrics(tmp_pat
     assert metrics["kl"] == 1.25
     ((stage, config, overrides, run_id, task, cluster, backend),) = launched
     assert (stage, run_id, task, cluster, backend) == ("ppo", "run-1", "ppo", None, "pytorchjob")
-    assert overrides == ["ppo.kl_coef=0.1", "policy.name_or_path=s3://mlpipeline/run/merge/merged",
+    assert overrides == ["training.disable_tqdm=true", "ppo.kl_coef=0.1", "policy.name_or_path=s3://mlpipeline/run/merge/merged",
                          "reward_model.name_or_path=s3://b/reward", f"output_dir={out}"]
     assert (tmp_path / "job.yaml").read_text() == "kind: PyTorchJob\n"
     assert (tmp_path / "local-model").is_dir()  # KFP uploads this folder after the step: it must exist

@@ -109,6 +109,10 @@ class LoopConfig:
     )
     run_name: str | None = option(None, "run name shown by the trackers")
     disable_tqdm: bool = option(False, "hide progress bars")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = option(
+        "auto", "mixed precision; auto = bf16 on a GPU that supports it, else fp32"
+    )
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
 
     def __post_init__(self) -> None:
         for target in self.report_to:
@@ -131,10 +135,6 @@ class TrainingConfig(LoopConfig):
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
     weight_decay: float = option(0.0, "AdamW weight decay")
     eval_steps: int | None = option(None, "evaluate every N steps during training; None = only at the end")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = option(
-        "auto", "mixed precision; auto = bf16 on a GPU that supports it, else fp32"
-    )
-    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
     dataloader_num_workers: int = option(0, "data loader worker processes")
     extra: dict[str, Any] = option(
         {}, "any other key of the stage's TRL config, given as training.<key> (training.optim=adafactor, "

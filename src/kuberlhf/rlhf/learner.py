@@ -45,9 +45,17 @@ def make_accelerator(training: Any, micro_batch: int) -> Any:
     it is alone).
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    from kuberlhf.distributed import resolve_precision
+
+    precision = resolve_precision(training.precision, training.use_cpu)
+    # accelerate keeps one state per process; a run's own settings (precision, DeepSpeed) replace an earlier
+    # run's in the same process, the process group staying (as transformers' TrainingArguments does)
+    AcceleratorState._reset_state()
     if not training.deepspeed:
-        return Accelerator(cpu=training.use_cpu or not torch.cuda.is_available(), **_trackers(training))
+        return Accelerator(cpu=training.use_cpu or not torch.cuda.is_available(),
+                           mixed_precision={"fp32": "no"}.get(precision, precision), **_trackers(training))
     import os
 
     from accelerate import DeepSpeedPlugin
@@ -59,7 +67,7 @@ def make_accelerator(training: Any, micro_batch: int) -> Any:
     if training.use_cpu and torch.cuda.is_available():
         raise ConfigError("config key 'training.use_cpu': DeepSpeed runs on the GPUs present; unset training.deepspeed")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    ds_config = deepspeed_config(training.deepspeed, micro_batch, world, training.max_grad_norm)
+    ds_config = deepspeed_config(training.deepspeed, micro_batch, world, training.max_grad_norm, precision)
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     plugin = DeepSpeedPlugin(hf_ds_config=ds_config, zero3_init_flag=False)
@@ -72,12 +80,13 @@ def make_accelerator(training: Any, micro_batch: int) -> Any:
     return acc
 
 
-def deepspeed_config(path: str, micro_batch: int, world: int, max_grad_norm: float) -> dict:
+def deepspeed_config(path: str, micro_batch: int, world: int, max_grad_norm: float,
+                     precision: str = "fp32") -> dict:
     """The DeepSpeed JSON at ``path`` with its "auto" values filled from the PPO config.
 
     One optimizer step per PPO mini-batch: micro-batch = rollout.batch_size / ppo.num_mini_batches
-    per process, no gradient accumulation. Mixed precision left "auto" is off (the models
-    keep ``policy.dtype``). Under ZeRO-3 the 16-bit weights are gathered on save (the artifact).
+    per process, no gradient accumulation. Mixed precision left "auto" follows ``training.precision``
+    (made concrete: bf16, fp16 or fp32). Under ZeRO-3 the 16-bit weights are gathered on save (the artifact).
     """
     key = "training.deepspeed"
     try:
@@ -97,9 +106,9 @@ def deepspeed_config(path: str, micro_batch: int, world: int, max_grad_norm: flo
                 f"{name} in {path} is {given!r}; PPO needs 'auto' or {value} (rollout.batch_size / "
                 "ppo.num_mini_batches per process, one optimizer step per mini-batch)")
         cfg[name] = value
-    for precision in ("bf16", "fp16"):
-        if cfg.get(precision, {}).get("enabled") == "auto":
-            cfg[precision]["enabled"] = False
+    for kind in ("bf16", "fp16"):
+        if cfg.get(kind, {}).get("enabled") == "auto":
+            cfg[kind]["enabled"] = precision == kind
     zero = cfg.setdefault("zero_optimization", {})
     if zero.get("stage") == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
@@ -117,6 +126,33 @@ class ActorCritic(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         return logits, self.value(input_ids, attention_mask)
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Zero every dropout of ``model``: its ``nn.Dropout`` modules (LoRA's included) and the float rates that
+    modules apply functionally (OPT's ``self.dropout``, attention's ``attention_dropout``). PPO then computes
+    the same function in train mode as in eval mode, which gradient checkpointing (train mode only) needs."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    return model
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation (gradient) checkpointing on a Hugging Face model: the policy, a LoRA-wrapped one (PEFT
+    forwards the call to its base model) or a value model's backbone."""
+    target = model.backbone if hasattr(model, "backbone") else model
+    enable = getattr(target, "activation_checkpointing_enable", None)  # transformers >= 5.2x; the old name warns
+    try:
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    except ValueError as err:  # "X does not support activation checkpointing"
+        raise ConfigError(f"config key 'training.gradient_checkpointing': {err}") from None
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -147,10 +183,11 @@ class SeparateLearner:
     def value(self) -> Any:
         return self.acc.unwrap_model(self.value_model)
 
-    def eval(self) -> None:
-        """Dropout off in both models, updates included: old and new log-probs come from the same network."""
-        self.policy_model.eval()
-        self.value_model.eval()
+    def update_mode(self, checkpointing: bool) -> None:
+        """Eval mode for the updates too, so old and new log-probs come from one network; train mode only for
+        gradient checkpointing (which runs only there), where :func:`disable_dropout` keeps the network the same."""
+        self.policy_model.train(checkpointing)
+        self.value_model.train(checkpointing)
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor, start: int):
         """(log-probs at the sampling temperature, entropies, values) of the response tokens, with gradients."""
@@ -223,9 +260,9 @@ class ZeroLearner:
     def value(self) -> Any:
         return self.engine.module.value
 
-    def eval(self) -> None:
-        """Dropout off in both models, updates included (see :meth:`SeparateLearner.eval`)."""
-        self.engine.eval()
+    def update_mode(self, checkpointing: bool) -> None:
+        """See :meth:`SeparateLearner.update_mode`."""
+        self.engine.train(checkpointing)
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor, start: int):
         logits, values = self.engine(input_ids=ids, attention_mask=attn, position_ids=rl.position_ids(attn))

@@ -83,12 +83,15 @@ class PpoLoop:
         if cfg.finetune == "full":
             self.reference = modeling.load_causal_lm(cfg.policy, policy_path).to(self.device).eval()
             self.reference.requires_grad_(False)
-        policy = self._policy(policy_path, resume_weights)
-        value = self._value_model(policy_path, reward_path)
+        policy = learners.disable_dropout(self._policy(policy_path, resume_weights))
+        value = learners.disable_dropout(self._value_model(policy_path, reward_path))
         if resume_weights:
             from safetensors.torch import load_file
 
             value.load_state_dict(load_file(f"{resume_weights}/value.safetensors"))
+        if t.gradient_checkpointing:
+            learners.enable_checkpointing(policy)
+            learners.enable_checkpointing(value)
         if self.zero:
             self.learner: Any = learners.ZeroLearner(acc, policy, value, t, lambda: self._policy(policy_path, None),
                                                      temperature=cfg.rollout.temperature)
@@ -221,7 +224,8 @@ class PpoLoop:
     def update(self, batch: rl.RolloutBatch) -> dict:
         a, samples = self.cfg.ppo, batch.samples
         lr = self.learner.learning_rate()  # the policy's, for this step
-        self.learner.eval()  # no dropout anywhere in PPO (as in TRL): ratio 1 at the first mini-batch
+        # no dropout anywhere in PPO (as in TRL): ratio 1 at the first mini-batch
+        self.learner.update_mode(self.cfg.training.gradient_checkpointing)
         size = batch.size
         mb = size // a.num_mini_batches
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "entropy")}
@@ -268,10 +272,12 @@ class PpoLoop:
                         disable=t.disable_tqdm or not acc.is_main_process)
         while self.step < t.max_steps:
             t0 = time.perf_counter()
-            sampled = self.rollout(self._batch_prompts(self.step))
+            with acc.autocast():  # training.precision; the prepared models' updates run under the same
+                sampled = self.rollout(self._batch_prompts(self.step))
             t1 = time.perf_counter()
             try:
-                batch = self.score(sampled)
+                with acc.autocast():
+                    batch = self.score(sampled)
                 stats = self.update(batch)
             except core.NonFiniteError as err:
                 last = rundir.latest_checkpoint(self.run_dir) if acc.is_main_process else None

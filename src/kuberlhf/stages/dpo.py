@@ -93,9 +93,16 @@ class DpoHooks:
             return {}
         from kuberlhf.data import load_examples
         from kuberlhf.eval.heldout import compare_to_reference
+        from kuberlhf.models import loading
+        from kuberlhf.stages.trainer import whole_policy
 
         prompts, _ = load_examples(cfg.gold_prompts, "prompt", template_kwargs=cfg.data.template_kwargs)
+        whole = whole_policy(cfg, run, policy)
         reference = trainer.ref_model
+        if reference is not None and whole is not policy:  # ZeRO-3: the reference is sharded too
+            with loading.whole_under_zero3():
+                reference = loading.load_causal_lm(cfg.model, run.paths.get("reference", run.paths["policy"]))
+        policy = whole
         if reference is not None:
             reference = reference.to(next(policy.parameters()).device)
         return compare_to_reference(policy, reference, run.tokenizer, list(prompts["prompt"]),

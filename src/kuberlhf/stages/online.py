@@ -127,9 +127,13 @@ class OnlineHooks:
             return {}
         from kuberlhf.eval.heldout import compare_to_reference
         from kuberlhf.models import loading
+        from kuberlhf.stages.trainer import whole_policy
 
-        lora = cfg.finetune == "lora"
-        reference = None if lora else loading.load_causal_lm(cfg.policy, run.paths["policy"]).to(policy.device)
+        policy = whole_policy(cfg, run, policy)
+        reference = None
+        if cfg.finetune != "lora":
+            with loading.whole_under_zero3():  # main process only: never partitioned
+                reference = loading.load_causal_lm(cfg.policy, run.paths["policy"]).to(policy.device)
         return compare_to_reference(policy, reference, run.tokenizer, list(run.eval["prompt"]),
                                     max_new_tokens=cfg.max_completion_length, seed=cfg.training.seed,
                                     judge="gold" if cfg.gold_eval else None)

@@ -38,7 +38,7 @@ class Stage:
     image: str  # folder under images/ (kuberlhf.images names the reference)
     data_kind: str | None  # kind of examples of its training data (kuberlhf.data.KINDS)
     inputs: dict[str, str] = field(default_factory=dict)  # component input model -> config key it sets
-    trainer: bool = True  # a Hugging Face Trainer stage (TRL), with its progress bars
+    progress_bars: bool = True  # its training loop shows progress bars (quieted in a pipeline step's log)
     deepspeed: bool = True  # runs under DeepSpeed ZeRO (training.deepspeed)
     report: tuple[str, list[Panel]] | None = None  # plot of its train_log.jsonl in the pipeline report
     help: str = ""  # the CLI's one-line help; "" = the first line of its module's docstring
@@ -72,7 +72,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("reward", "kuberlhf.stages.reward", "RewardConfig", image="reward", data_kind="preference",
           report=("Reward model: pairwise accuracy", [("pairwise accuracy", [("accuracy", "training batches")])])),
     Stage("ppo", "kuberlhf.stages.ppo", "PpoConfig", image="ppo", data_kind="prompt", inputs=_POLICY,
-          trainer=False,
           report=("PPO: reward and KL to the SFT policy",
                   [("reward-model score", [("reward", "rollouts")]), ("KL per sequence", [("kl", "rollouts")]),
                    ("judge score (held-out)", [("eval_score", "eval.every_steps")])])),
@@ -113,6 +112,16 @@ def load_stage_config(stage: str, config: str | None, overrides: list[str]) -> A
 def run_stage(stage: str, config: str | None, overrides: list[str]) -> dict:
     """Load the stage's config and run it; returns its metrics."""
     return get_stage(stage).run(load_stage_config(stage, config, overrides))
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """The log format of a stage's process, run from the CLI or inside a pipeline step."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 def done_line(stage: str, metrics: dict) -> str:

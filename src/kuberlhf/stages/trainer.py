@@ -88,10 +88,10 @@ def trainer_kwargs(training: Any, work_dir: str) -> dict:
     """Keyword arguments of transformers' TrainingArguments (and TRL's configs) for a ``training`` section."""
     import torch
 
+    from kuberlhf.distributed import resolve_precision
+
     on_gpu = torch.cuda.is_available() and not training.use_cpu
-    precision = training.precision
-    if precision == "auto":
-        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+    precision = resolve_precision(training.precision, training.use_cpu)
     kwargs = {name: getattr(training, name) for name in _SAME_NAMES}
     # training.<key> pass-throughs of the TRL config win over what the section's own keys imply (bf16)
     kwargs.update(
@@ -105,6 +105,11 @@ def trainer_kwargs(training: Any, work_dir: str) -> dict:
         ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         save_only_model=False,
     )
+    from transformers import TrainingArguments
+
+    # transformers 5.2x renamed it (the old name warns until v6)
+    renamed = "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    kwargs["activation_checkpointing" if renamed else "gradient_checkpointing"] = training.gradient_checkpointing
     kwargs.update(training.extra)
     return kwargs
 
@@ -114,7 +119,7 @@ _SAME_NAMES = (
     "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
     "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay",
     "max_grad_norm", "seed", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
-    "gradient_checkpointing", "deepspeed", "run_name", "disable_tqdm", "dataloader_num_workers",
+    "deepspeed", "run_name", "disable_tqdm", "dataloader_num_workers",
 )
 
 
@@ -184,6 +189,26 @@ def run_trainer_stage(cfg: Any, stage: str, kind: str, hooks: TrainerHooks, *, m
         card = cards.model_card(stage, cfg, metrics, model_cfg.name_or_path)
         cards.publish(run_dir, staging, metrics, card)
     return metrics
+
+
+def whole_policy(cfg: Any, run: StageRun, policy: Any) -> Any:
+    """The trained policy for the held-out scores on the main process: ``policy`` itself, or under ZeRO-3
+    (whose parameters are shards, and generate only together) a whole copy loaded from what the Trainer's
+    save gathered into the staged artifact: the model, or the base with the adapter."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from kuberlhf.models import loading
+    from kuberlhf.models.publish import ADAPTER
+
+    if not is_deepspeed_zero3_enabled():
+        return policy
+    model_cfg, staging = _trained_model_config(cfg), run.run_dir.staging
+    with loading.whole_under_zero3():
+        if cfg.finetune == "full":
+            return loading.load_causal_lm(model_cfg, str(staging))
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(loading.load_causal_lm(model_cfg, run.paths["policy"]), staging / ADAPTER)
 
 
 def _trained_model_config(cfg: Any) -> Any:

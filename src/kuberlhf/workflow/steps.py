@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kuberlhf.errors import ConfigError, KuberlhfError
-from kuberlhf.stages.registry import STAGES, stage_argv
+from kuberlhf.stages.registry import LOG_FORMAT, STAGES, configure_logging, stage_argv
 from kuberlhf.workflow.configs import CONFIG_DIR, resolve_config
 from kuberlhf.workflow.data import data_overrides, dataset_has_eval
 
@@ -69,8 +69,8 @@ def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, s
         if "=" not in item:
             raise ConfigError(f"{stage} override {item!r}: expected key=value")
     wired = [f"{known[name]}={uri}" for name, uri in inputs.items()]
-    # Trainer stages have progress bars, which only clutter a step's log
-    quiet = ["training.disable_tqdm=true"] if STAGES[stage].trainer else []
+    # progress bars only clutter a step's log
+    quiet = ["training.disable_tqdm=true"] if STAGES[stage].progress_bars else []
     return [*quiet, *(overrides or []), *(data or []), *wired, f"output_dir={output_dir}"]
 
 
@@ -106,7 +106,7 @@ def _run_here(stage: str, config: str, overrides: list[str]) -> int:
     from kuberlhf.distributed import is_world_main
     from kuberlhf.stages.registry import done_line, run_stage
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         metrics = run_stage(stage, config, overrides)
     except KuberlhfError as err:
@@ -122,7 +122,7 @@ def _file_handler(path: str | None) -> logging.Handler | None:
         return None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
     return handler
 
