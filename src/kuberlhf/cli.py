@@ -19,6 +19,7 @@ from kuberlhf.stages.registry import STAGES, configure_logging, done_line, get_s
 # verbs beyond the stages -> module with ``add_parser(verbs)`` and ``run(args) -> int`` (import-light)
 TOOLS = {
     "launch": "kuberlhf.k8s.cli",
+    "feedback": "kuberlhf.feedback.cli",
     "pipeline": "kuberlhf.workflow.cli",
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,12 +94,17 @@ def latest_checkpoint(run: RunDir) -> str | None:
     A checkpoint without a manifest, or whose files do not match it, was cut off mid-save
     and is passed over.
     """
+    return next(sealed_checkpoints(run), None)
+
+
+def sealed_checkpoints(run: RunDir) -> Iterator[str]:
+    """Local paths of the complete checkpoints, newest first, each downloaded (when remote) as it is reached."""
     if run.remote:
         for _, name in _by_step(storage.list_subdirs(run.remote_checkpoints())):
             uri = f"{run.remote_checkpoints()}/{name}"
             if storage.is_complete(uri):
-                return str(storage.download_dir(uri, run.checkpoints / name))
-        return None
+                yield str(storage.download_dir(uri, run.checkpoints / name))
+        return
     names = [p.name for p in run.checkpoints.iterdir()] if run.checkpoints.is_dir() else []
     for _, name in _by_step(names):
         try:
@@ -106,8 +112,7 @@ def latest_checkpoint(run: RunDir) -> str | None:
         except storage.StorageError as err:
             log.warning("skipping incomplete checkpoint: %s", err)
             continue
-        return str(run.checkpoints / name)
-    return None
+        yield str(run.checkpoints / name)
 
 
 def check_same_checkpoint(resume: str | None) -> None:

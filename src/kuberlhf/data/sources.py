@@ -107,13 +107,17 @@ def _file_format(name: str, path: str) -> str:
     return FILE_FORMATS[suffix]
 
 
+# the bookkeeping of a kuberlhf artifact (a candidates or feedback dataset), never data rows
+ARTIFACT_FILES = ("manifest.json", "metrics.json")
+
+
 def _pick_files(names: Iterable[str], format: str) -> list[str]:
     """Data files among ``names`` (sorted), restricted to ``format`` unless auto."""
     picked = []
     for name in sorted(names):
         base = os.path.basename(name.rstrip("/"))
         suffix = os.path.splitext(base)[1].lower()
-        if base.startswith((".", "_")) or suffix not in FILE_FORMATS:
+        if base.startswith((".", "_")) or suffix not in FILE_FORMATS or base in ARTIFACT_FILES:
             continue
         if format in ("auto", FILE_FORMATS[suffix]):
             picked.append(name)

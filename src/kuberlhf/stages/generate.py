@@ -1,0 +1,173 @@
+"""K candidate responses per prompt from a policy: the material people rank (``kuberlhf feedback``).
+
+$ kuberlhf generate --config configs/generate/demo.yaml
+$ kuberlhf generate --config configs/generate/demo.yaml policy.name_or_path=s3://bucket/runs/sft \
+    output_dir=s3://bucket/runs/candidates sampling.num_candidates=6
+
+Prompts are taken in parts of ``save_every``; each finished part is sealed as a checkpoint
+(``checkpoints/checkpoint-N``, uploaded at once when ``output_dir`` is ``s3://``), so a killed run
+restarts after its last sealed part and regenerates nothing. Each part is sampled from its own seed
+(``sampling.seed + N``): a resumed run writes what an uninterrupted one would. The artifact holds
+``candidates.jsonl``: per prompt its ``id`` (stable: position and hash of the prompt), the
+``prompt``, the K ``candidates``, the ``model`` and the ``generation`` settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kuberlhf.config import option, require
+from kuberlhf.config.sections import DataConfig, ModelConfig, StageConfig
+from kuberlhf.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = "candidates.jsonl"
+PART = "part.jsonl"
+
+
+@dataclass
+class SamplingConfig:
+    num_candidates: int = option(4, "K: responses per prompt (InstructGPT ranks 4 to 9)")
+    max_new_tokens: int = option(48, "longest response, in policy tokens")
+    temperature: float = option(1.0, "sampling temperature")
+    top_k: int = option(0, "top-k filter; 0 = off")
+    top_p: float = option(1.0, "nucleus filter; 1.0 = off")
+    batch_size: int = option(16, "prompts per generate call (each with its K candidates, KV cache on)")
+    max_prompt_length: int | None = option(512, "policy tokens kept of a prompt (its end); None = no limit")
+    seed: int = option(0, "sampling seed (part N samples from seed + N)")
+
+    def __post_init__(self) -> None:
+        require(self.num_candidates >= 2, "sampling.num_candidates", "must be at least 2 (a ranking needs two)")
+        require(self.max_new_tokens > 0, "sampling.max_new_tokens", "must be positive")
+        require(self.temperature > 0, "sampling.temperature", "must be positive")
+        require(self.batch_size > 0, "sampling.batch_size", "must be positive")
+
+
+@dataclass
+class GenerateConfig(StageConfig):
+    policy: ModelConfig = option(ModelConfig(name_or_path="outputs/demo/sft"), "the policy that writes candidates")
+    data: DataConfig = option(DataConfig, "prompts (data.train; data.max_rows takes the first N)")
+    sampling: SamplingConfig = option(SamplingConfig, "how candidates are sampled")
+    save_every: int = option(64, "prompts per sealed part (a killed run resumes after the last one)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.save_every > 0, "save_every", "must be positive")
+        require(not self.data.streaming, "data.streaming", "generate reads its prompts up front; set it to false")
+        require(self.data.eval is None and self.data.eval_fraction == 0, "data.eval",
+                "generate takes one prompt source (data.train); unset data.eval and data.eval_fraction")
+
+
+def prompt_id(index: int, prompt: str) -> str:
+    """A prompt's stable id: its position and the start of its text's SHA-256."""
+    return f"{index:07d}-{hashlib.sha256(prompt.encode()).hexdigest()[:12]}"
+
+
+def _settings(cfg: GenerateConfig) -> dict:
+    return {"model": cfg.policy.name_or_path, "generation": asdict(cfg.sampling)}
+
+
+def _part_rows(path: Path, expected: list[str], settings: dict, part: int) -> list[dict]:
+    """The rows of a sealed part, checked against the prompts and settings of this run."""
+    rows = [json.loads(line) for line in (path / PART).read_text().splitlines()]
+    if [r["id"] for r in rows] != expected:
+        raise ConfigError(f"config key 'data.train': checkpoint {path.name} holds other prompts than this run's "
+                          f"part {part}; pass overwrite=true to generate again")
+    if any({"model": r["model"], "generation": r["generation"]} != settings for r in rows):
+        raise ConfigError(f"config key 'sampling': checkpoint {path.name} was generated with other settings "
+                          "(model or sampling); pass overwrite=true to generate again")
+    return rows
+
+
+def _generate_part(policy: Any, tokenizer: Any, prompts: list[str], ids: list[str], cfg: GenerateConfig,
+                   settings: dict, part: int) -> tuple[list[dict], int]:
+    import torch
+
+    from kuberlhf.models import generation
+
+    s, k = cfg.sampling, cfg.sampling.num_candidates
+    torch.manual_seed(s.seed + part)
+    rows, truncated = [], 0
+    for i in range(0, len(prompts), s.batch_size):
+        chunk = prompts[i : i + s.batch_size]
+        with torch.no_grad():
+            out = generation.sample(policy, tokenizer, [p for p in chunk for _ in range(k)],
+                                    max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                                    top_p=s.top_p, max_prompt_length=s.max_prompt_length)
+        truncated += out.prompts_truncated // k
+        for j, prompt in enumerate(chunk):
+            rows.append({"id": ids[i + j], "prompt": prompt, "candidates": out.texts[j * k : (j + 1) * k],
+                         "has_eos": [bool(e) for e in out.has_eos[j * k : (j + 1) * k]], **settings})
+    return rows, truncated
+
+
+def run(cfg: GenerateConfig) -> dict:
+    """Write ``candidates.jsonl`` (K candidates per prompt) to ``cfg.output_dir``; returns the metrics."""
+    from kuberlhf.artifacts import cards, checkpoints, rundir
+    from kuberlhf.artifacts.s3 import configure_from
+    from kuberlhf.data import load_data
+    from kuberlhf.models import loading
+
+    configure_from(cfg.storage)
+    run_dir = rundir.prepare_run(cfg.output_dir, "generate", cfg.overwrite)
+    data, _, stats = load_data(cfg.data, "prompt", cfg.sampling.seed)
+    prompts = list(data["prompt"])
+    ids = [prompt_id(i, p) for i, p in enumerate(prompts)]
+    parts = [range(i, min(i + cfg.save_every, len(prompts))) for i in range(0, len(prompts), cfg.save_every)]
+    settings = _settings(cfg)
+
+    done: dict[int, list[dict]] = {}
+    for path in rundir.sealed_checkpoints(run_dir):
+        part = rundir.step_of(path) - 1
+        if 0 <= part < len(parts) and part not in done:
+            done[part] = _part_rows(Path(path), [ids[i] for i in parts[part]], settings, part)
+    if done:
+        log.info("resuming: %d of %d parts already generated", len(done), len(parts))
+
+    path = loading.resolve_model_path(cfg.policy.name_or_path, "causal-lm", cfg.sampling.seed)
+    tokenizer = loading.load_tokenizer(cfg.policy, path, padding_side="left")
+    policy = loading.load_causal_lm(cfg.policy, path)
+    started, generated, truncated = time.perf_counter(), 0, 0
+    for part, span in enumerate(parts):
+        if part in done:
+            continue
+        rows, cut = _generate_part(policy, tokenizer, [prompts[i] for i in span], [ids[i] for i in span], cfg,
+                                   settings, part)
+        name = f"checkpoint-{part + 1}"
+        (run_dir.checkpoints / name).mkdir(parents=True, exist_ok=True)
+        (run_dir.checkpoints / name / PART).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        checkpoints.seal_checkpoint(run_dir, name, keep=len(parts))
+        done[part], generated, truncated = rows, generated + len(rows), truncated + cut
+        log.info("part %d/%d: %d prompts", part + 1, len(parts), len(rows))
+    seconds = time.perf_counter() - started
+
+    rows = [row for part in range(len(parts)) for row in done[part]]
+    staging = run_dir.staging
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / CANDIDATES).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    k = cfg.sampling.num_candidates
+    flat = [c for r in rows for c in r["candidates"]]
+    metrics = {
+        "prompts": len(rows),
+        "candidates_per_prompt": k,
+        "generated_prompts": generated,
+        "resumed_prompts": len(rows) - generated,
+        "prompts_truncated": truncated,
+        "seconds": seconds,
+        "candidates_per_second": generated * k / seconds if generated and seconds > 0 else 0.0,
+        "mean_chars": sum(map(len, flat)) / len(flat),
+        "eos_share": sum(e for r in rows for e in r["has_eos"]) / len(flat),
+        "distinct_share": sum(len(set(r["candidates"])) for r in rows) / len(flat),
+        "data": stats.to_dict(),
+    }
+    card = (f"# Candidates\n\n{len(rows)} prompts x {k} candidates from `{cfg.policy.name_or_path}` "
+            f"(`kuberlhf generate`), for ranking with `kuberlhf feedback export`.\n")
+    cards.publish(run_dir, staging, metrics, card)
+    return metrics

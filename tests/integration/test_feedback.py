@@ -1,0 +1,199 @@
+"""A labeling round against a real Label Studio: export, two labelers rank, status, import into pairs; offline
+files both ways; bad input."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from helpers import REPO, run_cli
+
+from kuberlhf.demo.task import Demonstrator, format_prompt, gold_score
+from kuberlhf.stages.generate import prompt_id
+
+K = 4
+
+
+@pytest.fixture
+def candidates(tmp_path):
+    """12 demo prompts with 4 candidates of mixed quality, as `kuberlhf generate` writes them."""
+    demo, rows = Demonstrator(3), []
+    for i in range(12):
+        question, topic = demo.question()
+        prompt = format_prompt(question)
+        rows.append({"id": prompt_id(i, prompt), "prompt": prompt,
+                     "candidates": [" " + demo.response(topic) for _ in range(K)]})
+    out = tmp_path / "candidates"
+    out.mkdir()
+    (out / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out, rows
+
+
+def gold_order(row):
+    return sorted(range(K), key=lambda c: (-gold_score(row["prompt"], row["candidates"][c]), c))
+
+
+def ranker(order):
+    return [{"type": "ranker", "from_name": "rank", "to_name": "candidates",
+             "value": {"ranker": {"rank": [f"c{c}" for c in order]}}}]
+
+
+@pytest.fixture
+def ls_env(label_studio, monkeypatch):
+    for key, value in label_studio.env().items():
+        monkeypatch.setenv(key, value)
+    return label_studio
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_labeling_round_through_label_studio(tmp_path, candidates, ls_env, capsys):
+    from kuberlhf.feedback.labelstudio import TASK_ID, Client
+
+    source, rows = candidates
+    project = f"ranking-{uuid.uuid4().hex[:8]}"
+    export = ["feedback", "export", "--candidates", str(source), "--project", project, "--labelers-per-task", "2",
+              "--instructions", str(REPO / "configs/feedback/ranking-instructions.html")]
+    assert run_cli(export) == 0
+    assert "12 tasks added, 0 already there" in capsys.readouterr().out
+    assert run_cli(export) == 0  # idempotent
+    assert "0 tasks added, 12 already there" in capsys.readouterr().out
+
+    admin = Client(ls_env.url, ls_env.token)
+    proj = admin.find_project(project)
+    assert "Rank the responses" in proj["expert_instruction"] and proj["maximum_annotations"] == 2
+    tasks = {t["data"][TASK_ID]: t["id"] for t in admin.tasks(proj["id"])}
+    assert len(tasks) == 12
+    bob = admin._call("POST", "/api/users/", json={"email": f"bob-{project}@example.com", "username": f"bob-{project}"})
+    # the admin ranks tasks 0-9 as the gold judge does and skips task 10; bob ranks tasks 0-3 with the top two
+    # swapped (the planted disagreement); task 11 stays unannotated
+    for row in rows[:10]:
+        admin.annotate(tasks[row["id"]], ranker(gold_order(row)))
+    admin.annotate(tasks[rows[10]["id"]], [], cancelled=True)
+    for row in rows[:4]:
+        order = gold_order(row)
+        admin._call("POST", f"/api/tasks/{tasks[row['id']]}/annotations",
+                    json={"result": ranker([order[1], order[0], *order[2:]]), "completed_by": bob["id"]})
+
+    assert run_cli(["feedback", "status", "--project", project]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["total"], status["annotated"], status["skipped"]) == (12, 10, 1)
+    assert sorted(status["per_labeler"].values()) == [4, 11]
+
+    out = tmp_path / "feedback"
+    imp = ["feedback", "import", "--candidates", str(source), "--project", project, "--output", str(out)]
+    assert run_cli(imp) == 0
+    pairs, metrics = read_jsonl(out / "pairs.jsonl"), json.loads((out / "metrics.json").read_text())
+    by_id = {r["id"]: r for r in rows}
+    for p in pairs:  # every pair is ordered as the admin ranked it (bob only ever disagrees on the top two)
+        order = gold_order(by_id[p["task"]])
+        assert order.index(p["chosen_index"]) < order.index(p["rejected_index"])
+        assert p["chosen"] == by_id[p["task"]]["candidates"][p["chosen_index"]]
+    per_task = {t: sum(p["task"] == t for p in pairs) for t in by_id}
+    for i, row in enumerate(rows):
+        expected = 5 if i < 4 else 6 if i < 10 else 0  # the split top pair teaches nothing; skipped: nothing
+        assert per_task[row["id"]] == expected - _identical(row, expected), (i, per_task[row["id"]])
+    assert metrics["tasks_with_several_labelers"] == 4 and metrics["agreement_compared_pairs"] == 24
+    assert metrics["agreement_pairwise_agreement"] == pytest.approx(20 / 24)
+    assert metrics["agreement_kendall_tau"] == pytest.approx(4 / 6)
+    assert (metrics["rankings"], metrics["skipped"], metrics["tasks_ranked"]) == (14, 1, 10)
+    ranked = read_jsonl(out / "rankings/rankings.jsonl")
+    first = next(r for r in ranked if r["id"] == rows[5]["id"])
+    assert first["scores"][gold_order(rows[5])[0]] == 1.0 and first["scores"][gold_order(rows[5])[-1]] == 0.0
+
+    # the reward stage reads it as preference data (the artifact's own files are not rows)
+    from kuberlhf.data import load_examples
+
+    data, _ = load_examples(str(out), "preference")
+    assert len(data) == len(pairs) and set(data.column_names) >= {"prompt", "chosen", "rejected"}
+
+    # re-import: refused without --overwrite, the same dataset with it
+    code, err = run_cli(imp, capture=True)
+    assert code == 2 and "already holds a finished feedback dataset" in err
+    before = (out / "pairs.jsonl").read_text()
+    assert run_cli([*imp, "--overwrite"]) == 0 and (out / "pairs.jsonl").read_text() == before
+
+    # every labeler's pairs kept
+    separate = tmp_path / "separate"
+    assert run_cli([*imp[:-1], str(separate), "--merge", "separate"]) == 0
+    assert len(read_jsonl(separate / "pairs.jsonl")) > len(pairs)
+
+    # an annotation of a task these candidates do not hold: refused, nothing written
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    (fewer / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))
+    code, err = run_cli(["feedback", "import", "--candidates", str(fewer), "--project", project,
+                         "--output", str(tmp_path / "never")], capture=True)
+    assert code == 2 and rows[0]["id"] in err and not (tmp_path / "never").exists()
+
+
+def _identical(row, expected):
+    """Pairs of two candidates with the same text are dropped (no preference to learn)."""
+    texts = row["candidates"]
+    return sum(texts[a] == texts[b] for a in range(K) for b in range(a + 1, K)) if expected else 0
+
+
+def test_unreachable_or_unauthorised_label_studio_is_a_clear_error(tmp_path, candidates, ls_env, monkeypatch):
+    source, _ = candidates
+    args = ["feedback", "export", "--candidates", str(source), "--project", "p"]
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0" * 40)
+    code, err = run_cli(args, capture=True)
+    assert code == 2 and "refused the credentials" in err and "LABEL_STUDIO_API_KEY" in err
+    assert "0" * 40 not in err  # the key is never printed
+    from labelstudio_server import free_port
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
+    code, err = run_cli(args, capture=True)
+    assert code == 2 and "unreachable" in err
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY")
+    code, err = run_cli(args, capture=True)
+    assert code == 2 and "LABEL_STUDIO_API_KEY is not set" in err
+
+
+def test_offline_rankings_jsonl_both_ways_with_ties_and_skips(tmp_path, candidates):
+    source, rows = candidates
+    blank = tmp_path / "to-rank.jsonl"
+    assert run_cli(["feedback", "export", "--candidates", str(source), "--format", "jsonl",
+                    "--output", str(blank)]) == 0
+    filled = []
+    for i, row in enumerate(read_jsonl(blank)[:3]):
+        row["labeler"] = "carol"
+        if i == 0:
+            row["ranking"] = [2, [0, 3], 1]  # a tie
+        elif i == 1:
+            row["skipped"] = True
+        else:
+            row["ranking"], row["unusable"] = [1, 0], [2, 3]
+        filled.append(row)
+    ranked = tmp_path / "ranked.jsonl"
+    ranked.write_text("".join(json.dumps(r) + "\n" for r in filled))
+    for ties, expected_first in (("skip", 5), ("drop", 0)):
+        out = tmp_path / f"out-{ties}"
+        assert run_cli(["feedback", "import", "--from", str(ranked), "--output", str(out), "--ties", ties]) == 0
+        pairs = read_jsonl(out / "pairs.jsonl")
+        assert sum(p["task"] == rows[0]["id"] for p in pairs) == expected_first - _identical(rows[0], 0)
+        assert not any(p["task"] == rows[1]["id"] for p in pairs)  # skipped
+        assert sum(p["task"] == rows[2]["id"] for p in pairs) == 5  # 1 > 0 > {2, 3}
+    tasks = tmp_path / "tasks.json"
+    assert run_cli(["feedback", "export", "--candidates", str(source), "--format", "labelstudio",
+                    "--output", str(tasks), "--unusable-bucket"]) == 0
+    assert len(json.loads(tasks.read_text())) == 12
+    assert '<Bucket name="unusable"' in (tmp_path / "tasks.json.label_config.xml").read_text()
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"ranking": [0, 7]}, "unknown candidate 7"),
+    ({"ranking": [0, 1, 1]}, "candidate 1 is ranked twice"),
+    ({"ranking": "0>1"}, "field 'ranking' must be a list"),
+    ({"candidates": ["only one"], "ranking": [0]}, "at least 2"),
+])
+def test_bad_rankings_in_a_file_stop_the_import_naming_the_task(tmp_path, row, message):
+    base = {"id": "task-7", "prompt": "Q", "candidates": ["a", "b", "c"], "labeler": "dan"}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({**base, **row}) + "\n")
+    code, err = run_cli(["feedback", "import", "--from", str(path), "--output", str(tmp_path / "o")], capture=True)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "o").exists()

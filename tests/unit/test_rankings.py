@@ -1,0 +1,82 @@
+"""Rankings into pairs, scores and agreement: ties, unusable candidates, several labelers, bad rankings."""
+
+from __future__ import annotations
+
+import pytest
+
+from kuberlhf.errors import DataError
+from kuberlhf.feedback.rankings import Ranking, agreement, check_ranking, kendall_tau_b, ordered_pairs, scores, to_pairs
+
+
+def r(tiers, task="t", labeler="a", unusable=(), skipped=False):
+    return Ranking(task, labeler, tuple(tuple(t) if isinstance(t, list) else (t,) for t in tiers), tuple(unusable),
+                   skipped)
+
+
+def test_a_full_ranking_of_k_gives_every_k_choose_2_pair_best_first():
+    assert ordered_pairs(r([2, 0, 3, 1])) == [(0, 1), (0, 3), (2, 0), (2, 1), (2, 3), (3, 1)]
+    assert len(ordered_pairs(r(list(range(9))))) == 36  # InstructGPT's K = 9
+
+
+def test_ties_make_no_pair_or_drop_the_ranking():
+    tied = r([2, [0, 3], 1])
+    assert ordered_pairs(tied, ties="skip") == [(0, 1), (2, 0), (2, 1), (2, 3), (3, 1)]
+    assert ordered_pairs(tied, ties="drop") == []
+    assert tied.has_ties and not r([0, 1]).has_ties
+
+
+def test_unusable_candidates_rank_last_or_join_no_pair():
+    ranking = r([1, 0], unusable=[2, 3])
+    assert ordered_pairs(ranking, unusable="last") == [(0, 2), (0, 3), (1, 0), (1, 2), (1, 3)]
+    assert ordered_pairs(ranking, unusable="drop") == [(1, 0)]
+    assert scores(ranking, 4, "last") == [0.5, 1.0, 0.0, 0.0]
+    assert scores(ranking, 4, "drop") == [0.0, 1.0, None, None]
+
+
+def test_skipped_tasks_give_no_pairs_and_no_scores():
+    skipped = r([], skipped=True)
+    assert ordered_pairs(skipped) == [] and scores(skipped, 3) == [None, None, None]
+
+
+def test_majority_merge_keeps_the_pairs_most_labelers_agree_on():
+    rankings = [r([0, 1, 2], labeler="a"), r([0, 1, 2], labeler="b"), r([1, 0, 2], labeler="c")]
+    pairs = {(p.chosen, p.rejected): p for p in to_pairs(rankings, merge="majority")}
+    assert set(pairs) == {(0, 1), (0, 2), (1, 2)}
+    assert pairs[(0, 1)].agreement == pytest.approx(2 / 3) and pairs[(0, 2)].agreement == 1.0
+    assert sorted(pairs[(0, 1)].labelers) == ["a", "b"]
+    even = to_pairs([r([0, 1], labeler="a"), r([1, 0], labeler="b")], merge="majority")
+    assert even == []  # a split vote teaches nothing
+    separate = to_pairs([r([0, 1], labeler="a"), r([1, 0], labeler="b")], merge="separate")
+    assert [(p.chosen, p.rejected, p.labelers) for p in separate] == [(0, 1, ["a"]), (1, 0, ["b"])]
+
+
+def test_kendall_tau_b_matches_known_values():
+    assert kendall_tau_b([0, 1, 2, 3], [0, 1, 2, 3]) == 1.0
+    assert kendall_tau_b([0, 1, 2, 3], [3, 2, 1, 0]) == -1.0
+    assert kendall_tau_b([0, 1, 2, 3], [1, 0, 2, 3]) == pytest.approx(4 / 6)  # one of six pairs swapped
+    # with ties (SciPy's kendalltau([1, 2, 2, 3], [1, 2, 3, 4]) = 0.9128709...)
+    assert kendall_tau_b([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9128709291752769)
+    assert kendall_tau_b([1, 1], [0, 1]) is None
+
+
+def test_agreement_counts_only_tasks_with_several_labelers():
+    rankings = [r([0, 1, 2, 3], task="x", labeler="a"), r([1, 0, 2, 3], task="x", labeler="b"),
+                r([0, 1, 2, 3], task="y", labeler="a"), r([0, 1, 2, 3], task="y", labeler="b"),
+                r([3, 2, 1, 0], task="z", labeler="a")]
+    out = agreement(rankings)
+    assert out["tasks_with_several_labelers"] == 2 and out["compared_pairs"] == 12
+    assert out["pairwise_agreement"] == pytest.approx(11 / 12)
+    assert out["kendall_tau"] == pytest.approx((4 / 6 + 1) / 2)
+
+
+@pytest.mark.parametrize(("ranking", "k", "message"), [
+    (r([0, 5]), 4, "unknown candidate 5"),
+    (r([0, 1, 0]), 4, "candidate 0 is ranked twice"),
+    (r([0, 1], unusable=[1]), 4, "candidate 1 is ranked twice"),
+    (r([1]), 4, "ranks 1 candidate"),
+    (r([0, 1]), 1, "1 candidate"),
+    (r(["c0", 1]), 4, "unknown candidate 'c0'"),
+])
+def test_bad_rankings_name_the_task_and_the_fault(ranking, k, message):
+    with pytest.raises(DataError, match=f"task t.*{message}"):
+        check_ranking(ranking, k)
