@@ -86,7 +86,7 @@ def test_a_labeling_round_through_label_studio(tmp_path, candidates, ls_env, cap
     out = tmp_path / "feedback"
     imp = ["feedback", "import", "--candidates", str(source), "--project", project, "--output", str(out)]
     assert run_cli(imp) == 0
-    pairs, metrics = read_jsonl(out / "pairs.jsonl"), json.loads((out / "metrics.json").read_text())
+    pairs, metrics = read_jsonl(out / "train.jsonl"), json.loads((out / "metrics.json").read_text())
     by_id = {r["id"]: r for r in rows}
     for p in pairs:  # every pair is ordered as the admin ranked it (bob only ever disagrees on the top two)
         order = gold_order(by_id[p["task"]])
@@ -104,22 +104,34 @@ def test_a_labeling_round_through_label_studio(tmp_path, candidates, ls_env, cap
     first = next(r for r in ranked if r["id"] == rows[5]["id"])
     assert first["scores"][gold_order(rows[5])[0]] == 1.0 and first["scores"][gold_order(rows[5])[-1]] == 0.0
 
-    # the reward stage reads it as preference data (the artifact's own files are not rows)
+    # the reward stage reads it as preference data (a folder's manifest.json and metrics.json are not rows)
+    assert len(load_examples_dir(out)) == len(pairs)
     from kuberlhf.data import load_examples
 
-    data, _ = load_examples(str(out), "preference")
+    data, _ = load_examples(str(out / "train.jsonl"), "preference")
     assert len(data) == len(pairs) and set(data.column_names) >= {"prompt", "chosen", "rejected"}
 
     # re-import: refused without --overwrite, the same dataset with it
     code, err = run_cli(imp, capture=True)
     assert code == 2 and "already holds a finished feedback dataset" in err
-    before = (out / "pairs.jsonl").read_text()
-    assert run_cli([*imp, "--overwrite"]) == 0 and (out / "pairs.jsonl").read_text() == before
+    before = (out / "train.jsonl").read_text()
+    assert run_cli([*imp, "--overwrite"]) == 0 and (out / "train.jsonl").read_text() == before
 
     # every labeler's pairs kept
     separate = tmp_path / "separate"
     assert run_cli([*imp[:-1], str(separate), "--merge", "separate"]) == 0
-    assert len(read_jsonl(separate / "pairs.jsonl")) > len(pairs)
+    assert len(read_jsonl(separate / "train.jsonl")) > len(pairs)
+
+    # held-out pairs: a share of the prompts, none on both sides
+    held = tmp_path / "held"
+    assert run_cli([*imp[:-1], str(held), "--eval-fraction", "0.3"]) == 0
+    train, evals = read_jsonl(held / "train.jsonl"), read_jsonl(held / "eval.jsonl")
+    assert len(train) + len(evals) == len(pairs) and {p["task"] for p in evals} == {p["task"] for p in evals}
+    assert not {p["task"] for p in train} & {p["task"] for p in evals} and len({p["task"] for p in evals}) == 3
+    from kuberlhf.feedback.rounds import EVAL_FILE, TRAIN_FILE
+    from kuberlhf.workflow import data as data_step
+
+    assert (TRAIN_FILE, EVAL_FILE) == (data_step.TRAIN_FILE, data_step.EVAL_FILE)  # a data step's layout
 
     # an annotation of a task these candidates do not hold: refused, nothing written
     fewer = tmp_path / "fewer"
@@ -128,6 +140,12 @@ def test_a_labeling_round_through_label_studio(tmp_path, candidates, ls_env, cap
     code, err = run_cli(["feedback", "import", "--candidates", str(fewer), "--project", project,
                          "--output", str(tmp_path / "never")], capture=True)
     assert code == 2 and rows[0]["id"] in err and not (tmp_path / "never").exists()
+
+
+def load_examples_dir(path):
+    from kuberlhf.data import load_examples
+
+    return load_examples(str(path), "preference")[0]
 
 
 def _identical(row, expected):
@@ -173,7 +191,7 @@ def test_offline_rankings_jsonl_both_ways_with_ties_and_skips(tmp_path, candidat
     for ties, expected_first in (("skip", 5), ("drop", 0)):
         out = tmp_path / f"out-{ties}"
         assert run_cli(["feedback", "import", "--from", str(ranked), "--output", str(out), "--ties", ties]) == 0
-        pairs = read_jsonl(out / "pairs.jsonl")
+        pairs = read_jsonl(out / "train.jsonl")
         assert sum(p["task"] == rows[0]["id"] for p in pairs) == expected_first - _identical(rows[0], 0)
         assert not any(p["task"] == rows[1]["id"] for p in pairs)  # skipped
         assert sum(p["task"] == rows[2]["id"] for p in pairs) == 5  # 1 > 0 > {2, 3}
@@ -197,3 +215,45 @@ def test_bad_rankings_in_a_file_stop_the_import_naming_the_task(tmp_path, row, m
     code, err = run_cli(["feedback", "import", "--from", str(path), "--output", str(tmp_path / "o")], capture=True)
     assert code == 2 and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_reward_stage_batches_all_pairs_of_a_prompt_together(tmp_path, monkeypatch):
+    """data.group_by_prompt=true: every training batch holds whole prompts (all their pairs), 2 prompts a batch."""
+    from helpers import reward_args
+
+    from kuberlhf.stages import reward
+
+    demo, rows = Demonstrator(5), []
+    for _ in range(24):
+        question, topic = demo.question()
+        prompt = format_prompt(question)
+        texts = sorted({" " + demo.response(topic) for _ in range(K)}, key=lambda t: -gold_score(prompt, t))
+        rows += [{"prompt": prompt, "chosen": a, "rejected": b} for i, a in enumerate(texts) for b in texts[i + 1:]]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    batches: list[list[int]] = []
+    real_iter = reward.PromptBatchSampler.__iter__
+
+    def recording(self):
+        for batch in real_iter(self):
+            batches.append(list(batch))
+            yield batch
+
+    monkeypatch.setattr(reward.PromptBatchSampler, "__iter__", recording)
+    seen = {}
+    real_init = reward.PromptBatchSampler.__init__
+
+    def keep(self, prompts, *args):
+        seen["prompts"] = prompts
+        real_init(self, prompts, *args)
+
+    monkeypatch.setattr(reward.PromptBatchSampler, "__init__", keep)
+    out = tmp_path / "rm"
+    assert run_cli(reward_args(out, f"data.train={data}", "data.group_by_prompt=true",
+                               "training.per_device_train_batch_size=2", "training.max_steps=3")) == 0
+    prompts = seen["prompts"]
+    assert len(batches) >= 3
+    for batch in batches[:3]:
+        in_batch = {prompts[i] for i in batch}
+        assert len(in_batch) == 2  # two prompts ...
+        assert sorted(batch) == sorted(i for i, p in enumerate(prompts) if p in in_batch)  # ... with all their pairs

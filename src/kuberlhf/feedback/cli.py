@@ -7,7 +7,7 @@ $ kuberlhf feedback export --candidates outputs/demo/candidates --project demo-r
 $ kuberlhf feedback status --project demo-ranking
 $ kuberlhf feedback import --candidates outputs/demo/candidates --project demo-ranking \\
       --output outputs/demo/feedback
-$ kuberlhf reward --config configs/reward/demo.yaml data.train=outputs/demo/feedback
+$ kuberlhf reward --config configs/reward/demo.yaml data.train=outputs/demo/feedback/train.jsonl
 
 Offline, for teams that label elsewhere: ``export --format jsonl|labelstudio --output FILE`` writes
 the tasks to a file, and ``import --from FILE`` reads rankings JSONL (``.jsonl``) or a Label Studio
@@ -51,6 +51,9 @@ def add_parser(verbs) -> None:
                     help="unusable candidates: below every ranked one (last), or in no pair (drop)")
     im.add_argument("--merge", choices=["majority", "separate"], default="majority",
                     help="several labelers of a task: majority vote per pair, or every labeler's pairs")
+    im.add_argument("--eval-fraction", type=float, default=0.0,
+                    help="share of the ranked prompts whose pairs are held out (eval.jsonl), no prompt on both sides")
+    im.add_argument("--seed", type=int, default=0, help="seed of the held-out prompts")
     im.add_argument("--overwrite", action="store_true", help="replace a finished dataset in --output")
 
 
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                if args.wait_for is not None else rounds.status(client, args.project))
         print(json.dumps(now, sort_keys=True))
         return 0
-    settings = rounds.ImportSettings(ties=args.ties, unusable=args.unusable, merge=args.merge)
+    settings = rounds.ImportSettings(ties=args.ties, unusable=args.unusable, merge=args.merge,
+                                     eval_fraction=args.eval_fraction, seed=args.seed)
     if args.project:
         if not args.candidates:
             raise ConfigError("--candidates: needed with --project (the candidates that were exported)")

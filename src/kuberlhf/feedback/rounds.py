@@ -9,10 +9,12 @@ Formats, both ways:
   candidate indexes best first, a nested list being a tie (``[2, [0, 3], 1]``).
 * **Label Studio task JSON** (its import format) out, and its JSON export in.
 
-The imported artifact holds ``pairs.jsonl`` (``prompt``, ``chosen``, ``rejected``, with the task,
-labelers and their agreement: what the reward stage reads), ``rankings/rankings.jsonl`` (every
-ranking with a normalised score per candidate) and ``metrics.json`` (counts and agreement); it is
-checked whole before anything is written, and published manifest last.
+The imported artifact holds ``train.jsonl`` (pairs: ``prompt``, ``chosen``, ``rejected``, with the
+task, labelers and their agreement: what the reward stage reads) and, with an eval fraction,
+``eval.jsonl`` (the pairs of a share of the *prompts*, so no prompt is on both sides), laid out as a
+pipeline data step's ``Dataset``; ``rankings/rankings.jsonl`` (every ranking with a normalised score
+per candidate) and ``metrics.json`` (counts and agreement). It is checked whole before anything is
+written, and published manifest last.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from kuberlhf.feedback import labelstudio as ls
 from kuberlhf.feedback.rankings import Merge, Ranking, Ties, Unusable, agreement, check_ranking, scores, to_pairs
 
 log = logging.getLogger(__name__)
+
+TRAIN_FILE, EVAL_FILE = "train.jsonl", "eval.jsonl"  # a pipeline data step's layout (kuberlhf.workflow.data)
 
 
 # ---------------------------------------------------------------------- candidates
@@ -163,6 +167,23 @@ class ImportSettings:
     ties: Ties = "skip"
     unusable: Unusable = "last"
     merge: Merge = "majority"
+    eval_fraction: float = 0.0  # share of the ranked prompts whose pairs go to eval.jsonl
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from kuberlhf.errors import ConfigError
+
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"--eval-fraction: must be in [0, 1), got {self.eval_fraction}")
+
+
+def split_by_prompt(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, eval) pairs, eval holding every pair of a seeded ``fraction`` of the tasks."""
+    import random
+
+    tasks = sorted({p["task"] for p in pairs})
+    held = set(random.Random(seed).sample(tasks, round(fraction * len(tasks)))) if fraction else set()
+    return [p for p in pairs if p["task"] not in held], [p for p in pairs if p["task"] in held]
 
 
 def build_dataset(rows: list[dict], rankings: list[Ranking], settings: ImportSettings) -> tuple[list, list, dict]:
@@ -202,10 +223,15 @@ def build_dataset(rows: list[dict], rankings: list[Ranking], settings: ImportSet
     }
     if not pairs:
         raise DataError("the rankings give no preference pairs (nothing ranked yet, or every ranking skipped/tied)")
-    return pairs, ranked, metrics
+    train, held = split_by_prompt(pairs, settings.eval_fraction, settings.seed)
+    if not train:
+        raise DataError("--eval-fraction leaves no training pairs; lower it")
+    metrics.update(train_pairs=len(train), eval_pairs=len(held), eval_fraction=settings.eval_fraction)
+    return (train, held), ranked, metrics
 
 
-def publish(output: str, pairs: list[dict], ranked: list[dict], metrics: dict, overwrite: bool) -> None:
+def publish(output: str, pairs: tuple[list[dict], list[dict]], ranked: list[dict], metrics: dict,
+            overwrite: bool) -> None:
     """Write the preference dataset to ``output`` (local or ``s3://``), manifest last."""
     from kuberlhf.artifacts import storage
 
@@ -217,14 +243,17 @@ def publish(output: str, pairs: list[dict], ranked: list[dict], metrics: dict, o
         raise KuberlhfError(f"{output} exists and is not a finished kuberlhf dataset; choose another --output")
     staging = Path(tempfile.mkdtemp(prefix="kuberlhf-feedback-"))
     try:
-        (staging / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+        train, held = pairs
+        (staging / TRAIN_FILE).write_text("".join(json.dumps(p) + "\n" for p in train))
+        if held:
+            (staging / EVAL_FILE).write_text("".join(json.dumps(p) + "\n" for p in held))
         (staging / "rankings").mkdir()
         (staging / "rankings/rankings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ranked))
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         (staging / "README.md").write_text(
             f"# Preference pairs from rankings\n\n{metrics['pairs']} pairs from {metrics['rankings']} rankings of "
             f"{metrics['tasks_ranked']} prompts (`kuberlhf feedback import`); train a reward model on it with "
-            f"`kuberlhf reward data.train={output}`.\n")
+            f"`kuberlhf reward data.train={output}/{TRAIN_FILE}`.\n")
         if complete:  # --overwrite: the old dataset goes whole, so none of its files outlives it
             storage.remove_dir(output) if local is None else shutil.rmtree(local)
         storage.publish_dir(staging, output)

@@ -28,6 +28,14 @@ from kuberlhf.stages.trainer import StageRun, run_trainer_stage
 
 
 @dataclass
+class PreferenceDataConfig(DataConfig):
+    group_by_prompt: bool = option(
+        False, "InstructGPT batching: all pairs of one prompt (the K-choose-2 of a ranking) in the same batch, the "
+        "loss averaged over them; training.per_device_train_batch_size then counts prompts, not pairs"
+    )
+
+
+@dataclass
 class RewardConfig(StageConfig):
     TRL_ARGS: ClassVar[str] = "RewardConfig"  # the TRL config it builds; training.<key> may set its fields
     TRL_OWNED: ClassVar[tuple[str, ...]] = ("max_length", "center_rewards_coefficient")
@@ -36,7 +44,7 @@ class RewardConfig(StageConfig):
         ModelConfig(name_or_path="demo://tiny-deberta"),
         "the model to turn into a reward model (any AutoModelForSequenceClassification; DeBERTa-v3 is the reference)",
     )
-    data: DataConfig = option(DataConfig, "preference pairs")
+    data: PreferenceDataConfig = option(PreferenceDataConfig, "preference pairs")
     finetune: Literal["full", "lora"] = option("full", "full fine-tuning or LoRA (the score head is trained fully)")
     lora: LoraConfig = option(LoraConfig, "adapter settings (finetune=lora)")
     max_length: int = option(512, "tokens per scored sequence (prompt + completion), longer pairs are truncated")
@@ -71,8 +79,9 @@ class RewardHooks:
         run.tokenizer = loading.load_tokenizer(cfg.model, path)
         model = loading.load_sequence_classifier(cfg.model, path, run.tokenizer.pad_token_id)
         peft = loading.peft_config(cfg.lora, "SEQ_CLS") if cfg.finetune == "lora" else None
-        return trl.RewardTrainer(model=model, args=args, train_dataset=run.train, eval_dataset=run.eval,
-                                 processing_class=run.tokenizer, peft_config=peft, callbacks=callbacks)
+        trainer_cls = grouped_reward_trainer() if cfg.data.group_by_prompt else trl.RewardTrainer
+        return trainer_cls(model=model, args=args, train_dataset=run.train, eval_dataset=run.eval,
+                           processing_class=run.tokenizer, peft_config=peft, callbacks=callbacks)
 
     def metrics(self, cfg: RewardConfig, trainer: Any, run: StageRun, result: Any) -> dict:
         return evaluate_pairs(trainer, run.eval, run.tokenizer, cfg) if run.eval is not None else {}
@@ -84,6 +93,50 @@ class RewardHooks:
 def run(cfg: RewardConfig) -> dict:
     """Train, evaluate on held-out pairs, and publish to ``cfg.output_dir``; returns the metrics."""
     return run_trainer_stage(cfg, "reward", "preference", RewardHooks())
+
+
+class PromptBatchSampler:
+    """Batches of whole prompt groups: ``prompts_per_batch`` prompts, each with all its pairs; the groups are
+    shuffled anew each epoch (seeded alike on every process, so accelerate can hand whole batches out)."""
+
+    def __init__(self, prompts: list[str], prompts_per_batch: int, seed: int):
+        groups: dict[str, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(prompt, []).append(i)
+        self.groups, self.size, self.seed, self.epoch = list(groups.values()), prompts_per_batch, seed, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.groups) // self.size)
+
+    def __iter__(self):
+        import random
+
+        order = list(range(len(self.groups)))
+        random.Random(self.seed + self.epoch).shuffle(order)
+        self.epoch += 1
+        for i in range(0, len(order), self.size):
+            yield [j for g in order[i : i + self.size] for j in self.groups[g]]
+
+
+def grouped_reward_trainer() -> type:
+    """TRL's RewardTrainer with a training loader of :class:`PromptBatchSampler` batches (``data.group_by_prompt``).
+
+    TRL's loss is the mean over a batch's pairs, so a batch of whole groups averages each prompt's pairs
+    together, as InstructGPT's reward model is trained."""
+    import trl
+    from torch.utils.data import DataLoader
+
+    class GroupedRewardTrainer(trl.RewardTrainer):
+        def get_train_dataloader(self) -> DataLoader:
+            dataset = self.train_dataset
+            sampler = PromptBatchSampler(list(dataset["prompt"]), self.args.per_device_train_batch_size,
+                                         self.args.seed)
+            dataset = self._remove_unused_columns(dataset, description="training")
+            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                                num_workers=self.args.dataloader_num_workers)
+            return self.accelerator.prepare(loader)
+
+    return GroupedRewardTrainer
 
 
 def evaluate_pairs(trainer: Any, eval_ds: Any, tokenizer: Any, cfg: RewardConfig) -> dict:
