@@ -4,6 +4,7 @@ files both ways; bad input."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -257,3 +258,54 @@ def test_the_reward_stage_batches_all_pairs_of_a_prompt_together(tmp_path, monke
         in_batch = {prompts[i] for i in batch}
         assert len(in_batch) == 2  # two prompts ...
         assert sorted(batch) == sorted(i for i, p in enumerate(prompts) if p in in_batch)  # ... with all their pairs
+
+
+class _Metrics:
+    def __init__(self):
+        self.logged = {}
+
+    def log_metric(self, key, value):
+        self.logged[key] = value
+
+
+def test_the_pipeline_steps_of_a_labeling_round_wait_for_the_labelers(tmp_path, candidates, ls_env):
+    """rlhf-human's export -> wait -> import steps: the wait step polls while a labeler ranks in another thread,
+    times out with the progress when the labelers fall short, and the import step's Dataset is a data step's."""
+    import threading
+    from types import SimpleNamespace
+
+    from kuberlhf.errors import KuberlhfError
+    from kuberlhf.feedback.labelstudio import TASK_ID, Client
+    from kuberlhf.workflow import steps
+    from kuberlhf.workflow.data import dataset_has_eval
+
+    source, rows = candidates
+    exported = SimpleNamespace(path=str(tmp_path / "exported"), metadata={})
+    run_id = uuid.uuid4().hex
+    steps.feedback_export_step(str(source), exported, "", "configs/feedback/ranking-instructions.html", False, 1,
+                               run_id)
+    assert exported.metadata["project"] == f"kuberlhf-{run_id[:8]}" and exported.metadata["added"] == 12
+    admin = Client(ls_env.url, ls_env.token)
+    project = admin.find_project(exported.metadata["project"])
+    with pytest.raises(KuberlhfError, match=r"0/12 tasks annotated after 1 s, short of the 50%"):
+        steps.feedback_wait_step(exported, _Metrics(), 0.5, 1.0, 0.5)
+
+    def labeler():
+        by_id = {r["id"]: r for r in rows}
+        for task in admin.tasks(project["id"])[:9]:
+            admin.annotate(task["id"], ranker(gold_order(by_id[task["data"][TASK_ID]])))
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=labeler)
+    thread.start()
+    progress = _Metrics()
+    steps.feedback_wait_step(exported, progress, 0.75, 120.0, 0.5)
+    thread.join()
+    assert progress.logged["annotated"] >= 9 and progress.logged["total"] == 12
+
+    pairs = SimpleNamespace(path=str(tmp_path / "pairs"), metadata={})
+    metrics = _Metrics()
+    result = steps.feedback_import_step(str(source), exported, pairs, metrics, "skip", "last", "majority", 0.25, 0)
+    assert result["tasks_ranked"] == 9 and metrics.logged["pairs"] == result["pairs"]
+    assert pairs.metadata["eval_rows"] > 0 and dataset_has_eval(pairs, "local")
+    assert len(read_jsonl(tmp_path / "pairs/train.jsonl")) == pairs.metadata["train_rows"]

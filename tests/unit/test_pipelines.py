@@ -21,7 +21,7 @@ from kuberlhf.errors import ConfigError, KuberlhfError
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "rlhf-ppo.yaml"
 GOLDEN_IMAGES = {"registry": "ghcr.io/kuberlhf", "tag": "golden"}  # fixed: a release does not change the golden file
-PIPELINES = ["rlhf-ppo", "rlhf-dpo"]
+PIPELINES = ["rlhf-ppo", "rlhf-dpo", "rlhf-human"]
 
 
 def compiled(name: str, tmp_path: Path, **images) -> tuple[dict, dict]:
@@ -97,14 +97,18 @@ def test_steps_carry_images_retries_caching_config_and_secrets(name, tmp_path):
     spec, platform = compiled(name, tmp_path, registry="registry.example/ml", tag="1.2.3")
     executors = spec["deploymentSpec"]["executors"]
     images = {key.removeprefix("exec-"): e["container"]["image"] for key, e in executors.items()}
-    expected = {"sft": "sft", "merge": "sft", "reward": "reward", "ppo": "ppo", "dpo": "dpo", "evaluate": "launcher"}
+    expected = {"sft": "sft", "merge": "sft", "reward": "reward", "ppo": "ppo", "dpo": "dpo", "evaluate": "launcher",
+                "generate": "ppo", "feedback-export": "launcher", "feedback-wait": "launcher",
+                "feedback-import": "launcher"}
     for step, image in images.items():
         step = "sft" if step.startswith("data") else step  # data steps run in the sft image
         assert image == f"registry.example/ml/kuberlhf-{expected[step]}:1.2.3", step
     tasks = spec["root"]["dag"]["tasks"]
-    launchers = {t for t in tasks if t in ("sft", "reward", "ppo", "dpo")}
+    launchers = {t for t in tasks if t in ("sft", "reward", "ppo", "dpo", "generate")}
     for task_name, task in tasks.items():
-        assert task["cachingOptions"]["enableCache"] is True, task_name
+        # the labeling round's progress and rankings live in Label Studio: never from the cache
+        cached = task_name not in ("feedback-wait", "feedback-import")
+        assert task["cachingOptions"].get("enableCache", False) is cached, task_name
         assert ("retryPolicy" in task) == (task_name in launchers), task_name
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for key, config in k8s.items():
@@ -163,7 +167,7 @@ def test_compile_command_writes_every_pipeline(tmp_path, capsys):
     from kuberlhf.cli import main
 
     assert main(["pipeline", "compile", "--out", str(tmp_path / "out")]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rlhf-dpo.yaml", "rlhf-ppo.yaml"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{n}.yaml" for n in PIPELINES)
     assert main(["pipeline", "compile", "--pipeline", "rlhf-dpo", "--out", str(tmp_path / "one.yaml")]) == 0
     assert (tmp_path / "one.yaml").is_file()
     assert main(["pipeline", "compile", "--out", str(tmp_path / "both.yaml")]) == 2
@@ -190,6 +194,9 @@ def test_run_parameters_are_checked_against_the_pipeline():
         parse_params("rlhf-dpo", ["mode=bogus"])
     with pytest.raises(ConfigError, match="procs: must be at least 1, got 0"):
         parse_params("rlhf-ppo", ["procs=0"])
+    # a whole number for a float parameter is a float (kfp refuses an int there)
+    poll = parse_params("rlhf-human", ["feedback_poll_s=2"])["feedback_poll_s"]
+    assert poll == 2.0 and isinstance(poll, float)
 
 
 class FakeKfpClient:
@@ -261,12 +268,13 @@ def test_upload_creates_then_versions_then_leaves_unchanged(fake_kfp):
 
     client = fake_kfp(host="http://kfp")
     first = upload("http://kfp", PIPELINES, kfp_client=client)
-    assert [i["action"] for i in first] == ["created", "created"]
+    n = len(PIPELINES)
+    assert [i["action"] for i in first] == ["created"] * n
     second = upload("http://kfp", PIPELINES, kfp_client=client)
-    assert [i["action"] for i in second] == ["new version", "new version"]
+    assert [i["action"] for i in second] == ["new version"] * n
     third = upload("http://kfp", PIPELINES, kfp_client=client)
-    assert [i["action"] for i in third] == ["unchanged", "unchanged"]
-    assert [c[0] for c in client.calls] == ["upload", "upload", "version", "version"]
+    assert [i["action"] for i in third] == ["unchanged"] * n
+    assert [c[0] for c in client.calls] == ["upload"] * n + ["version"] * n
     assert second[0]["version"].startswith(__import__("kuberlhf").__version__ + "-")
 
 
@@ -275,7 +283,7 @@ def test_upload_command_uses_the_host_flag(fake_kfp, capsys):
 
     assert main(["pipeline", "upload", "--host", "http://ml-pipeline.kubeflow:8888"]) == 0
     assert fake_kfp.instances[0].host == "http://ml-pipeline.kubeflow:8888"
-    assert capsys.readouterr().out.count("created") == 2
+    assert capsys.readouterr().out.count("created") == len(PIPELINES)
 
 
 def test_server_errors_are_one_line(monkeypatch, capsys):

@@ -89,8 +89,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           help="GRPO (TRL) of the SFT policy against the trained reward model.",
           report=("GRPO: loss and reward", [("loss", [("loss", "training")]), ("reward", [("reward", "training")])])),
 )}
-# stages whose output is a policy the pipeline report compares with the SFT policy
-POLICY_STAGES = tuple(name for name, s in STAGES.items() if "policy" in s.inputs)
+# stages whose output is a policy trained further from the SFT one (the pipeline report compares the two)
+POLICY_STAGES = tuple(name for name, s in STAGES.items() if "policy" in s.inputs and s.report)
 
 
 def get_stage(name: str) -> Stage:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-PIPELINE_NAMES = ("rlhf-ppo", "rlhf-dpo")  # kuberlhf.workflow.pipelines.PIPELINES, without importing kfp here
+# kuberlhf.workflow.pipelines.PIPELINES, without importing kfp here
+PIPELINE_NAMES = ("rlhf-ppo", "rlhf-dpo", "rlhf-human")
 
 
 def add_parser(verbs) -> None:

@@ -94,6 +94,8 @@ def parse_params(name: str, items: list[str]) -> dict[str, Any]:
             value = text
         elif expected and (not isinstance(value, expected) or (kind == "NUMBER_INTEGER" and isinstance(value, bool))):
             raise ConfigError(f"--param {key}: expected {kind.lower().replace('number_', '')}, got {text!r}")
+        if kind == "NUMBER_DOUBLE" and not isinstance(value, bool):
+            value = float(value)  # "2" is a double too; kfp refuses an int for a float input
         _check_value(key, value)
         result[key] = value
     return result

@@ -111,7 +111,11 @@ def run_local(pipeline: str = "rlhf-ppo", params: dict[str, Any] | None = None, 
 
 def summary(pipeline: str, result: dict) -> str:
     """What ``kuberlhf pipeline run --local`` prints at the end: scores, models, and the report's path last."""
-    stage = pipeline.rsplit("-", 1)[-1].upper()
+    import importlib
+
+    from kuberlhf.workflow.pipelines import PIPELINES
+
+    stage = importlib.import_module(PIPELINES[pipeline]).POLICY_STAGE.upper()
     m = result["metrics"]
     lines = [f"pipeline {pipeline} finished: {result['run_dir']}"]
     for name, path in result["models"].items():

@@ -251,3 +251,66 @@ def run_stage_step(stage: str, inputs: dict[str, Any], model: Any, metrics: Any,
         metrics.log_metric(key, value)
     model.metadata.update({"stage": stage, "mode": mode})
     return result
+
+
+# ---------------------------------------------------------------------- the labeling round (rlhf-human)
+
+
+def feedback_project(project: str, run_id: str) -> str:
+    """The Label Studio project of a run: the one named, else one per pipeline run."""
+    if project:
+        return project
+    if not run_id:
+        raise ConfigError("feedback project: name one (feedback_project) or run inside a pipeline (its run id)")
+    return f"kuberlhf-{run_id[:8]}"
+
+
+def feedback_export_step(candidates: str, exported: Any, project: str, instructions: str, unusable_bucket: bool,
+                         labelers_per_task: int, run_id: str) -> dict:
+    from kuberlhf.feedback import rounds
+    from kuberlhf.feedback.labelstudio import Client
+
+    title = feedback_project(project, run_id)
+    text = _read_instructions(instructions)
+    out = rounds.export_to_label_studio(Client.from_env(), rounds.load_candidates(candidates), title, text,
+                                        unusable_bucket, labelers_per_task)
+    record = {"project": title, "project_id": out["project"], "added": out["added"], "present": out["present"]}
+    exported.metadata.update(record)
+    Path(exported.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(exported.path).write_text(json.dumps(record) + "\n")
+    return out
+
+
+def _read_instructions(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(resolve_config(path)).read_text()
+    except OSError as err:
+        raise ConfigError(f"feedback instructions {path}: {err.strerror or err}") from None
+
+
+def feedback_wait_step(exported: Any, progress: Any, fraction: float, timeout_s: float, poll_s: float) -> dict:
+    from kuberlhf.feedback import rounds
+    from kuberlhf.feedback.labelstudio import Client
+
+    now = rounds.wait_for(Client.from_env(), exported.metadata["project"], fraction, timeout_s, poll_s)
+    for key in ("total", "annotated", "skipped", "fraction"):
+        progress.log_metric(key, now[key])
+    return now
+
+
+def feedback_import_step(candidates: str, exported: Any, pairs: Any, metrics: Any, ties: str, unusable: str,
+                         merge: str, eval_fraction: float, seed: int) -> dict:
+    from kuberlhf.feedback import rounds
+    from kuberlhf.feedback.labelstudio import Client
+
+    rows = rounds.load_candidates(candidates)
+    rankings = rounds.import_from_label_studio(Client.from_env(), rows, exported.metadata["project"])
+    settings = rounds.ImportSettings(ties=ties, unusable=unusable, merge=merge, eval_fraction=eval_fraction, seed=seed)
+    split, ranked, result = rounds.build_dataset(rows, rankings, settings)
+    rounds.publish(pairs.path, split, ranked, result, overwrite=True)
+    pairs.metadata.update({"train_rows": result["train_pairs"], "eval_rows": result["eval_pairs"]})
+    for key, value in scalar_metrics(result).items():
+        metrics.log_metric(key, value)
+    return result

@@ -2,6 +2,8 @@
 
 * ``rlhf-ppo`` (:mod:`.rlhf_ppo`): SFT -> LoRA merge -> reward model -> PPO -> evaluation
 * ``rlhf-dpo`` (:mod:`.rlhf_dpo`): SFT -> DPO -> evaluation
+* ``rlhf-human`` (:mod:`.rlhf_human`): SFT -> candidates -> Label Studio rankings -> reward model -> PPO
+  -> evaluation
 
 Each module has ``build(registry=None, tag=None)`` returning the ``@dsl.pipeline`` function
 with its components' images resolved by :func:`kuberlhf.images.image_ref`. The same
@@ -14,4 +16,5 @@ training stages run inside the step (``local``) or as PyTorchJobs (``pytorchjob`
 PIPELINES = {
     "rlhf-ppo": "kuberlhf.workflow.pipelines.rlhf_ppo",
     "rlhf-dpo": "kuberlhf.workflow.pipelines.rlhf_dpo",
+    "rlhf-human": "kuberlhf.workflow.pipelines.rlhf_human",
 }

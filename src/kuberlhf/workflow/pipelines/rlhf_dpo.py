@@ -19,6 +19,7 @@ from kuberlhf.workflow.components.sft import sft_op
 from kuberlhf.workflow.pipelines.cluster import configure
 
 NAME = "rlhf-dpo"
+POLICY_STAGE = "dpo"  # the stage whose policy the report compares with the SFT one
 DESCRIPTION = "RLHF with DPO: SFT, direct preference optimisation on preference pairs, evaluation report."
 
 
@@ -78,7 +79,7 @@ def build(registry: str | None = None, tag: str | None = None):
                                  config=dpo_config, overrides=dpo_overrides, **common),
                              launcher=True).set_display_name("DPO")
         eval_task = configure(evaluate(sft_model=sft_task.outputs["model"], policy=dpo_task.outputs["model"],
-                                       policy_stage="dpo", prompts=eval_prompts, gold_eval=gold_eval,
+                                       policy_stage=POLICY_STAGE, prompts=eval_prompts, gold_eval=gold_eval,
                                        samples=report_samples, seed=seed),
                               launcher=False).set_display_name("evaluation report")
         return Outputs(report=eval_task.outputs["report"], metrics=eval_task.outputs["metrics"],

@@ -22,6 +22,7 @@ from kuberlhf.workflow.components.sft import sft_op
 from kuberlhf.workflow.pipelines.cluster import configure
 
 NAME = "rlhf-ppo"
+POLICY_STAGE = "ppo"  # the stage whose policy the report compares with the SFT one
 DESCRIPTION = "RLHF with PPO: SFT, LoRA merge, reward model, PPO against the reward model, evaluation report."
 
 
@@ -98,7 +99,7 @@ def build(registry: str | None = None, tag: str | None = None):
                                  **common), launcher=True)
         ppo_task.set_display_name("PPO")
         eval_task = configure(evaluate(sft_model=merge_task.outputs["merged"], policy=ppo_task.outputs["model"],
-                                       reward_model=reward_task.outputs["model"], policy_stage="ppo",
+                                       reward_model=reward_task.outputs["model"], policy_stage=POLICY_STAGE,
                                        prompts=eval_prompts, gold_eval=gold_eval, samples=report_samples, seed=seed),
                               launcher=False).set_display_name("evaluation report")
         return Outputs(report=eval_task.outputs["report"], metrics=eval_task.outputs["metrics"],
