@@ -8,7 +8,7 @@ STAMP := $(VENV)/.kuberlhf-installed
 CONSTRAINTS := requirements/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install label-studio-install label-studio demo compile test test-unit test-integration lint bench clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
+.PHONY: help install label-studio-install label-studio browser-install demo compile test test-unit test-integration lint bench clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -40,6 +40,14 @@ $(LS_STAMP): requirements/label-studio.txt
 	$(LS_VENV)/bin/pip install -q -r requirements/label-studio.txt
 	touch $(LS_STAMP)
 
+browser-install: ## Debian chromium + chromium-driver for the labeling-page test (apt; skipped in the suite without them)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" != 0 ] && command -v sudo ); \
+	  $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && \
+	    $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "warning: chromium could not be installed; the labeling-page browser test will be skipped"; }
+
 label-studio: install label-studio-install ## start Label Studio on 127.0.0.1:8080 for a labeling round (Ctrl+C stops it)
 	$(BIN)/python tests/labelstudio_server.py --port 8080
 
@@ -49,7 +57,7 @@ demo: install ## run the rlhf-ppo pipeline locally on the built-in task (kfp.loc
 compile: install ## compile the Kubeflow pipelines to outputs/pipelines/*.yaml (upload them in the Kubeflow UI)
 	$(BIN)/kuberlhf pipeline compile --pipeline all --out outputs/pipelines
 
-test: install label-studio-install ## run every test (unit + integration; S3 server and Label Studio started by the suite)
+test: install label-studio-install browser-install ## run every test (unit + integration; S3 server and Label Studio started by the suite)
 	$(BIN)/python -m pytest tests -q
 
 test-unit: install ## unit tests only (seconds)

@@ -50,6 +50,10 @@ class LabelStudio:
         if not token_file.exists():  # the token is set when the data dir is first initialised
             token_file.write_text(secrets.token_hex(20))
         self.token = token_file.read_text().strip()
+        password_file = self.root / "password"  # the first user's, for a browser login
+        if not password_file.exists():
+            password_file.write_text(secrets.token_hex(12))
+        self.email, self.password = ADMIN_EMAIL, password_file.read_text().strip()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -63,7 +67,7 @@ class LabelStudio:
         env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(self.root / "data"), "LATEST_VERSION_CHECK": "false",
                "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '')}"}
         cmd = [exe, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
-               "--username", ADMIN_EMAIL, "--password", secrets.token_hex(12), "--user-token", self.token,
+               "--username", self.email, "--password", self.password, "--user-token", self.token,
                "--enable-legacy-api-token", "--log-level", "WARNING"]
         log = open(self.root / "label-studio.log", "ab")  # noqa: SIM115 (kept open while the server runs)
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
