@@ -267,7 +267,10 @@ def test_images_agree_with_kuberlhf_images(monkeypatch):
     launcher = images.image_ref("launcher")
     assert launcher == f"ghcr.io/kuberlhf/kuberlhf-launcher:{__version__}"
     used = {c["image"] for case in CASES for o in objs(case) for c in containers(o)}
-    assert used == {launcher, f"chrislusf/seaweedfs:{values['devStore']['image']['tag']}"}
+    assert used == {launcher, f"chrislusf/seaweedfs:{values['devStore']['image']['tag']}",
+                    f"heartexlabs/label-studio:{values['devLabelStudio']['image']['tag']}"}
+    # the dev Label Studio is the version the tests run
+    assert f"label-studio=={values['devLabelStudio']['image']['tag']}" in (ROOT / "requirements/label-studio.txt").read_text()
     assert not any(image.endswith(":latest") or ":" not in image for image in used)
 
 
@@ -351,3 +354,23 @@ def test_helm_test_script_checks_the_object_store(s3_server, monkeypatch, tmp_pa
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     assert "SignatureDoesNotMatch" in script.s3_failure()
 
+
+
+def test_dev_label_studio_gives_the_pipeline_its_address_and_key_from_one_secret():
+    from kuberlhf.workflow.pipelines.rlhf_human import LABEL_STUDIO_KEYS, LABEL_STUDIO_SECRET
+
+    items = objs("ci/dev-values.yaml")
+    (secret,) = find(items, "Secret", LABEL_STUDIO_SECRET)
+    assert set(LABEL_STUDIO_KEYS.values()) <= set(secret["stringData"])
+    assert secret["stringData"]["LABEL_STUDIO_URL"] == "http://kuberlhf-label-studio.kuberlhf.svc:8080"
+    (deployment,) = find(items, "Deployment", "kuberlhf-label-studio")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert all("valueFrom" in e for e in container["env"] if e["name"].startswith("LABEL_STUDIO_")
+               and e["name"] != "LABEL_STUDIO_BASE_DATA_DIR"), "a credential as a literal value"
+    assert "--enable-legacy-api-token" in container["args"] and "0.0.0.0" in container["args"]
+    (service,) = find(items, "Service", "kuberlhf-label-studio")
+    assert service["spec"]["ports"][0]["port"] == 8080
+    assert find(items, "PersistentVolumeClaim", "kuberlhf-label-studio")
+    assert not find(objs(None), "Deployment", "kuberlhf-label-studio")  # off by default
+    with pytest.raises(Exception, match="devLabelStudio.apiToken"):
+        render({"devLabelStudio": {"enabled": True, "username": "a@b.c", "password": "p"}})
