@@ -218,6 +218,15 @@ def test_bad_rankings_in_a_file_stop_the_import_naming_the_task(tmp_path, row, m
     assert not (tmp_path / "o").exists()
 
 
+def test_a_missing_or_non_object_rankings_file_is_a_clear_error(tmp_path):
+    args = ["feedback", "import", "--from", str(tmp_path / "nowhere.jsonl"), "--output", str(tmp_path / "o")]
+    code, err = run_cli(args, capture=True)
+    assert code == 2 and "nowhere.jsonl" in err and "No such file" in err, err
+    (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+    code, err = run_cli([*args[:3], str(tmp_path / "list.jsonl"), *args[4:]], capture=True)
+    assert code == 2 and "row 1: expected a JSON object, got list" in err, err
+
+
 def test_the_reward_stage_batches_all_pairs_of_a_prompt_together(tmp_path, monkeypatch):
     """data.group_by_prompt=true: every training batch holds whole prompts (all their pairs), 2 prompts a batch."""
     from helpers import reward_args

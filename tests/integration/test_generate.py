@@ -14,6 +14,23 @@ def generate_args(out, trained, *extra):
             "sampling.batch_size=4", "save_every=8", *extra]
 
 
+def killed_in_part_two(out, trained, monkeypatch):
+    """A run into ``out`` killed while it generates its second part (the first one sealed)."""
+    from kuberlhf.stages import generate
+
+    real = generate._generate_part
+
+    def dies_in_part_two(*args, **kwargs):
+        if args[-1] == 1:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(generate, "_generate_part", dies_in_part_two)
+        with pytest.raises(KeyboardInterrupt):
+            run_cli(generate_args(out, trained))
+
+
 def rows_of(out):
     return [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
 
@@ -30,22 +47,9 @@ def test_candidates_are_written_per_prompt_and_a_killed_run_resumes_to_the_same_
     metrics = json.loads((whole / "metrics.json").read_text())
     assert metrics["prompts"] == 20 and metrics["generated_prompts"] == 20 and metrics["candidates_per_second"] > 0
 
-    from kuberlhf.stages import generate
-
-    real, calls = generate._generate_part, []
-
-    def dies_in_part_two(*args, **kwargs):
-        calls.append(args[-1])
-        if args[-1] == 1:
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
     cut = tmp_path / "cut"
-    monkeypatch.setattr(generate, "_generate_part", dies_in_part_two)
-    with pytest.raises(KeyboardInterrupt):
-        run_cli(generate_args(cut, trained))
+    killed_in_part_two(cut, trained, monkeypatch)
     assert not (cut / "manifest.json").exists() and (cut / "checkpoints/checkpoint-1/manifest.json").is_file()
-    monkeypatch.setattr(generate, "_generate_part", real)
     assert run_cli(generate_args(cut, trained)) == 0
     assert rows_of(cut) == rows  # part 1 kept, parts 2 and 3 sampled from their own seeds
     assert json.loads((cut / "metrics.json").read_text())["resumed_prompts"] == 8
@@ -67,19 +71,7 @@ def test_bad_generate_settings_name_their_key(tmp_path, trained, override, key):
 
 
 def test_a_resume_with_other_settings_is_refused(tmp_path, trained, monkeypatch):
-    from kuberlhf.stages import generate
-
-    real = generate._generate_part
-
-    def dies_in_part_two(*args, **kwargs):
-        if args[-1] == 1:
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
     out = tmp_path / "g"
-    monkeypatch.setattr(generate, "_generate_part", dies_in_part_two)
-    with pytest.raises(KeyboardInterrupt):
-        run_cli(generate_args(out, trained))
-    monkeypatch.setattr(generate, "_generate_part", real)
+    killed_in_part_two(out, trained, monkeypatch)
     code, err = run_cli(generate_args(out, trained, "sampling.temperature=0.7"), capture=True)
     assert code == 2 and "'sampling'" in err and "overwrite=true" in err, err

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,23 +57,32 @@ def load_candidates(path: str) -> list[dict]:
     except storage.StorageError as err:
         raise DataError(f"candidates {path}: {err}") from None
     rows, seen = [], set()
-    for n, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise DataError(f"{source} row {n}: not JSON") from None
-        for key in ("id", "prompt", "candidates"):
-            if key not in row:
-                raise DataError(f"{source} row {n}: missing field {key!r}")
+    for where, row in _task_rows(lines, source):
         if not isinstance(row["candidates"], list) or len(row["candidates"]) < 2:
-            raise DataError(f"{source} row {n} (task {row['id']}): field 'candidates' must list at least 2 texts")
+            raise DataError(f"{where} (task {row['id']}): field 'candidates' must list at least 2 texts")
         if row["id"] in seen:
-            raise DataError(f"{source} row {n}: task id {row['id']!r} appears twice")
+            raise DataError(f"{where}: task id {row['id']!r} appears twice")
         seen.add(row["id"])
         rows.append(row)
     if not rows:
         raise DataError(f"candidates {path}: no rows")
     return rows
+
+
+def _task_rows(lines: list[str], source: str) -> Iterator[tuple[str, dict]]:
+    """(where, row) of each JSON line holding a task: an object with ``id``, ``prompt`` and ``candidates``."""
+    for n, line in enumerate(lines, 1):
+        where = f"{source} row {n}"
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise DataError(f"{where}: not JSON") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for key in ("id", "prompt", "candidates"):
+            if key not in row:
+                raise DataError(f"{where}: missing field {key!r}")
+        yield where, row
 
 
 # ---------------------------------------------------------------------- rankings in
@@ -88,15 +98,11 @@ def rankings_from_jsonl(path: str) -> tuple[list[dict], list[Ranking]]:
     """(candidate rows, rankings) of a rankings JSONL file; a task's candidates must agree across its rows."""
     tasks: dict[str, dict] = {}
     out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        where = f"{path} row {n}"
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise DataError(f"{where}: not JSON") from None
-        for key in ("id", "prompt", "candidates"):
-            if key not in row:
-                raise DataError(f"{where}: missing field {key!r}")
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise DataError(f"rankings {path}: {err.strerror or err}") from None
+    for where, row in _task_rows(lines, path):
         task = str(row["id"])
         known = tasks.setdefault(task, {"id": task, "prompt": row["prompt"], "candidates": row["candidates"]})
         if (known["prompt"], known["candidates"]) != (row["prompt"], row["candidates"]):
