@@ -118,6 +118,15 @@ def test_a_labeling_round_through_label_studio(tmp_path, candidates, ls_env, cap
     before = (out / "train.jsonl").read_text()
     assert run_cli([*imp, "--overwrite"]) == 0 and (out / "train.jsonl").read_text() == before
 
+    # the same rankings from a Label Studio JSON export file (labelers as ids: their e-mails are not in the file)
+    exported = tmp_path / "export.json"
+    exported.write_text(json.dumps(admin.export(proj["id"])))
+    from_file = tmp_path / "from-file"
+    assert run_cli(["feedback", "import", "--candidates", str(source), "--from", str(exported),
+                    "--output", str(from_file)]) == 0
+    assert [(p["chosen"], p["rejected"]) for p in read_jsonl(from_file / "train.jsonl")] == [
+        (p["chosen"], p["rejected"]) for p in pairs]
+
     # every labeler's pairs kept
     separate = tmp_path / "separate"
     assert run_cli([*imp[:-1], str(separate), "--merge", "separate"]) == 0

@@ -80,3 +80,30 @@ def test_agreement_counts_only_tasks_with_several_labelers():
 def test_bad_rankings_name_the_task_and_the_fault(ranking, k, message):
     with pytest.raises(DataError, match=f"task t.*{message}"):
         check_ranking(ranking, k)
+
+
+def test_a_label_studio_export_becomes_rankings_with_buckets_skips_and_labelers():
+    from kuberlhf.feedback.rounds import rankings_from_export
+
+    def task(tid, annotations, kid="t1"):
+        return {"id": tid, "data": {"kuberlhf_id": kid, "items": [{"id": f"c{i}"} for i in range(3)]},
+                "annotations": annotations}
+
+    ranked = {"completed_by": 1, "result": [{"type": "ranker", "value": {"ranker": {"rank": ["c2", "c0", "c1"]}}}]}
+    bucketed = {"completed_by": 2, "result": [{"type": "ranker",
+                                               "value": {"ranker": {"ranked": ["c1", "c0"], "unusable": ["c2"]}}}]}
+    skipped = {"completed_by": 1, "was_cancelled": True, "result": []}
+    out = rankings_from_export([task(10, [ranked, bucketed]), task(11, [skipped], "t2"), task(12, [], "t3")],
+                               {"t1", "t2", "t3"}, {1: "ann@example.com", 2: "bob@example.com"})
+    assert [(r.task, r.labeler, r.tiers, r.unusable, r.skipped) for r in out] == [
+        ("t1", "ann@example.com", ((2,), (0,), (1,)), (), False),
+        ("t1", "bob@example.com", ((1,), (0,)), (2,), False),
+        ("t2", "ann@example.com", (), (), True)]
+    with pytest.raises(DataError, match="Label Studio task 10: annotated, but not a task of these candidates"):
+        rankings_from_export([task(10, [ranked])], {"t9"}, {})
+    bad = {"completed_by": 1, "result": [{"type": "ranker", "value": {"ranker": {"rank": ["c0", "c7"]}}}]}
+    with pytest.raises(DataError, match="task t1 .*unknown candidate 7"):
+        rankings_from_export([task(10, [bad])], {"t1"}, {})
+    empty = {"completed_by": 1, "result": []}
+    with pytest.raises(DataError, match="task t1 .*holds no ranking"):
+        rankings_from_export([task(10, [empty])], {"t1"}, {})
