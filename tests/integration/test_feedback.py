@@ -138,10 +138,6 @@ def test_a_labeling_round_through_label_studio(tmp_path, candidates, ls_env, cap
     train, evals = read_jsonl(held / "train.jsonl"), read_jsonl(held / "eval.jsonl")
     assert len(train) + len(evals) == len(pairs) and {p["task"] for p in evals} == {p["task"] for p in evals}
     assert not {p["task"] for p in train} & {p["task"] for p in evals} and len({p["task"] for p in evals}) == 3
-    from kuberlhf.feedback.rounds import EVAL_FILE, TRAIN_FILE
-    from kuberlhf.workflow import data as data_step
-
-    assert (TRAIN_FILE, EVAL_FILE) == (data_step.TRAIN_FILE, data_step.EVAL_FILE)  # a data step's layout
 
     # an annotation of a task these candidates do not hold: refused, nothing written
     fewer = tmp_path / "fewer"

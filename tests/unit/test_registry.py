@@ -77,7 +77,7 @@ def test_the_tables_that_read_the_registry_agree_with_it():
     assert DATA_KINDS == {name: s.data_kind for name, s in STAGES.items() if s.data_kind}
     assert set(POLICY_CURVES) == set(POLICY_STAGES) == {"ppo", "dpo", "rloo", "grpo"}
     # every training loop has a bar, quieted in a pipeline step
-    assert {name for name, s in STAGES.items() if not s.progress_bars} == {"generate"}
+    assert {name for name, s in STAGES.items() if not s.progress_bars} == {"generate", "rlaif"}
 
 
 def test_every_shipped_config_loads_with_its_stage(monkeypatch):

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "DataStats", "iter_rows", "load_data", "load_examples"]
 
-KINDS = ("sft", "preference", "prompt")
+KINDS = ("sft", "preference", "prompt", "candidates")
 ON_BAD_ROW = ("error", "skip")
 TEMPLATE_KEYS = ("prompt_template", "system_template")
 MAX_SKIPPED_EXAMPLES = 10
@@ -94,7 +94,7 @@ def _converter(kind: str, template_kwargs: Mapping[str, str] | None) -> Callable
     for key, value in kwargs.items():
         if not isinstance(value, str):
             raise ConfigError(f"template option {key} must be a string, got {type(value).__name__}")
-    if kind == "preference":
+    if kind in ("preference", "candidates"):
         return CONVERTERS[kind]
     try:
         check_templates(

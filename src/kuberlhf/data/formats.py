@@ -295,9 +295,23 @@ def _keys(row: Mapping[str, Any]) -> str:
     return f"fields {shown}" + (", ..." if len(keys) > 8 else "")
 
 
+def candidates_example(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert a row into ``{"id", "prompt", "candidates"}``: a prompt and its K >= 2 responses, as
+    ``kuberlhf generate`` writes them (``id`` may be absent: the reader numbers the rows)."""
+    row = _check_row(row)
+    prompt = _field_text(row, "prompt")
+    candidates = _require(row, "candidates")
+    if not isinstance(candidates, list) or len(candidates) < 2:
+        raise RowError("candidates", f"field 'candidates' must list at least 2 responses, got {_type_name(candidates)}"
+                       + (f" of {len(candidates)}" if isinstance(candidates, list) else ""))
+    texts = [_text(c, f"candidates[{i}]", allow_empty=True) for i, c in enumerate(candidates)]
+    return {"id": str(row.get("id", "")), "prompt": prompt, "candidates": texts}
+
+
 CONVERTERS = {
     "sft": sft_example,
     "preference": preference_example,
     "prompt": prompt_example,
+    "candidates": candidates_example,
 }
 """The converter for each example kind; ``template kwargs`` apply to sft and prompt."""

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kuberlhf.data.pairs import TRAIN_FILE, split_by_task, write_pairs
 from kuberlhf.errors import DataError, KuberlhfError
 from kuberlhf.feedback import labelstudio as ls
 from kuberlhf.feedback.rankings import Merge, Ranking, Ties, Unusable, agreement, check_ranking, scores, to_pairs
 
 log = logging.getLogger(__name__)
 
-TRAIN_FILE, EVAL_FILE = "train.jsonl", "eval.jsonl"  # a pipeline data step's layout (kuberlhf.workflow.data)
 
 
 # ---------------------------------------------------------------------- candidates
@@ -183,15 +183,6 @@ class ImportSettings:
             raise ConfigError(f"--eval-fraction: must be in [0, 1), got {self.eval_fraction}")
 
 
-def split_by_prompt(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, eval) pairs, eval holding every pair of a seeded ``fraction`` of the tasks."""
-    import random
-
-    tasks = sorted({p["task"] for p in pairs})
-    held = set(random.Random(seed).sample(tasks, round(fraction * len(tasks)))) if fraction else set()
-    return [p for p in pairs if p["task"] not in held], [p for p in pairs if p["task"] in held]
-
-
 def build_dataset(rows: list[dict], rankings: list[Ranking], settings: ImportSettings) -> tuple[list, list, dict]:
     """(pairs rows, rankings rows, metrics) of the rankings of ``rows``' tasks."""
     by_id = {r["id"]: r for r in rows}
@@ -229,7 +220,7 @@ def build_dataset(rows: list[dict], rankings: list[Ranking], settings: ImportSet
     }
     if not pairs:
         raise DataError("the rankings give no preference pairs (nothing ranked yet, or every ranking skipped/tied)")
-    train, held = split_by_prompt(pairs, settings.eval_fraction, settings.seed)
+    train, held = split_by_task(pairs, settings.eval_fraction, settings.seed)
     if not train:
         raise DataError("--eval-fraction leaves no training pairs; lower it")
     metrics.update(train_pairs=len(train), eval_pairs=len(held), eval_fraction=settings.eval_fraction)
@@ -249,10 +240,7 @@ def publish(output: str, pairs: tuple[list[dict], list[dict]], ranked: list[dict
         raise KuberlhfError(f"{output} exists and is not a finished kuberlhf dataset; choose another --output")
     staging = Path(tempfile.mkdtemp(prefix="kuberlhf-feedback-"))
     try:
-        train, held = pairs
-        (staging / TRAIN_FILE).write_text("".join(json.dumps(p) + "\n" for p in train))
-        if held:
-            (staging / EVAL_FILE).write_text("".join(json.dumps(p) + "\n" for p in held))
+        write_pairs(staging, *pairs)
         (staging / "rankings").mkdir()
         (staging / "rankings/rankings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ranked))
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -19,17 +19,14 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from kuberlhf.config import option, require
 from kuberlhf.config.sections import DataConfig, ModelConfig, StageConfig
-from kuberlhf.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 CANDIDATES = "candidates.jsonl"
-PART = "part.jsonl"
 
 
 @dataclass
@@ -74,18 +71,6 @@ def _settings(cfg: GenerateConfig) -> dict:
     return {"model": cfg.policy.name_or_path, "generation": asdict(cfg.sampling)}
 
 
-def _part_rows(path: Path, expected: list[str], settings: dict, part: int) -> list[dict]:
-    """The rows of a sealed part, checked against the prompts and settings of this run."""
-    rows = [json.loads(line) for line in (path / PART).read_text().splitlines()]
-    if [r["id"] for r in rows] != expected:
-        raise ConfigError(f"config key 'data.train': checkpoint {path.name} holds other prompts than this run's "
-                          f"part {part}; pass overwrite=true to generate again")
-    if any({"model": r["model"], "generation": r["generation"]} != settings for r in rows):
-        raise ConfigError(f"config key 'sampling': checkpoint {path.name} was generated with other settings "
-                          "(model or sampling); pass overwrite=true to generate again")
-    return rows
-
-
 def _generate_part(policy: Any, tokenizer: Any, prompts: list[str], ids: list[str], cfg: GenerateConfig,
                    settings: dict, part: int) -> tuple[list[dict], int]:
     import torch
@@ -110,24 +95,20 @@ def _generate_part(policy: Any, tokenizer: Any, prompts: list[str], ids: list[st
 
 def run(cfg: GenerateConfig) -> dict:
     """Write ``candidates.jsonl`` (K candidates per prompt) to ``cfg.output_dir``; returns the metrics."""
-    from kuberlhf.artifacts import cards, checkpoints, rundir
+    from kuberlhf.artifacts import cards, rundir
     from kuberlhf.artifacts.s3 import configure_from
     from kuberlhf.data import load_data
     from kuberlhf.models import loading
+    from kuberlhf.stages import parts as resumable
 
     configure_from(cfg.storage)
     run_dir = rundir.prepare_run(cfg.output_dir, "generate", cfg.overwrite)
     data, _, stats = load_data(cfg.data, "prompt", cfg.sampling.seed)
     prompts = list(data["prompt"])
     ids = [prompt_id(i, p) for i, p in enumerate(prompts)]
-    parts = [range(i, min(i + cfg.save_every, len(prompts))) for i in range(0, len(prompts), cfg.save_every)]
+    parts = resumable.spans(len(prompts), cfg.save_every)
     settings = _settings(cfg)
-
-    done: dict[int, list[dict]] = {}
-    for path in rundir.sealed_checkpoints(run_dir):
-        part = rundir.step_of(path) - 1
-        if 0 <= part < len(parts) and part not in done:
-            done[part] = _part_rows(Path(path), [ids[i] for i in parts[part]], settings, part)
+    done = resumable.sealed(run_dir, [[ids[i] for i in span] for span in parts], settings, "data.train", "sampling")
     if done:
         log.info("resuming: %d of %d parts already generated", len(done), len(parts))
 
@@ -140,10 +121,7 @@ def run(cfg: GenerateConfig) -> dict:
             continue
         rows, cut = _generate_part(policy, tokenizer, [prompts[i] for i in span], [ids[i] for i in span], cfg,
                                    settings, part)
-        name = f"checkpoint-{part + 1}"
-        (run_dir.checkpoints / name).mkdir(parents=True, exist_ok=True)
-        (run_dir.checkpoints / name / PART).write_text("".join(json.dumps(r) + "\n" for r in rows))
-        checkpoints.seal_checkpoint(run_dir, name, keep=len(parts))
+        resumable.seal(run_dir, part, rows, settings, len(parts))
         done[part], generated, truncated = rows, generated + len(rows), truncated + cut
         log.info("part %d/%d: %d prompts", part + 1, len(parts), len(rows))
     seconds = time.perf_counter() - started

@@ -77,6 +77,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                    ("judge score (held-out)", [("eval_score", "eval.every_steps")])])),
     Stage("generate", "kuberlhf.stages.generate", "GenerateConfig", image="ppo", data_kind="prompt",
           inputs={"policy": "policy.name_or_path"}, progress_bars=False, deepspeed=False),
+    Stage("rlaif", "kuberlhf.stages.rlaif", "RlaifConfig", image="ppo", data_kind="candidates",
+          inputs={"judge": "judge.name_or_path"}, progress_bars=False, deepspeed=False),
     Stage("dpo", "kuberlhf.stages.dpo", "DpoConfig", image="dpo", data_kind="preference",
           inputs={"policy": "model.name_or_path"},
           report=("DPO: loss and preference accuracy",

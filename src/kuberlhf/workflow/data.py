@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from kuberlhf.data.pairs import EVAL_FILE, TRAIN_FILE  # the layout every pairs folder shares
 from kuberlhf.errors import ConfigError
 from kuberlhf.stages.registry import STAGES
 from kuberlhf.workflow.configs import resolve_config
@@ -26,8 +27,6 @@ log = logging.getLogger(__name__)
 
 # stage -> the kind of examples its training data holds (kuberlhf.data.KINDS)
 DATA_KINDS = {name: stage.data_kind for name, stage in STAGES.items() if stage.data_kind}
-TRAIN_FILE = "train.jsonl"
-EVAL_FILE = "eval.jsonl"
 
 
 def stage_data_config(stage: str, config: str, overrides: list[str] | None, source: str = "") -> Any:

@@ -1,0 +1,31 @@
+"""The ``rlaif`` stage as a KFP component: a judge model labels the candidates' pairs under a constitution."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+
+def rlaif_op(image: str):
+    """The ``rlaif`` component running in ``image``."""
+
+    @dsl.component(base_image=image)
+    def rlaif(
+        judge: Input[Model],
+        train_data: Input[Dataset],
+        pairs: Output[Dataset],
+        metrics: Output[Metrics],
+        job_manifest: Output[Artifact],
+        logs: Output[Artifact],
+        config: str = "configs/rlaif/demo.yaml",
+        overrides: list = [],  # noqa: B006 (a KFP default value, never mutated)
+        mode: str = "local",
+        procs: int = 1,
+        run_id: str = "",
+        task: str = "rlaif",
+    ):
+        """AI preference labels of the candidates (config file plus key=value overrides)."""
+        from kuberlhf.workflow.steps import run_stage_step
+
+        run_stage_step("rlaif", {"judge": judge}, pairs, metrics, job_manifest, logs, train_data=train_data,
+                       config=config, overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
+
+    return rlaif

@@ -1,0 +1,84 @@
+"""``kuberlhf rlaif``: a judge model labels every pair of the candidates under a constitution; resumable;
+bad constitutions, candidates and thresholds refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import REPO, run_cli
+
+from kuberlhf.demo.task import Demonstrator, format_prompt
+
+
+@pytest.fixture
+def candidates(tmp_path):
+    demo, rows = Demonstrator(7), []
+    for _ in range(10):
+        question, topic = demo.question()
+        rows.append({"prompt": format_prompt(question), "candidates": [" " + demo.response(topic) for _ in range(3)]})
+    path = tmp_path / "candidates.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def rlaif_args(out, trained, candidates, *extra):
+    return ["rlaif", "--config", str(REPO / "configs/rlaif/demo.yaml"), f"output_dir={out}",
+            f"judge.name_or_path={trained / 'sft'}", f"data.train={candidates}", "save_every=4",
+            "labeling.eval_fraction=0.2", *extra]
+
+
+def test_every_pair_is_judged_in_both_orders_and_published_as_preference_data(tmp_path, trained, candidates,
+                                                                             monkeypatch):
+    from kuberlhf.eval.constitution import load_constitution
+    from kuberlhf.stages import rlaif
+
+    real, calls = rlaif._label_part, []
+
+    def dies_in_part_two(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "rlaif"
+    with monkeypatch.context() as patch:
+        patch.setattr(rlaif, "_label_part", dies_in_part_two)
+        with pytest.raises(KeyboardInterrupt):
+            run_cli(rlaif_args(out, trained, candidates))
+    assert run_cli(rlaif_args(out, trained, candidates)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pairs_judged"] == 10 * 3 and metrics["prompts_judged_now"] == 6  # part 1 (4 prompts) kept
+    assert sum(metrics["confidence_histogram"]) == 30 and 0 <= metrics["flip_share"] <= 1
+    assert 0 <= metrics["gold_agreement"] <= 1
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    held = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert len(train) + len(held) == metrics["pairs_kept"] > 0
+    assert not {p["task"] for p in train} & {p["task"] for p in held}
+    principles = load_constitution(str(REPO / "configs/constitutions/demo.yaml")).principles
+    assert all(p["principle"] in principles and 0 <= p["confidence"] <= 1 for p in train)
+    from kuberlhf.data import load_examples
+
+    data, _ = load_examples(str(out / "train.jsonl"), "preference")
+    assert len(data) == len(train)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("labeling.min_confidence=0.999", "'labeling.min_confidence': 0.999 keeps none of the 30 judged pairs"),
+    ("constitution={empty}", "'principles' must be a non-empty list"),
+    ("constitution={missing}", "No such file"),
+])
+def test_bad_settings_stop_the_labeler_naming_them(tmp_path, trained, candidates, override, message):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("principles: []\n")
+    override = override.format(empty=empty, missing=tmp_path / "nowhere.yaml")
+    code, err = run_cli(rlaif_args(tmp_path / "x", trained, candidates, override), capture=True)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+def test_a_prompt_with_one_candidate_is_refused_naming_the_row(tmp_path, trained):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"prompt": "Q", "candidates": ["only"]}) + "\n")
+    code, err = run_cli(rlaif_args(tmp_path / "x", trained, path), capture=True)
+    assert code == 2 and "row 0" in err and "'candidates' must list at least 2" in err, err

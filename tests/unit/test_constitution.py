@@ -1,0 +1,96 @@
+"""The AI labeler's arithmetic: answer-token probabilities, both orders averaged, a planted position bias
+undone, and constitutions that make no sense refused."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kuberlhf.errors import ConfigError
+from kuberlhf.eval.constitution import (
+    Constitution,
+    answer_tokens,
+    both_orders,
+    judge_pairs,
+    load_constitution,
+    preference_of_a,
+)
+
+
+class Tokens:
+    """A tokenizer stand-in: a fixed vocabulary, multi-token spellings for what it lacks."""
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+
+    def encode(self, text, add_special_tokens=False):
+        return [self.vocab[text]] if text in self.vocab else [99, 98]
+
+
+def test_answer_probability_pools_each_labels_spellings_and_normalises_over_the_two():
+    tokens = answer_tokens(Tokens({"A": 1, " A": 2, "B": 3}))  # " B" is two tokens: not a spelling of B
+    assert tokens == {"A": [1, 2], "B": [3]}
+    logprobs = [math.log(p) for p in (0.1, 0.2, 0.1, 0.3, 0.3)]
+    # P(A) = (0.2 + 0.1) / (0.2 + 0.1 + 0.3) = 0.5 exactly
+    assert preference_of_a(logprobs, tokens) == pytest.approx(0.5)
+    logprobs = [math.log(p) for p in (0.05, 0.6, 0.15, 0.1, 0.1)]
+    assert preference_of_a(logprobs, tokens) == pytest.approx((0.6 + 0.15) / (0.6 + 0.15 + 0.1))
+
+
+def test_both_orders_are_averaged():
+    verdict = both_orders(forward=0.9, backward=0.3)  # i as A: 0.9 for i; j as A: 0.7 for i
+    assert verdict.p_first == pytest.approx(0.8) and verdict.confidence == pytest.approx(0.6)
+    assert not verdict.flipped
+    assert both_orders(0.8, 0.8).flipped  # "A" both times: the position, not the responses
+
+
+def test_a_judge_with_a_planted_position_bias_is_corrected_by_the_swap():
+    """A judge that adds +2 logits to whatever stands first: one order alone always says A; averaged, the
+    better response wins every pair."""
+    quality = {"good": 1.0, "fair": 0.5, "bad": 0.0}
+    constitution = Constitution(["Which is better?"])
+
+    def ask(texts):
+        out = []
+        for text in texts:
+            a = text.split("Response A: ")[1].split("\n")[0]
+            b = text.split("Response B: ")[1].split("\n")[0]
+            out.append(1 / (1 + math.exp(-(2.0 + quality[a] - quality[b]))))
+        return out
+
+    pairs = [("Which is better?", "Q", x, y) for x in quality for y in quality if x != y]
+    verdicts = judge_pairs(ask, constitution, pairs)
+    assert all(v.forward > 0.5 for v in verdicts)  # position bias: first place always wins alone
+    for (_, _, x, y), v in zip(pairs, verdicts, strict=True):
+        assert (v.p_first > 0.5) == (quality[x] > quality[y]), (x, y, v)
+    assert all(v.flipped for v in verdicts)
+
+
+def test_a_tokenizer_without_a_single_token_label_is_refused():
+    with pytest.raises(ConfigError, match="no single token for the answer label 'B'"):
+        answer_tokens(Tokens({"A": 1}))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "expected a mapping"),
+    ("principles: []\n", "'principles' must be a non-empty list"),
+    ("principles: [ok, '']\n", r"principles\[1\] must be a non-empty text"),
+    ("principles: [ok]\nfew_shot: [{prompt: p, a: x, b: y, answer: C}]\n", r"few_shot\[0\].answer must be A or B"),
+    ("principles: [ok]\nfew_shot: [{prompt: p, a: x}]\n", r"few_shot\[0\] must have exactly the keys"),
+    ("principles: [ok]\nrules: [x]\n", "unknown key"),
+    ("principles: [ok]\ntemplate: 'no slots'\n", "'template' must contain"),
+    ("principles: [ok\n", "not YAML"),
+])
+def test_a_constitution_that_makes_no_sense_is_refused_naming_the_key(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_constitution(str(path))
+
+
+def test_the_shipped_constitutions_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "configs" / "constitutions").glob("*.yaml")):
+        assert load_constitution(str(path)).principles, path
