@@ -82,6 +82,8 @@ def test_a_labeling_round_through_label_studio(tmp_path, candidates, ls_env, cap
     assert run_cli(["feedback", "status", "--project", project]) == 0
     status = json.loads(capsys.readouterr().out)
     assert (status["total"], status["annotated"], status["skipped"]) == (12, 10, 1)
+    # finished: ranked by both labelers asked for (tasks 0-3) or skipped (task 10)
+    assert status["finished"] == 5 and status["fraction"] == pytest.approx(5 / 12)
     assert sorted(status["per_labeler"].values()) == [4, 11]
 
     out = tmp_path / "feedback"
@@ -301,7 +303,7 @@ def test_the_pipeline_steps_of_a_labeling_round_wait_for_the_labelers(tmp_path, 
     assert exported.metadata["project"] == f"kuberlhf-{run_id[:8]}" and exported.metadata["added"] == 12
     admin = Client(ls_env.url, ls_env.token)
     project = admin.find_project(exported.metadata["project"])
-    with pytest.raises(KuberlhfError, match=r"0/12 tasks annotated after 1 s, short of the 50%"):
+    with pytest.raises(KuberlhfError, match=r"0/12 tasks finished after 1 s, short of the 50%"):
         steps.feedback_wait_step(exported, _Metrics(), 0.5, 1.0, 0.5)
 
     def labeler():
@@ -316,6 +318,10 @@ def test_the_pipeline_steps_of_a_labeling_round_wait_for_the_labelers(tmp_path, 
     steps.feedback_wait_step(exported, progress, 0.75, 120.0, 0.5)
     thread.join()
     assert progress.logged["annotated"] >= 9 and progress.logged["total"] == 12
+    from kuberlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="feedback fraction: must be in"):
+        steps.feedback_wait_step(exported, _Metrics(), 50, 1.0, 0.5)
 
     pairs = SimpleNamespace(path=str(tmp_path / "pairs"), metadata={})
     metrics = _Metrics()

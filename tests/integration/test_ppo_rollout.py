@@ -90,6 +90,11 @@ def test_bf16_precision_scores_and_updates_under_the_same_autocast(tmp_path, tra
         assert calls[step * 2]["ratio_mean"] == pytest.approx(1.0, abs=1e-6), (step, calls[step * 2])
 
 
+def test_fp16_without_deepspeed_is_refused_naming_the_key(tmp_path, trained):
+    code, err = run_cli(ppo_args(tmp_path / "fp16", trained, "training.precision=fp16"), capture=True)
+    assert code == 2 and "'training.precision': fp16 needs training.deepspeed" in err, err
+
+
 def test_a_tempered_run_scores_what_it_sampled(tmp_path, trained, monkeypatch):
     """With rollout.temperature=0.5 the old log-probs are of softmax(logits / 0.5), the sampling distribution."""
     from transformers import AutoModelForCausalLM

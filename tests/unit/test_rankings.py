@@ -76,6 +76,7 @@ def test_agreement_counts_only_tasks_with_several_labelers():
     (r([1]), 4, "ranks 1 candidate"),
     (r([0, 1]), 1, "1 candidate"),
     (r(["c0", 1]), 4, "unknown candidate 'c0'"),
+    (r([[], 0, 1]), 4, "an empty tie"),
 ])
 def test_bad_rankings_name_the_task_and_the_fault(ranking, k, message):
     with pytest.raises(DataError, match=f"task t.*{message}"):
@@ -107,3 +108,38 @@ def test_a_label_studio_export_becomes_rankings_with_buckets_skips_and_labelers(
     empty = {"completed_by": 1, "result": []}
     with pytest.raises(DataError, match="task t1 .*holds no ranking"):
         rankings_from_export([task(10, [empty])], {"t1"}, {})
+
+
+def test_a_labeler_who_ranks_a_task_twice_is_refused():
+    with pytest.raises(DataError, match="task t: labeler a ranks it twice"):
+        to_pairs([r([0, 1], labeler="a"), r([0, 1], labeler="a"), r([1, 0], labeler="b")])
+
+
+def test_an_all_unusable_ranking_scores_every_candidate_zero():
+    assert scores(r([], unusable=[0, 1]), 3) == [0.0, 0.0, None]
+
+
+def test_buckets_with_unmoved_items_and_labelers_as_text_are_read():
+    from kuberlhf.feedback.rounds import rankings_from_export
+
+    value = {"ranker": {"ranked": ["c1", "c0"], "unusable": ["c3"], "_": ["c2"]}}
+    task = {"id": 5, "data": {"kuberlhf_id": "t", "items": [{"id": f"c{i}"} for i in range(4)]},
+            "annotations": [{"completed_by": "carol@example.com", "result": [{"type": "ranker", "value": value}]}]}
+    (ranking,) = rankings_from_export([task], {"t"}, {})
+    assert (ranking.labeler, ranking.tiers, ranking.unusable) == ("carol@example.com", ((1,), (0,)), (3,))
+    assert (2, 0) not in ordered_pairs(ranking) and (0, 3) in ordered_pairs(ranking)  # c2 unranked: no pair
+
+
+def test_prompt_batches_hold_whole_prompts_and_follow_the_epoch_they_are_set_to():
+    from kuberlhf.stages.reward import PromptBatchSampler
+
+    prompts = [p for p in "abcdefg" for _ in range(3)]
+    sampler = PromptBatchSampler(prompts, 2, seed=0)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 4
+    assert sorted(i for batch in first for i in batch) == list(range(len(prompts)))
+    assert all(len({prompts[i] for i in batch}) <= 2 and len(batch) % 3 == 0 for batch in first)
+    assert list(sampler) == first  # the same epoch, the same order (a resumed run skips the same batches)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and list(PromptBatchSampler(prompts, 2, seed=0).__iter__()) == first

@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             tasks = json.loads(Path(args.from_file).read_text())
         except (OSError, ValueError) as err:
             raise ConfigError(f"--from: cannot read {args.from_file} as a Label Studio JSON export: {err}") from None
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise ConfigError(f"--from: {args.from_file} is not a Label Studio JSON export (a list of tasks)")
         rankings = rounds.rankings_from_export(tasks, {r["id"] for r in rows}, {})
     pairs, ranked, metrics = rounds.build_dataset(rows, rankings, settings)
     rounds.publish(args.output, pairs, ranked, metrics, args.overwrite)

@@ -84,7 +84,15 @@ class Client:
             self.session.headers["Authorization"] = f"Token {self.api_key}"
         self._authorized = True
 
-    def _call(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> Any:
+    @property
+    def where(self) -> str:
+        """The server's address for messages, without any ``user:password@`` in it."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+    def _call(self, method: str, path: str, *, auth: bool = True, retried: bool = False, **kwargs: Any) -> Any:
         import requests
 
         if auth:
@@ -92,14 +100,17 @@ class Client:
         try:
             resp = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as err:
-            raise LabelStudioError(f"Label Studio at {self.url} is unreachable ({type(err).__name__}); "
+            raise LabelStudioError(f"Label Studio at {self.where} is unreachable ({type(err).__name__}); "
                                    f"check {URL_ENV}") from None
+        if resp.status_code == 401 and auth and not retried and self.api_key.count(".") == 2:
+            self._authorized = False  # the access token a personal token was traded for lasts minutes
+            return self._call(method, path, auth=auth, retried=True, **kwargs)
         if resp.status_code in (401, 403):
-            raise LabelStudioError(f"Label Studio at {self.url} refused the credentials (HTTP {resp.status_code} "
+            raise LabelStudioError(f"Label Studio at {self.where} refused the credentials (HTTP {resp.status_code} "
                                    f"on {path}); check {KEY_ENV}")
         if not resp.ok:
             raise LabelStudioError(f"Label Studio: {method} {path} answered HTTP {resp.status_code}: "
-                                   f"{resp.text[:200]}")
+                                   f"{' '.join(resp.text[:200].split())}")
         return resp.json() if resp.content else None
 
     # ---------------------------------------------------------------- projects

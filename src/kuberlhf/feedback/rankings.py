@@ -59,6 +59,8 @@ def check_ranking(ranking: Ranking, k: int) -> None:
         raise DataError(f"task {ranking.task}: {k} candidate(s); a ranking needs at least 2")
     if ranking.skipped:
         return
+    if any(not tier for tier in ranking.tiers):
+        raise DataError(f"task {ranking.task} (labeler {ranking.labeler}): an empty tie (a tier names no candidate)")
     seen: set[int] = set()
     for c in [c for tier in ranking.tiers for c in tier] + list(ranking.unusable):
         if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < k:
@@ -87,7 +89,15 @@ def scores(ranking: Ranking, k: int, unusable: Unusable = "last") -> list[float 
     if ranking.skipped or not pos:
         return [None] * k
     worst = max(pos.values())
-    return [None if c not in pos else (1.0 if worst == 0 else 1.0 - pos[c] / worst) for c in range(k)]
+
+    def score(c: int) -> float | None:
+        if c not in pos:
+            return None
+        if c in ranking.unusable:
+            return 0.0
+        return 1.0 if worst == 0 else 1.0 - pos[c] / worst
+
+    return [score(c) for c in range(k)]
 
 
 @dataclass
@@ -96,12 +106,23 @@ class Pair:
     chosen: int
     rejected: int
     labelers: list[str] = field(default_factory=list)
-    agreement: float = 1.0  # share of the task's labelers who ordered the two that way (majority merge)
+    agreement: float | None = None  # majority merge: the share of the votes on the two that ordered them so
+
+
+def check_labelers(rankings: Iterable[Ranking]) -> None:
+    """Refuse a labeler who ranks one task twice (their vote would count double)."""
+    seen: set[tuple[str, str]] = set()
+    for r in rankings:
+        if (r.task, r.labeler) in seen:
+            raise DataError(f"task {r.task}: labeler {r.labeler or '(unnamed)'} ranks it twice; keep one ranking")
+        seen.add((r.task, r.labeler))
 
 
 def to_pairs(rankings: Iterable[Ranking], *, ties: Ties = "skip", unusable: Unusable = "last",
              merge: Merge = "majority") -> list[Pair]:
     """Preference pairs from every labeler's rankings, per task in first-seen order."""
+    rankings = list(rankings)
+    check_labelers(rankings)
     by_task: dict[str, list[Ranking]] = defaultdict(list)
     for r in rankings:
         by_task[r.task].append(r)

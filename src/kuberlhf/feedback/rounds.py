@@ -107,25 +107,32 @@ def rankings_from_jsonl(path: str) -> tuple[list[dict], list[Ranking]]:
         known = tasks.setdefault(task, {"id": task, "prompt": row["prompt"], "candidates": row["candidates"]})
         if (known["prompt"], known["candidates"]) != (row["prompt"], row["candidates"]):
             raise DataError(f"{where}: task {task} has other prompt or candidates than in an earlier row")
+        if not isinstance(row["candidates"], list):
+            raise DataError(f"{where}: field 'candidates' must be a list of texts")
+        unusable = row.get("unusable") or []
+        if not isinstance(unusable, list):
+            raise DataError(f"{where}: field 'unusable' must be a list of candidate indexes")
         skipped = bool(row.get("skipped", False))
         ranking = Ranking(task, str(row.get("labeler", "")), () if skipped else _tiers(row.get("ranking"), where),
-                          tuple(row.get("unusable") or ()), skipped)
+                          tuple(unusable), skipped)
         check_ranking(ranking, len(row["candidates"]))
         out.append(ranking)
     return list(tasks.values()), out
 
 
-def _ranker_value(result: list[dict], where: str) -> tuple[list[str], list[str]]:
-    for item in result:
-        if item.get("type") == "ranker":
-            value = item.get("value", {}).get("ranker", {})
-            if not isinstance(value, dict):
+def _ranker_value(result: Any, where: str) -> tuple[list[str], list[str]]:
+    """(ranked item ids best first, unusable ids) of an annotation's ranker result.
+
+    Without buckets the list is under the ranker's name (``rank``); with them under the bucket
+    ``ranked``, the unusable ones under ``unusable``, and items left where they were under ``_``
+    (unranked: in no pair)."""
+    for item in result if isinstance(result, list) else []:
+        if isinstance(item, dict) and item.get("type") == "ranker":
+            value = item.get("value") if isinstance(item.get("value"), dict) else {}
+            ranker = value.get("ranker")
+            if not isinstance(ranker, dict):
                 break
-            unusable = value.get("unusable", [])
-            ranked = value.get("rank")
-            if ranked is None:  # a bucket named otherwise: the one that is not "unusable"
-                others = [v for key, v in value.items() if key != "unusable"]
-                ranked = others[0] if len(others) == 1 else None
+            ranked, unusable = ranker.get("ranked", ranker.get("rank")), ranker.get("unusable", [])
             if isinstance(ranked, list) and isinstance(unusable, list):
                 return ranked, unusable
             break
@@ -136,7 +143,7 @@ def rankings_from_export(tasks: list[dict], exported_ids: set[str] | None, users
     """Rankings of a Label Studio JSON export; an annotation of a task not exported by us is refused."""
     out = []
     for task in tasks:
-        data = task.get("data", {})
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
         task_id = data.get(ls.TASK_ID)
         if task_id is None or (exported_ids is not None and task_id not in exported_ids):
             if task.get("annotations"):
@@ -145,8 +152,7 @@ def rankings_from_export(tasks: list[dict], exported_ids: set[str] | None, users
             continue
         k = len(data.get("items", []))
         for ann in task.get("annotations", []):
-            who = ann.get("completed_by")
-            labeler = users.get(who, str(who)) if isinstance(who, int) else str((who or {}).get("email", who))
+            labeler = _labeler(ann, users)
             where = f"task {task_id} (labeler {labeler})"
             if ann.get("was_cancelled"):
                 out.append(Ranking(task_id, labeler, skipped=True))
@@ -157,6 +163,14 @@ def rankings_from_export(tasks: list[dict], exported_ids: set[str] | None, users
             check_ranking(ranking, k)
             out.append(ranking)
     return out
+
+
+def _labeler(annotation: dict, users: dict[int, str]) -> str:
+    """Who made an annotation: the user's e-mail where known, else the id as exported."""
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("email") or who.get("id")
+    return users.get(who, str(who)) if isinstance(who, int) else str(who)
 
 
 def _index(item_id: Any, k: int, where: str) -> int:
@@ -276,34 +290,45 @@ def export_to_label_studio(client: ls.Client, rows: list[dict], project: str, in
 
 
 def status(client: ls.Client, project: str) -> dict:
-    """Annotated / total tasks and annotations per labeler."""
+    """Tasks annotated, skipped and finished (annotated by as many labelers as the project asks, or skipped),
+    the finished fraction of all tasks, and annotations per labeler."""
     proj = client.find_project(project)
     if proj is None:
         raise KuberlhfError(f"Label Studio has no project titled {project!r}; run `kuberlhf feedback export` first")
     tasks = client.export(proj["id"])
     users = client.users()
-    done = [t for t in tasks if any(not a.get("was_cancelled") for a in t.get("annotations", []))]
-    per = Counter()
+    wanted = max(int(proj.get("maximum_annotations") or 1), 1)
+    per: Counter = Counter()
+    annotated = skipped = finished = 0
     for t in tasks:
+        done = sum(not a.get("was_cancelled") for a in t.get("annotations", []))
+        cancelled = len(t.get("annotations", [])) - done
+        annotated += done > 0
+        skipped += done == 0 and cancelled > 0
+        finished += done >= wanted or (done == 0 and cancelled > 0)  # skipped tasks are finished too
         for a in t.get("annotations", []):
-            who = a.get("completed_by")
-            per[users.get(who, str(who)) if isinstance(who, int) else str(who)] += 1
-    skipped = sum(all(a.get("was_cancelled") for a in t["annotations"]) for t in tasks if t.get("annotations"))
-    return {"project": proj["id"], "total": len(tasks), "annotated": len(done), "skipped": skipped,
-            "fraction": len(done) / len(tasks) if tasks else 0.0, "per_labeler": dict(sorted(per.items()))}
+            per[_labeler(a, users)] += 1
+    return {"project": proj["id"], "total": len(tasks), "annotated": annotated, "skipped": skipped,
+            "finished": finished, "labelers_per_task": wanted,
+            "fraction": finished / len(tasks) if tasks else 0.0, "per_labeler": dict(sorted(per.items()))}
 
 
 def wait_for(client: ls.Client, project: str, fraction: float, timeout: float, poll: float) -> dict:
-    """Poll until ``fraction`` of the tasks is annotated (progress in the log); a timeout is an error."""
+    """Poll until ``fraction`` of the tasks is finished (progress in the log); a timeout is an error."""
+    from kuberlhf.errors import ConfigError
+
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"feedback fraction: must be in (0, 1], got {fraction}")
     deadline = time.monotonic() + timeout
     while True:
         now = status(client, project)
-        log.info("project %r: %d/%d tasks annotated (%.0f%%; goal %.0f%%)", project, now["annotated"], now["total"],
-                 100 * now["fraction"], 100 * fraction)
+        log.info("project %r: %d/%d tasks finished (%d annotated, %d skipped; %.0f%%, goal %.0f%%)", project,
+                 now["finished"], now["total"], now["annotated"], now["skipped"], 100 * now["fraction"],
+                 100 * fraction)
         if now["total"] and now["fraction"] >= fraction:
             return now
         if time.monotonic() + poll > deadline:
-            raise KuberlhfError(f"project {project!r}: {now['annotated']}/{now['total']} tasks annotated after "
+            raise KuberlhfError(f"project {project!r}: {now['finished']}/{now['total']} tasks finished after "
                                 f"{timeout:.0f} s, short of the {fraction:.0%} asked for")
         time.sleep(poll)
 

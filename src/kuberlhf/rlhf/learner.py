@@ -50,6 +50,10 @@ def make_accelerator(training: Any, micro_batch: int) -> Any:
     from kuberlhf.distributed import resolve_precision
 
     precision = resolve_precision(training.precision, training.use_cpu)
+    if precision == "fp16" and not training.deepspeed:
+        # one loss scaler cannot serve the policy's and the value model's optimizers apart
+        raise ConfigError("config key 'training.precision': fp16 needs training.deepspeed (its loss scaling) in PPO; "
+                          "use bf16")
     # accelerate keeps one state per process; a run's own settings (precision, DeepSpeed) replace an earlier
     # run's in the same process, the process group staying (as transformers' TrainingArguments does)
     AcceleratorState._reset_state()

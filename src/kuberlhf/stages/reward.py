@@ -108,12 +108,15 @@ class PromptBatchSampler:
     def __len__(self) -> int:
         return -(-len(self.groups) // self.size)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The Trainer sets each epoch (through accelerate), so a resumed run walks the same order."""
+        self.epoch = epoch
+
     def __iter__(self):
         import random
 
         order = list(range(len(self.groups)))
         random.Random(self.seed + self.epoch).shuffle(order)
-        self.epoch += 1
         for i in range(0, len(order), self.size):
             yield [j for g in order[i : i + self.size] for j in self.groups[g]]
 

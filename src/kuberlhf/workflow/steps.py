@@ -295,7 +295,7 @@ def feedback_wait_step(exported: Any, progress: Any, fraction: float, timeout_s:
     from kuberlhf.feedback.labelstudio import Client
 
     now = rounds.wait_for(Client.from_env(), exported.metadata["project"], fraction, timeout_s, poll_s)
-    for key in ("total", "annotated", "skipped", "fraction"):
+    for key in ("total", "annotated", "skipped", "finished", "fraction"):
         progress.log_metric(key, now[key])
     return now
 

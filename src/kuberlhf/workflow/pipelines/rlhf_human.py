@@ -98,11 +98,11 @@ def build(registry: str | None = None, tag: str | None = None):
             generate_config: Candidate generation config (configs/generate/...): K candidates per prompt and how they are sampled.
             generate_overrides: Generation key=value overrides, e.g. ["sampling.num_candidates=6", "sampling.temperature=0.9"].
             generate_prompts: Prompts to write candidates for (any data source); empty = the generation config's data.train.
-            feedback_project: Label Studio project title; empty = one project per pipeline run (kuberlhf-<run id>). A rerun reuses it and adds no task twice.
+            feedback_project: Label Studio project title; empty = one project per pipeline run (kuberlhf-<run id>). A run with a named project reuses it and adds no task twice.
             feedback_instructions: Instructions and criteria shown to labelers (an HTML file in the image or the kuberlhf-config ConfigMap).
             feedback_unusable_bucket: Let labelers set candidates apart as unusable (a second bucket of the ranker).
             feedback_labelers_per_task: Labelers wanted per task (Label Studio's overlap); several are merged as feedback_merge says.
-            feedback_fraction: Share of the tasks that must be annotated before the pipeline goes on (1.0 = all).
+            feedback_fraction: Share of the tasks that must be finished (ranked by feedback_labelers_per_task labelers, or skipped) before the pipeline goes on (1.0 = all).
             feedback_timeout_s: Seconds the waiting step waits for the labelers at most (default a week); then the run fails with the progress so far.
             feedback_poll_s: Seconds between two looks at the project's progress.
             feedback_ties: Tied candidates: skip (no pair between them) or drop (rankings with ties give no pairs).
