@@ -215,6 +215,8 @@ def test_offline_rankings_jsonl_both_ways_with_ties_and_skips(tmp_path, candidat
     ({"ranking": [0, 1, 1]}, "candidate 1 is ranked twice"),
     ({"ranking": "0>1"}, "field 'ranking' must be a list"),
     ({"candidates": ["only one"], "ranking": [0]}, "at least 2"),
+    ({"ranking": [0, 1], "unusable": 2}, "field 'unusable' must be a list"),
+    ({"candidates": 3, "ranking": [0, 1]}, "field 'candidates' must be a list"),
 ])
 def test_bad_rankings_in_a_file_stop_the_import_naming_the_task(tmp_path, row, message):
     base = {"id": "task-7", "prompt": "Q", "candidates": ["a", "b", "c"], "labeler": "dan"}
@@ -232,6 +234,11 @@ def test_a_missing_or_non_object_rankings_file_is_a_clear_error(tmp_path):
     (tmp_path / "list.jsonl").write_text("[1, 2]\n")
     code, err = run_cli([*args[:3], str(tmp_path / "list.jsonl"), *args[4:]], capture=True)
     assert code == 2 and "row 1: expected a JSON object, got list" in err, err
+    (tmp_path / "object.json").write_text('{"tasks": []}')
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "t", "prompt": "Q", "candidates": ["a", "b"]}) + "\n")
+    code, err = run_cli(["feedback", "import", "--from", str(tmp_path / "object.json"), "--candidates",
+                         str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "o")], capture=True)
+    assert code == 2 and "is not a Label Studio JSON export" in err, err
 
 
 def test_the_reward_stage_batches_all_pairs_of_a_prompt_together(tmp_path, monkeypatch):
