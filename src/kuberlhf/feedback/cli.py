@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--project: the Label Studio project to export to (or --format and --output)")
         if args.labelers_per_task < 1:
             raise ConfigError("--labelers-per-task: must be at least 1")
-        instructions = _read_instructions(args.instructions)
+        instructions = rounds.read_instructions(args.instructions)
         out = rounds.export_to_label_studio(Client.from_env(), rows, args.project, instructions,
                                             args.unusable_bucket, args.labelers_per_task)
         print(f"kuberlhf feedback export: project {args.project!r} (id {out['project']}): {out['added']} tasks added, "
@@ -112,13 +112,3 @@ def run(args: argparse.Namespace) -> int:
           f"({metrics['skipped']} skipped) -> {args.output}", file=sys.stdout)
     return 0
 
-
-def _read_instructions(path: str | None) -> str:
-    from kuberlhf.errors import ConfigError
-
-    if path is None:
-        return ""
-    try:
-        return Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"--instructions: cannot read {path}: {err.strerror or err}") from None

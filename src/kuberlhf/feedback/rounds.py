@@ -43,30 +43,13 @@ log = logging.getLogger(__name__)
 
 
 def load_candidates(path: str) -> list[dict]:
-    """Candidate rows from a ``generate`` artifact or a JSONL file, checked (ids unique, K >= 2 each)."""
-    from kuberlhf.artifacts import storage
+    """Candidate rows from a ``generate`` artifact, a JSONL file or any data source, read and checked by the
+    data loader (ids unique, K >= 2 each)."""
+    from kuberlhf.data import load_examples
+    from kuberlhf.stages.generate import with_ids
 
-    if path.endswith(".jsonl"):
-        source = path
-    else:
-        root = storage.fetch_dir(path) if storage.is_remote(path) else Path(path)
-        source = str(Path(root) / "candidates.jsonl")
-    try:
-        with storage.open_uri(source, "rb") as handle:
-            lines = handle.read().decode().splitlines()
-    except storage.StorageError as err:
-        raise DataError(f"candidates {path}: {err}") from None
-    rows, seen = [], set()
-    for where, row in _task_rows(lines, source):
-        if not isinstance(row["candidates"], list) or len(row["candidates"]) < 2:
-            raise DataError(f"{where} (task {row['id']}): field 'candidates' must list at least 2 texts")
-        if row["id"] in seen:
-            raise DataError(f"{where}: task id {row['id']!r} appears twice")
-        seen.add(row["id"])
-        rows.append(row)
-    if not rows:
-        raise DataError(f"candidates {path}: no rows")
-    return rows
+    data, _ = load_examples(path, "candidates")
+    return with_ids(data, path)
 
 
 def _task_rows(lines: list[str], source: str) -> Iterator[tuple[str, dict]]:
@@ -177,6 +160,18 @@ def _index(item_id: Any, k: int, where: str) -> int:
     if isinstance(item_id, str) and item_id.startswith("c") and item_id[1:].isdigit():
         return int(item_id[1:])
     raise DataError(f"{where}: unknown candidate {item_id!r}; the task has candidates c0..c{k - 1}")
+
+
+def read_instructions(path: str | None, what: str = "--instructions") -> str:
+    """The labelers' instructions file (empty without one); an unreadable file is a one-line error."""
+    from kuberlhf.errors import ConfigError
+
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{what} {path}: {err.strerror or err}") from None
 
 
 # ---------------------------------------------------------------------- publishing

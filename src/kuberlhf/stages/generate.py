@@ -67,6 +67,21 @@ def prompt_id(index: int, prompt: str) -> str:
     return f"{index:07d}-{hashlib.sha256(prompt.encode()).hexdigest()[:12]}"
 
 
+def with_ids(data: Any, source: str) -> list[dict]:
+    """The rows of a candidates dataset (the data loader's ``candidates`` kind), each with its id: its own, or
+    :func:`prompt_id` of its position where it has none. An id twice is refused, naming the row."""
+    from kuberlhf.errors import DataError
+
+    rows, seen = [], set()
+    for n, row in enumerate(data):
+        row = {**row, "id": row["id"] or prompt_id(n, row["prompt"])}
+        if row["id"] in seen:
+            raise DataError(f"{source} row {n}: task id {row['id']!r} appears twice")
+        seen.add(row["id"])
+        rows.append(row)
+    return rows
+
+
 def _settings(cfg: GenerateConfig) -> dict:
     return {"model": cfg.policy.name_or_path, "generation": asdict(cfg.sampling)}
 

@@ -131,13 +131,13 @@ def run(cfg: RlaifConfig) -> dict:
     from kuberlhf.eval.constitution import ModelJudge, load_constitution
     from kuberlhf.models import loading
     from kuberlhf.stages import parts as resumable
-    from kuberlhf.stages.generate import prompt_id
+    from kuberlhf.stages.generate import with_ids
 
     configure_from(cfg.storage)
     constitution = load_constitution(cfg.constitution)
     run_dir = rundir.prepare_run(cfg.output_dir, "rlaif", cfg.overwrite)
     data, _, stats = load_data(cfg.data, "candidates", cfg.labeling.seed)
-    rows = [{**r, "id": r["id"] or prompt_id(n, r["prompt"])} for n, r in enumerate(data)]
+    rows = with_ids(data, cfg.data.train)
     path = loading.resolve_model_path(cfg.judge.name_or_path, "causal-lm", cfg.labeling.seed)
     tokenizer = loading.load_tokenizer(cfg.judge, path, padding_side="left")
     ask = ModelJudge(loading.load_causal_lm(cfg.judge, path), tokenizer, cfg.labeling.batch_size,

@@ -271,7 +271,7 @@ def feedback_export_step(candidates: str, exported: Any, project: str, instructi
     from kuberlhf.feedback.labelstudio import Client
 
     title = feedback_project(project, run_id)
-    text = _read_instructions(instructions)
+    text = rounds.read_instructions(resolve_config(instructions) if instructions else "", "feedback instructions")
     out = rounds.export_to_label_studio(Client.from_env(), rounds.load_candidates(candidates), title, text,
                                         unusable_bucket, labelers_per_task)
     record = {"project": title, "project_id": out["project"], "added": out["added"], "present": out["present"]}
@@ -279,15 +279,6 @@ def feedback_export_step(candidates: str, exported: Any, project: str, instructi
     Path(exported.path).parent.mkdir(parents=True, exist_ok=True)
     Path(exported.path).write_text(json.dumps(record) + "\n")
     return out
-
-
-def _read_instructions(path: str) -> str:
-    if not path:
-        return ""
-    try:
-        return Path(resolve_config(path)).read_text()
-    except OSError as err:
-        raise ConfigError(f"feedback instructions {path}: {err.strerror or err}") from None
 
 
 def feedback_wait_step(exported: Any, progress: Any, fraction: float, timeout_s: float, poll_s: float) -> dict:
