@@ -68,6 +68,26 @@ def init_deepspeed(config_path: str | None) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+def init_distributed(deepspeed_config: str | None) -> None:
+    """Join the process group before any model is built: through DeepSpeed when a config is named
+    (:func:`init_deepspeed`), else through accelerate's state, as the Trainer later does (gloo on CPU)."""
+    if world_size() == 1:
+        return
+    if deepspeed_config:
+        init_deepspeed(deepspeed_config)
+        return
+    from accelerate import PartialState
+
+    PartialState()
+
+
+def barrier() -> None:
+    """Wait until every process gets here (nothing without a process group)."""
+    dist = _group()
+    if dist is not None:
+        dist.barrier()
+
+
 def all_gather(tensor):
     """``tensor`` from every process, concatenated along dim 0 (a 0-dim tensor counts as one row).
 

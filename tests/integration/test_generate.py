@@ -18,15 +18,15 @@ def killed_in_part_two(out, trained, monkeypatch):
     """A run into ``out`` killed while it generates its second part (the first one sealed)."""
     from kuberlhf.stages import generate
 
-    real = generate._generate_part
+    real = generate.generate_part
 
     def dies_in_part_two(*args, **kwargs):
-        if args[-1] == 1:
+        if args[-1] == 1:  # the seed of part 2 (sampling.seed 0 + part 1)
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(generate, "_generate_part", dies_in_part_two)
+        patch.setattr(generate, "generate_part", dies_in_part_two)
         with pytest.raises(KeyboardInterrupt):
             run_cli(generate_args(out, trained))
 

@@ -9,6 +9,7 @@ import ast
 import difflib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +22,7 @@ from kuberlhf.errors import ConfigError, KuberlhfError
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "rlhf-ppo.yaml"
 GOLDEN_IMAGES = {"registry": "ghcr.io/kuberlhf", "tag": "golden"}  # fixed: a release does not change the golden file
-PIPELINES = ["rlhf-ppo", "rlhf-dpo", "rlhf-human"]
+PIPELINES = ["rlhf-ppo", "rlhf-dpo", "rlhf-human", "rlhf-rlaif", "rest"]
 
 
 def compiled(name: str, tmp_path: Path, **images) -> tuple[dict, dict]:
@@ -99,12 +100,17 @@ def test_steps_carry_images_retries_caching_config_and_secrets(name, tmp_path):
     images = {key.removeprefix("exec-"): e["container"]["image"] for key, e in executors.items()}
     expected = {"sft": "sft", "merge": "sft", "reward": "reward", "ppo": "ppo", "dpo": "dpo", "evaluate": "launcher",
                 "generate": "ppo", "feedback-export": "launcher", "feedback-wait": "launcher",
-                "feedback-import": "launcher"}
+                "feedback-import": "launcher", "rlaif": "ppo", "rest-grow": "sft", "rest-improve": "sft"}
+
+    def base(step):  # a step used several times: rest-grow-2
+        return re.sub(r"-\d+$", "", step)
+
     for step, image in images.items():
-        step = "sft" if step.startswith("data") else step  # data steps run in the sft image
+        step = "sft" if step.startswith("data") else base(step)  # data steps run in the sft image
         assert image == f"registry.example/ml/kuberlhf-{expected[step]}:1.2.3", step
     tasks = spec["root"]["dag"]["tasks"]
-    launchers = {t for t in tasks if t in ("sft", "reward", "ppo", "dpo", "generate")}
+    launchers = {t for t in tasks if base(t) in ("sft", "reward", "ppo", "dpo", "generate", "rlaif", "rest-grow",
+                                                 "rest-improve")}
     for task_name, task in tasks.items():
         # the labeling round's progress and rankings live in Label Studio: never from the cache
         cached = task_name not in ("feedback-wait", "feedback-import")
@@ -467,3 +473,43 @@ def test_local_runs_hand_the_steps_absolute_config_paths(tmp_path, monkeypatch):
     assert out == {"sft_config": str(REPO / "configs/sft/demo.yaml"), "ppo_config": "mine.yaml", "procs": 2}
     (tmp_path / "mine.yaml").write_text("output_dir: x\n")
     assert absolute_configs(defaults, {"ppo_config": "mine.yaml"})["ppo_config"] == str(tmp_path / "mine.yaml")
+
+
+def test_rest_unrolls_its_iterations_at_compile_time(tmp_path):
+    """iterations x (Grow + improve_steps Improve): each Improve starts from the step before it and filters its
+    iteration's Grow samples; each Grow samples from the last Improve's policy."""
+    from kuberlhf.workflow.compiling import compile_pipeline
+
+    path = compile_pipeline("rest", tmp_path / "rest.yaml", settings={"iterations": 3, "improve_steps": 2})
+    tasks = next(yaml.safe_load_all(path.read_text()))["root"]["dag"]["tasks"]
+    grows = sorted(t for t in tasks if t.startswith("rest-grow"))
+    improves = sorted(t for t in tasks if t.startswith("rest-improve"))
+    assert len(grows) == 3 and len(improves) == 6
+    order = {tasks[t]["taskInfo"]["name"]: t for t in grows + improves}
+    assert sorted(order) == ["Grow 1", "Grow 2", "Grow 3", "Improve 1.1", "Improve 1.2", "Improve 2.1", "Improve 2.2",
+                             "Improve 3.1", "Improve 3.2"]
+
+    def producer(task, name):
+        return tasks[task]["inputs"]["artifacts"][name]["taskOutputArtifact"]["producerTask"]
+
+    assert producer(order["Grow 1"], "policy") == "merge"
+    assert producer(order["Improve 1.1"], "policy") == "merge"
+    assert producer(order["Improve 1.2"], "policy") == order["Improve 1.1"]
+    assert producer(order["Grow 2"], "policy") == order["Improve 1.2"]
+    assert producer(order["Improve 2.2"], "samples") == order["Grow 2"]
+    assert producer("evaluate", "policy") == order["Improve 3.2"]
+    params = tasks[order["Improve 2.2"]]["inputs"]["parameters"]
+    assert params["iteration"]["runtimeValue"]["constant"] == 2 and params["step"]["runtimeValue"]["constant"] == 2
+    # the shape is no run parameter
+    assert "iterations" not in next(yaml.safe_load_all(path.read_text()))["root"]["inputDefinitions"]["parameters"]
+
+
+def test_compile_settings_are_checked_and_split_from_run_parameters():
+    from kuberlhf.errors import ConfigError
+    from kuberlhf.workflow.compiling import split_settings
+
+    assert split_settings("rest", ["iterations=3", "seed=1"]) == ({"iterations": 3}, ["seed=1"])
+    assert split_settings("rlhf-ppo", ["iterations=3"]) == ({}, ["iterations=3"])
+    for bad in ("iterations=0", "iterations=two", "iterations"):
+        with pytest.raises(ConfigError, match="--param iterations: a compile setting of rest"):
+            split_settings("rest", [bad])

@@ -41,17 +41,20 @@ def test_every_stage_has_its_verb_config_image_component_and_data_kind(name):
     # its image folder, named by kuberlhf.images
     assert (REPO / "images" / stage.image / "Dockerfile").is_file()
     assert stage.image in images.IMAGES and images.STAGE_IMAGE[name] == stage.image
-    # its KFP component, whose input models are the registry's
-    module, factory = stage.component.split(":")
-    component = getattr(importlib.import_module(module), factory)("img")
-    params = component.component_spec.inputs or {}
-    assert set(stage.inputs) <= set(params), (sorted(stage.inputs), sorted(params))
+    # its KFP components, whose input models are the registry's
+    params: set[str] = set()
+    for ref in stage.all_components:
+        module, factory = ref.split(":")
+        component = getattr(importlib.import_module(module), factory)("img")
+        params |= set(component.component_spec.inputs or {})
+    assert set(stage.inputs) <= params, (sorted(stage.inputs), sorted(params))
     if stage.data_kind:
         assert stage.data_kind in KINDS and "train_data" in params
     # every input it wires is a config key of the stage
     for key in stage.inputs.values():
-        section, _, leaf = key.partition(".")
-        assert leaf in {f.name for f in dataclasses.fields(get_type_hints(cls)[section])}, key
+        section, _, leaf = key.rpartition(".")
+        keys = get_type_hints(get_type_hints(cls)[section]) if section else get_type_hints(cls)
+        assert leaf in keys, key
     # a DeepSpeed stage has the key the launcher sets
     if stage.deepspeed:
         assert "deepspeed" in {f.name for f in dataclasses.fields(get_type_hints(cls)["training"])}
@@ -75,7 +78,7 @@ def test_the_tables_that_read_the_registry_agree_with_it():
     from kuberlhf.workflow.report import POLICY_CURVES
 
     assert DATA_KINDS == {name: s.data_kind for name, s in STAGES.items() if s.data_kind}
-    assert set(POLICY_CURVES) == set(POLICY_STAGES) == {"ppo", "dpo", "rloo", "grpo"}
+    assert set(POLICY_CURVES) == set(POLICY_STAGES) == {"ppo", "dpo", "rloo", "grpo", "rest"}
     # every training loop has a bar, quieted in a pipeline step
     assert {name for name, s in STAGES.items() if not s.progress_bars} == {"generate", "rlaif"}
 

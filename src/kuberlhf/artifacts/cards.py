@@ -102,6 +102,12 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def read_metrics(output_dir: str) -> dict:
+    """``metrics.json`` of a finished artifact (local dir or ``s3://`` prefix)."""
+    with storage.open_uri(f"{output_dir.rstrip('/')}/metrics.json", "rb") as fh:
+        return json.loads(fh.read())
+
+
 def publish(run: RunDir, staging: Path, metrics: dict, card: str) -> dict:
     """Write the card and ``metrics.json`` into the staged artifact, then publish it (manifest last)."""
     (staging / "README.md").write_text(card)

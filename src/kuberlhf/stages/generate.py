@@ -86,14 +86,16 @@ def _settings(cfg: GenerateConfig) -> dict:
     return {"model": cfg.policy.name_or_path, "generation": asdict(cfg.sampling)}
 
 
-def _generate_part(policy: Any, tokenizer: Any, prompts: list[str], ids: list[str], cfg: GenerateConfig,
-                   settings: dict, part: int) -> tuple[list[dict], int]:
+def generate_part(policy: Any, tokenizer: Any, prompts: list[str], ids: list[str], s: SamplingConfig,
+                  settings: dict, seed: int) -> tuple[list[dict], int]:
+    """K candidates for each of ``prompts`` (rows with their ``ids`` and ``settings``), sampled from ``seed``;
+    (rows, prompts whose beginning was cut)."""
     import torch
 
     from kuberlhf.models import generation
 
-    s, k = cfg.sampling, cfg.sampling.num_candidates
-    torch.manual_seed(s.seed + part)
+    k = s.num_candidates
+    torch.manual_seed(seed)
     rows, truncated = [], 0
     for i in range(0, len(prompts), s.batch_size):
         chunk = prompts[i : i + s.batch_size]
@@ -134,8 +136,8 @@ def run(cfg: GenerateConfig) -> dict:
     for part, span in enumerate(parts):
         if part in done:
             continue
-        rows, cut = _generate_part(policy, tokenizer, [prompts[i] for i in span], [ids[i] for i in span], cfg,
-                                   settings, part)
+        rows, cut = generate_part(policy, tokenizer, [prompts[i] for i in span], [ids[i] for i in span],
+                                  cfg.sampling, settings, cfg.sampling.seed + part)
         resumable.seal(run_dir, part, rows, settings, len(parts))
         done[part], generated, truncated = rows, generated + len(rows), truncated + cut
         log.info("part %d/%d: %d prompts", part + 1, len(parts), len(rows))

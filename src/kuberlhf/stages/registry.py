@@ -41,12 +41,19 @@ class Stage:
     progress_bars: bool = True  # its training loop shows progress bars (quieted in a pipeline step's log)
     deepspeed: bool = True  # runs under DeepSpeed ZeRO (training.deepspeed)
     report: tuple[str, list[Panel]] | None = None  # plot of its train_log.jsonl in the pipeline report
+    components: tuple[str, ...] = ()  # factories of further components (one per step of its own loop)
     help: str = ""  # the CLI's one-line help; "" = the first line of its module's docstring
 
     @property
     def component(self) -> str:
         """``module:factory`` of its Kubeflow Pipelines component (kfp is imported only there)."""
         return f"kuberlhf.workflow.components.{self.name}:{self.name}_op"
+
+    @property
+    def all_components(self) -> list[str]:
+        """``module:factory`` of each of its components: the stage's own, then ``components``."""
+        module = self.component.split(":")[0]
+        return [self.component, *(f"{module}:{factory}" for factory in self.components)]
 
     def load_module(self) -> Any:
         return importlib.import_module(self.module)
@@ -79,6 +86,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs={"policy": "policy.name_or_path"}, progress_bars=False, deepspeed=False),
     Stage("rlaif", "kuberlhf.stages.rlaif", "RlaifConfig", image="ppo", data_kind="candidates",
           inputs={"judge": "judge.name_or_path"}, progress_bars=False, deepspeed=False),
+    Stage("rest", "kuberlhf.stages.rest", "RestConfig", image="sft", data_kind="prompt",
+          inputs={**_POLICY, "samples": "samples", "reference": "reference"},
+          components=("rest_grow_op", "rest_improve_op"),
+          report=("ReST: reward and gold score per Improve step",
+                  [("mean reward", [("reward_kept", "kept samples"), ("reward_all", "all samples")]),
+                   ("gold score", [("gold_kept", "kept samples"), ("gold_all", "all samples"),
+                                   ("eval_score", "policy (held-out)")]),
+                   ("KL to the SFT policy", [("kl", "held-out")])])),
     Stage("dpo", "kuberlhf.stages.dpo", "DpoConfig", image="dpo", data_kind="preference",
           inputs={"policy": "model.name_or_path"},
           report=("DPO: loss and preference accuracy",

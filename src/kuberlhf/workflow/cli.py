@@ -1,6 +1,6 @@
 """``kuberlhf pipeline``: compile, run locally, submit to or upload to Kubeflow Pipelines.
 
-$ kuberlhf pipeline compile [--pipeline rlhf-ppo|rlhf-dpo|all] [--out FILE|DIR]
+$ kuberlhf pipeline compile [--pipeline rlhf-ppo|rlhf-dpo|...|all] [--out FILE|DIR] [--param setting=N ...]
 $ kuberlhf pipeline run --local [--pipeline rlhf-ppo] [--param key=value ...]
 $ kuberlhf pipeline submit --host URL [--pipeline rlhf-ppo] [--param key=value ...] [--experiment NAME]
 $ kuberlhf pipeline upload --host URL
@@ -14,18 +14,21 @@ from __future__ import annotations
 import argparse
 
 # kuberlhf.workflow.pipelines.PIPELINES, without importing kfp here
-PIPELINE_NAMES = ("rlhf-ppo", "rlhf-dpo", "rlhf-human")
+PIPELINE_NAMES = ("rlhf-ppo", "rlhf-dpo", "rlhf-human", "rlhf-rlaif", "rest")
 
 
 def add_parser(verbs) -> None:
     parser = verbs.add_parser("pipeline", help="Kubeflow pipelines: compile, run locally, submit, upload",
-                              description="Kubeflow pipelines (rlhf-ppo, rlhf-dpo): compile, run, submit, upload.")
+                              description=f"Kubeflow pipelines ({', '.join(PIPELINE_NAMES)}): compile, run, submit, "
+                                          "upload.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     comp = commands.add_parser("compile", help="write the pipeline YAML to upload in the Kubeflow UI")
     comp.add_argument("--pipeline", default="all", choices=[*PIPELINE_NAMES, "all"],
                       help="which pipeline (default all)")
     comp.add_argument("--out", help="a .yaml file (one pipeline) or a folder (default outputs/pipelines)")
+    comp.add_argument("--param", action="append", default=[], metavar="setting=N",
+                      help="a compile setting of the pipeline, e.g. iterations=3 (rest); repeatable")
     _image_args(comp)
 
     run = commands.add_parser("run", help="run a pipeline end to end (--local: on this machine with kfp.local)")
@@ -77,32 +80,40 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from kuberlhf.workflow.compiling import compile_pipeline, compile_targets, load_spec
+    from kuberlhf.errors import ConfigError
+    from kuberlhf.workflow.compiling import compile_pipeline, compile_targets, load_spec, split_settings
 
     for name, path in compile_targets(args.pipeline, args.out):
-        compile_pipeline(name, path, args.registry, args.tag)
+        settings, rest = split_settings(name, args.param)
+        if rest and args.pipeline != "all":
+            raise ConfigError(f"--param {rest[0]!r}: not a compile setting of {name}; run parameters are given to "
+                              "`kuberlhf pipeline run|submit`")
+        compile_pipeline(name, path, args.registry, args.tag, settings)
         load_spec(path)  # what the Kubeflow UI will load
         print(f"kuberlhf pipeline compile: {name} -> {path}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kuberlhf.workflow.compiling import parse_params
+    from kuberlhf.workflow.compiling import parse_params, split_settings
     from kuberlhf.workflow.local import run_local, summary
 
-    params = parse_params(args.pipeline, args.param)
-    result = run_local(args.pipeline, params, root=args.root, cache=args.cache)
+    settings, items = split_settings(args.pipeline, args.param)
+    params = parse_params(args.pipeline, items, settings)
+    result = run_local(args.pipeline, params, root=args.root, cache=args.cache, settings=settings)
     print(summary(args.pipeline, result))
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from kuberlhf.workflow.compiling import parse_params
+    from kuberlhf.workflow.compiling import parse_params, split_settings
     from kuberlhf.workflow.remote import submit
 
-    params = parse_params(args.pipeline, args.param)
+    settings, items = split_settings(args.pipeline, args.param)
+    params = parse_params(args.pipeline, items, settings)
     result = submit(args.host, args.pipeline, params, experiment=args.experiment, run_name=args.run_name,
-                    namespace=args.namespace, service_account=args.service_account, pipeline_root=args.pipeline_root)
+                    namespace=args.namespace, service_account=args.service_account, pipeline_root=args.pipeline_root,
+                    settings=settings)
     print(f"kuberlhf pipeline submit: {args.pipeline} run {result['run_id']}: {result['url']}")
     return 0
 

@@ -17,23 +17,53 @@ def pipeline_names() -> list[str]:
     return list(PIPELINES)
 
 
-def build(name: str, registry: str | None = None, tag: str | None = None) -> Any:
-    """The ``@dsl.pipeline`` function of pipeline ``name``."""
+def _module(name: str) -> Any:
     from kuberlhf.workflow.pipelines import PIPELINES
 
     if name not in PIPELINES:
         raise ConfigError(f"pipeline {name!r}: unknown; known: {', '.join(PIPELINES)}")
-    return importlib.import_module(PIPELINES[name]).build(registry, tag)
+    return importlib.import_module(PIPELINES[name])
 
 
-def compile_pipeline(name: str, out: str | Path, registry: str | None = None, tag: str | None = None) -> Path:
+def compile_settings(name: str) -> dict[str, tuple[int, str]]:
+    """The pipeline's compile-time settings (the shape of its graph, e.g. ``rest``'s ``iterations``):
+    ``{name: (default, description)}``; most pipelines have none."""
+    return dict(getattr(_module(name), "SETTINGS", {}))
+
+
+def build(name: str, registry: str | None = None, tag: str | None = None, settings: dict | None = None) -> Any:
+    """The ``@dsl.pipeline`` function of pipeline ``name``, shaped by its compile ``settings``."""
+    return _module(name).build(registry, tag, **(settings or {}))
+
+
+def compile_pipeline(name: str, out: str | Path, registry: str | None = None, tag: str | None = None,
+                     settings: dict | None = None) -> Path:
     """Write the pipeline's YAML (what the Kubeflow UI uploads) to ``out``."""
     from kfp import compiler
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(name, registry, tag), str(out))
+    compiler.Compiler().compile(build(name, registry, tag, settings), str(out))
     return out
+
+
+def split_settings(name: str, items: list[str]) -> tuple[dict[str, int], list[str]]:
+    """``--param key=value`` items split into the pipeline's compile settings (checked: whole numbers of at
+    least 1) and its run parameters."""
+    known, settings, rest = compile_settings(name), {}, []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if key not in known:
+            rest.append(item)
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if not sep or value < 1:
+            raise ConfigError(f"--param {key}: a compile setting of {name}; expected a whole number >= 1, got {text!r}")
+        settings[key] = value
+    return settings, rest
 
 
 def compile_targets(which: str, out: str | Path | None) -> list[tuple[str, Path]]:
@@ -61,24 +91,25 @@ def load_spec(path: str | Path) -> dict:
     return component.pipeline_spec
 
 
-def parameters(name: str) -> dict[str, dict]:
+def parameters(name: str, settings: dict | None = None) -> dict[str, dict]:
     """The pipeline's parameters: ``{name: {"type", "default", "description"}}`` from its compiled spec."""
     import tempfile
 
     import yaml
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = next(yaml.safe_load_all(compile_pipeline(name, Path(tmp) / f"{name}.yaml").read_text()))
+        path = compile_pipeline(name, Path(tmp) / f"{name}.yaml", settings=settings)
+        spec = next(yaml.safe_load_all(path.read_text()))
     params = spec["root"]["inputDefinitions"]["parameters"]
     return {key: {"type": p["parameterType"], "default": p.get("defaultValue"), "description": p.get("description")}
             for key, p in params.items()}
 
 
-def parse_params(name: str, items: list[str]) -> dict[str, Any]:
+def parse_params(name: str, items: list[str], settings: dict | None = None) -> dict[str, Any]:
     """``key=value`` run arguments of pipeline ``name``; values are YAML (``['a=1']``, ``3``, ``true``)."""
     import yaml
 
-    known = parameters(name)
+    known = parameters(name, settings)
     result: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")

@@ -24,7 +24,8 @@ from kuberlhf.errors import KuberlhfError
 
 log = logging.getLogger(__name__)
 DEFAULT_ROOT = "outputs/pipeline"
-CONFIG_PARAMS = ("sft_config", "reward_config", "ppo_config", "dpo_config")
+# parameters naming a file of configs/ (besides every ``*_config``)
+CONFIG_PARAMS = ("constitution", "feedback_instructions")
 
 
 def config_search_path() -> list[Path]:
@@ -38,7 +39,7 @@ def absolute_configs(defaults: dict[str, Any], params: dict[str, Any]) -> dict[s
     """``params`` with every config parameter (given or default) as an absolute path where the file exists:
     the steps run as subprocesses and must find the file wherever they start."""
     out = dict(params)
-    for key in CONFIG_PARAMS:
+    for key in [k for k in {**defaults, **params} if k.endswith("_config") or k in CONFIG_PARAMS]:
         ref = out.get(key, defaults.get(key))
         if not isinstance(ref, str) or not ref or Path(ref).is_absolute():
             continue
@@ -64,8 +65,9 @@ def artifact_metadata(artifact: Any) -> dict:
 
 
 def run_local(pipeline: str = "rlhf-ppo", params: dict[str, Any] | None = None, root: str = DEFAULT_ROOT,
-              cache: bool = False) -> dict:
-    """Run ``pipeline`` with ``kfp.local``; returns ``{"report", "models", "metrics", "run_dir"}``."""
+              cache: bool = False, settings: dict | None = None) -> dict:
+    """Run ``pipeline`` (shaped by its compile ``settings``) with ``kfp.local``; returns ``{"report", "models",
+    "metrics", "run_dir"}``."""
     from kfp import local
 
     from kuberlhf.workflow.compiling import build, parameters
@@ -78,7 +80,7 @@ def run_local(pipeline: str = "rlhf-ppo", params: dict[str, Any] | None = None, 
     os.environ["TMPDIR"] = str(tmp)
     tempfile.tempdir = None
     try:
-        defaults = {k: v["default"] for k, v in parameters(pipeline).items()}
+        defaults = {k: v["default"] for k, v in parameters(pipeline, settings).items()}
         args = absolute_configs(defaults, params or {})
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root_path / "runs"),
                    enable_caching=cache)
@@ -86,7 +88,7 @@ def run_local(pipeline: str = "rlhf-ppo", params: dict[str, Any] | None = None, 
         warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
         log.info("running pipeline %s locally under %s", pipeline, root_path / "runs")
         try:
-            task = build(pipeline)(**args)
+            task = build(pipeline, settings=settings)(**args)
         except RuntimeError as err:  # kfp.local reports a failed step this way
             raise KuberlhfError(f"pipeline {pipeline}: {str(err).strip().splitlines()[0]}") from err
     finally:

@@ -40,13 +40,13 @@ def _first_line(err: BaseException) -> str:
 def submit(host: str, pipeline: str, params: dict[str, Any], *, experiment: str = "kuberlhf",
            run_name: str | None = None, namespace: str | None = None,
            service_account: str = LAUNCHER_SERVICE_ACCOUNT, pipeline_root: str | None = None,
-           kfp_client: Any = None) -> dict:
-    """Start a run of ``pipeline`` on the server; ``{"run_id", "url"}``."""
+           kfp_client: Any = None, settings: dict | None = None) -> dict:
+    """Start a run of ``pipeline`` (shaped by its compile ``settings``) on the server; ``{"run_id", "url"}``."""
     from kuberlhf.workflow.compiling import compile_pipeline
 
     kfp_client = kfp_client or client(host, namespace)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(pipeline, Path(tmp) / f"{pipeline}.yaml")
+        package = compile_pipeline(pipeline, Path(tmp) / f"{pipeline}.yaml", settings=settings)
         try:
             result = kfp_client.create_run_from_pipeline_package(
                 str(package), arguments=params, run_name=run_name, experiment_name=experiment,

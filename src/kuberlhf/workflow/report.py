@@ -101,6 +101,28 @@ def plot_gold(sft: float, final: float, stage: str, judge: str = "gold") -> str:
     return _png(fig)
 
 
+def plot_labels(metrics: dict) -> str | None:
+    """The AI labels' confidence histogram (``kuberlhf rlaif``'s metrics), with what was kept and agreed."""
+    from matplotlib.figure import Figure
+
+    counts = metrics.get("confidence_histogram")
+    if not counts:
+        return None
+    fig = Figure(figsize=(5.0, 3.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar([f"{i / 10:.1f}" for i in range(len(counts))], counts, color="tab:blue")
+    ax.set_xlabel("judge confidence |2 P(first better) - 1| (bin start)")
+    ax.set_ylabel("pairs")
+    agree = metrics.get("gold_agreement")
+    ax.set_title(f"AI labels: {metrics.get('pairs_kept', 0)} of {metrics.get('pairs_judged', 0)} pairs kept, "
+                 f"flip share {metrics.get('flip_share', 0):.2f}"
+                 + (f", gold agreement {agree:.2f}" if isinstance(agree, int | float) else ""), fontsize=9)
+    return _png(fig)
+
+
+LABEL_METRICS = ("pairs_judged", "pairs_kept", "flip_share", "mean_confidence", "gold_agreement")
+
+
 def score_policies(sft_dir: str, policy_dir: str, prompts: str, *, gold: bool, samples: int, seed: int,
                    reward_dir: str | None = None) -> dict:
     """Judge scores and side-by-side samples of the SFT and final policies on the same ``prompts``.
@@ -149,9 +171,14 @@ def _generate(model_dir: str, prompts: list[str], seed: int) -> list[str]:
     return generate(modeling.load_causal_lm(cfg, path), modeling.load_tokenizer(cfg, path), prompts, seed=seed)
 
 
-def summary_metrics(scores: dict, sft: dict, reward: dict, policy: dict) -> dict[str, float]:
-    """The numbers the report and KFP ``Metrics`` show."""
+def summary_metrics(scores: dict, sft: dict, reward: dict, policy: dict,
+                    labels: dict | None = None) -> dict[str, float]:
+    """The numbers the report and KFP ``Metrics`` show (``labels``: an AI-labelling step's metrics)."""
     out: dict[str, float] = {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
+    for key in LABEL_METRICS:
+        value = (labels or {}).get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"ai_labels_{key}"] = float(value)
     name = scores.get("judge_name")
     if name:
         out[f"{name}_gain"] = out[f"{name}_score_final"] - out[f"{name}_score_sft"]
@@ -175,21 +202,25 @@ def write_report(
     gold: bool = True,
     samples: int = 8,
     seed: int = 0,
+    labels_dir: str | None = None,
 ) -> dict[str, float]:
-    """Evaluate, write the HTML report to ``out``, and return its metrics."""
+    """Evaluate, write the HTML report to ``out``, and return its metrics (``labels_dir``: the AI labels of
+    an RLAIF run, whose labelling figures the report shows too)."""
     if policy_stage not in POLICY_CURVES:
         from kuberlhf.errors import ConfigError
 
         raise ConfigError(f"policy_stage: must be one of {', '.join(POLICY_CURVES)}, got {policy_stage!r}")
     scores = score_policies(sft_dir, policy_dir, prompts, gold=gold, samples=samples, seed=seed, reward_dir=reward_dir)
     sft_m, reward_m, policy_m = map(read_stage_metrics, (sft_dir, reward_dir, policy_dir))
-    metrics = summary_metrics(scores, sft_m, reward_m, policy_m)
+    labels_m = read_stage_metrics(labels_dir)
+    metrics = summary_metrics(scores, sft_m, reward_m, policy_m, labels_m)
     name = scores.get("judge_name")
     plots = [
         plot_gold(metrics[f"{name}_score_sft"], metrics[f"{name}_score_final"], policy_stage, name) if name else None,
         plot_curves(*STAGES["sft"].report, records=read_log(sft_dir)),
         plot_curves(*STAGES["reward"].report, records=read_log(reward_dir),
                     marks={"accuracy": reward_m["eval_accuracy"]} if "eval_accuracy" in reward_m else None),
+        plot_labels(labels_m),
         plot_curves(*POLICY_CURVES[policy_stage], records=read_log(policy_dir)),
     ]
     page = render_html(policy_stage, metrics, [p for p in plots if p], scores["samples"], prompts,

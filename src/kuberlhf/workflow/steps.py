@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kuberlhf.artifacts.cards import read_metrics
 from kuberlhf.errors import ConfigError, KuberlhfError
 from kuberlhf.stages.registry import LOG_FORMAT, STAGES, configure_logging, stage_argv
 from kuberlhf.workflow.configs import CONFIG_DIR, resolve_config
@@ -140,14 +141,6 @@ def _tee(cmd: list[str], log_path: str | None) -> int:
     finally:
         if sink:
             sink.close()
-
-
-def read_metrics(output_dir: str) -> dict:
-    """``metrics.json`` of a finished artifact (local dir or ``s3://`` prefix)."""
-    from kuberlhf.artifacts import storage
-
-    with storage.open_uri(f"{output_dir.rstrip('/')}/metrics.json", "rb") as fh:
-        return json.loads(fh.read())
 
 
 def scalar_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:

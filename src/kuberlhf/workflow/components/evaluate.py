@@ -1,7 +1,7 @@
 """Evaluation and report as a KFP component: gold-judge scores, training curves, sample generations."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 
 def evaluate_op(image: str):
@@ -19,6 +19,7 @@ def evaluate_op(image: str):
         gold_eval: bool = True,
         samples: int = 8,
         seed: int = 0,
+        labels: Input[Dataset] = None,
     ):
         """Score the SFT and final policies on held-out prompts and write the HTML report."""
         from kuberlhf.workflow.report import write_report
@@ -33,6 +34,7 @@ def evaluate_op(image: str):
             gold=gold_eval,
             samples=samples,
             seed=seed,
+            labels_dir=labels.path if labels is not None else None,
         )
         for key, value in result.items():
             metrics.log_metric(key, value)

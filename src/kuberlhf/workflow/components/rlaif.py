@@ -21,11 +21,19 @@ def rlaif_op(image: str):
         procs: int = 1,
         run_id: str = "",
         task: str = "rlaif",
+        judge_model: str = "",
+        constitution: str = "",
     ):
-        """AI preference labels of the candidates (config file plus key=value overrides)."""
+        """AI preference labels of the candidates (config file plus key=value overrides); the judge is the
+        ``judge`` model, or ``judge_model`` when set (a hub name, s3:// URI, path in the image or .gguf file);
+        ``constitution``: a file in the image or the ConfigMap, in place of the config's."""
+        from kuberlhf.workflow.configs import resolve_config
         from kuberlhf.workflow.steps import run_stage_step
 
-        run_stage_step("rlaif", {"judge": judge}, pairs, metrics, job_manifest, logs, train_data=train_data,
-                       config=config, overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
+        inputs, named = ({}, [f"judge.name_or_path={judge_model}"]) if judge_model else ({"judge": judge}, [])
+        named += [f"constitution={resolve_config(constitution)}"] if constitution else []
+        run_stage_step("rlaif", inputs, pairs, metrics, job_manifest, logs, train_data=train_data,
+                       config=config, overrides=[*overrides, *named], mode=mode, procs=procs, run_id=run_id,
+                       task=task)
 
     return rlaif
