@@ -66,3 +66,31 @@ def test_grpo_under_zero3_keeps_the_reward_model_and_the_held_out_scores_whole(t
     assert metrics["global_step"] == 2 and metrics["eval_prompts"] == 16
     assert all(math.isfinite(metrics[k]) for k in ("gold_score_before", "gold_score_after", "kl", "reward"))
     assert len(metrics["samples"]) == 5 and any(s["after"].strip() for s in metrics["samples"])
+
+
+@pytest.mark.parametrize("stage", ["rloo", "grpo"])
+def test_direct_rlaif_uses_the_judge_as_the_reward_and_needs_no_reward_model(tmp_path, trained, stage, monkeypatch):
+    """judge.name_or_path: each sample's reward is its mean P(better) against its prompt's other samples, so a
+    prompt's rewards average 0.5; the reward model is not loaded (a path that does not exist is never read)."""
+    from kuberlhf.eval import constitution
+
+    seen, real = [], constitution.round_robin
+
+    def recorded(ask, con, prompts, responses, seed=0):
+        rewards = real(ask, con, prompts, responses, seed)
+        seen.append((prompts, rewards))
+        return rewards
+
+    monkeypatch.setattr(constitution, "round_robin", recorded)
+    out = tmp_path / stage
+    assert run_cli(online_args(stage, out, trained, f"judge.name_or_path={trained / 'sft'}",
+                               f"reward_model.name_or_path={tmp_path / 'no-reward-model'}",
+                               f"judge.constitution={REPO / 'configs/constitutions/demo.yaml'}")) == 0
+    assert len(seen) >= 3
+    for prompts, rewards in seen:
+        assert all(0 <= r <= 1 for r in rewards) and len(set(rewards)) > 1
+        for prompt in set(prompts):
+            group = [r for p, r in zip(prompts, rewards, strict=True) if p == prompt]
+            assert sum(group) / len(group) == pytest.approx(0.5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reward"] == pytest.approx(0.5) and math.isfinite(metrics["gold_score_after"])

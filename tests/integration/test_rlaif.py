@@ -82,3 +82,33 @@ def test_a_prompt_with_one_candidate_is_refused_naming_the_row(tmp_path, trained
     path.write_text(json.dumps({"prompt": "Q", "candidates": ["only"]}) + "\n")
     code, err = run_cli(rlaif_args(tmp_path / "x", trained, path), capture=True)
     assert code == 2 and "row 0" in err and "'candidates' must list at least 2" in err, err
+
+
+def test_the_judge_runs_the_shared_prefix_once_and_reads_what_a_whole_forward_pass_reads(trained):
+    """The batch's shared beginning runs once on a KV cache; each P(A) equals the one of the text's own full,
+    unpadded forward pass."""
+    import torch
+
+    from kuberlhf.config.sections import ModelConfig
+    from kuberlhf.eval.constitution import ModelJudge, load_constitution, preference_of_a
+    from kuberlhf.models import loading
+
+    cfg = ModelConfig(name_or_path=str(trained / "sft"))
+    model = loading.load_causal_lm(cfg, cfg.name_or_path)
+    tokenizer = loading.load_tokenizer(cfg, cfg.name_or_path, padding_side="left")
+    constitution = load_constitution(str(REPO / "configs/constitutions/demo.yaml"))
+    demo, texts = Demonstrator(3), []
+    for n in range(6):
+        question, topic = demo.question()
+        texts.append(constitution.question(constitution.principles[n % 2], format_prompt(question),
+                                           " " + demo.response(topic), " " + demo.response(topic)[: 5 + n]))
+    cached = ModelJudge(model, tokenizer, batch_size=4)
+    got = cached(texts)
+    assert cached.cached_tokens > 100  # the few-shot head ran once per batch
+    whole = ModelJudge(model, tokenizer, batch_size=4, prefix_cache=False)
+    assert whole(texts) == pytest.approx(got, abs=1e-5) and whole.cached_tokens == 0
+    for text, p in zip(texts, got, strict=True):
+        ids = tokenizer(cached._render(text), return_tensors="pt", add_special_tokens=not cached.chat)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1].float()
+        assert preference_of_a(torch.log_softmax(logits, -1).tolist(), cached.tokens) == pytest.approx(p, abs=1e-5)

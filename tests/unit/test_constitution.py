@@ -81,6 +81,8 @@ def test_a_tokenizer_without_a_single_token_label_is_refused():
     ("principles: [ok]\nrules: [x]\n", "unknown key"),
     ("principles: [ok]\ntemplate: 'no slots'\n", "'template' must contain"),
     ("principles: [ok\n", "not YAML"),
+    ("principles: [ok]\nlabels: [A]\n", "'labels' must be two different answer labels"),
+    ("principles: [ok]\nlabels: ['1', '1']\n", "'labels' must be two different answer labels"),
 ])
 def test_a_constitution_that_makes_no_sense_is_refused_naming_the_key(tmp_path, text, message):
     path = tmp_path / "c.yaml"
@@ -94,3 +96,19 @@ def test_the_shipped_constitutions_load():
 
     for path in sorted((Path(__file__).resolve().parents[2] / "configs" / "constitutions").glob("*.yaml")):
         assert load_constitution(str(path)).principles, path
+
+
+def test_other_answer_labels_name_the_responses_and_are_read_in_order(tmp_path):
+    """labels: [1, 2]: the template and the few-shot answers speak of 1 and 2; P(first) reads label 1's tokens."""
+    path = tmp_path / "c.yaml"
+    path.write_text("principles: ['Which is nicer?']\nlabels: ['1', '2']\n"
+                    "few_shot: [{prompt: p, a: x, b: y, answer: B}]\n")
+    c = load_constitution(str(path))
+    text = c.question("Which is nicer?", "Q", " good", " bad")
+    assert "Response 1:  good" in text and "Response 2:  bad" in text and "Answer with 1 or 2." in text
+    assert "Answer: 2\n" in text and "Response A" not in text  # the example's B is the second label
+    tokens = answer_tokens(Tokens({"1": 5, " 1": 6, "2": 7}), c.labels)
+    assert tokens == {"1": [5, 6], "2": [7]}
+    logprobs = [-9.0] * 10
+    logprobs[5], logprobs[7] = math.log(0.3), math.log(0.1)  # P(1) = 0.3 + P(" 1") ~ 0, P(2) = 0.1
+    assert preference_of_a(logprobs, tokens) == pytest.approx((0.3 + math.exp(-9)) / (0.4 + math.exp(-9)), rel=1e-6)

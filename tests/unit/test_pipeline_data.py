@@ -128,10 +128,16 @@ def test_training_steps_read_the_dataset_local_path_or_object_store_uri(tmp_path
     steps.run_stage_step("sft", {}, model, FakeMetrics(), manifest, train_data=data, mode="local", config="")
     assert [(kw["train_data"], kw["train_data_eval"]) for kw in seen] == [
         ("minio://mlpipeline/run/data/dataset", True), (str(data_dir), True)]
-    # without metadata a local step looks for the file
-    assert not dataset_has_eval(SimpleNamespace(path=str(data_dir), metadata={}), "local")
+    # without metadata a local step looks for the files: no train.jsonl is another stage's artifact (a folder)
+    from kuberlhf.workflow.data import data_overrides
+
+    bare = SimpleNamespace(path=str(data_dir), uri="", metadata={})
+    assert dataset_has_eval(bare, "local") is None
+    assert data_overrides(str(data_dir), None) == [f"data.train={data_dir}"]
+    (data_dir / "train.jsonl").write_text("{}\n")
+    assert dataset_has_eval(bare, "local") is False
     (data_dir / "eval.jsonl").write_text("{}\n")
-    assert dataset_has_eval(SimpleNamespace(path=str(data_dir), metadata={}), "local")
+    assert dataset_has_eval(bare, "local") is True
     assert not dataset_has_eval(SimpleNamespace(path=str(data_dir), metadata={"eval_rows": 0}), "local")
 
 

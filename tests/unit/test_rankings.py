@@ -143,3 +143,16 @@ def test_prompt_batches_hold_whole_prompts_and_follow_the_epoch_they_are_set_to(
     sampler.set_epoch(1)
     second = list(sampler)
     assert second != first and list(PromptBatchSampler(prompts, 2, seed=0).__iter__()) == first
+
+
+def test_pairs_with_an_empty_or_identical_side_are_dropped_and_counted():
+    """An empty candidate (the policy stopped at once) makes no pair the preference loader accepts."""
+    from kuberlhf.data.pairs import unusable_pair
+    from kuberlhf.feedback.rounds import ImportSettings, build_dataset
+
+    assert unusable_pair(" a", " b") is None
+    assert unusable_pair(" a", " a") == "identical" and unusable_pair(" a", "  ") == "empty"
+    rows = [{"id": "t1", "prompt": "Q", "candidates": [" good", "", " ok", " ok"]}]
+    (pairs, _), _, metrics = build_dataset(rows, [Ranking("t1", "ann", ((0,), (1,), (2,), (3,)))], ImportSettings())
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(" good", " ok"), (" good", " ok")]
+    assert metrics["empty_pairs_dropped"] == 3 and metrics["identical_pairs_dropped"] == 1

@@ -14,6 +14,17 @@ from pathlib import Path
 TRAIN_FILE, EVAL_FILE = "train.jsonl", "eval.jsonl"
 
 
+def unusable_pair(chosen: str, rejected: str) -> str | None:
+    """Why two candidate texts make no preference pair the reward stage can learn from, or None:
+    ``identical`` (two samples with the same text) or ``empty`` (a side with no text, which the
+    preference loader refuses). Counted as ``<why>_pairs_dropped``."""
+    if chosen == rejected:
+        return "identical"
+    if not chosen.strip() or not rejected.strip():
+        return "empty"
+    return None
+
+
 def split_by_task(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, eval): eval holds every pair of a seeded ``fraction`` of the tasks (prompts), so no prompt is
     on both sides."""

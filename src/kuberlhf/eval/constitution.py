@@ -31,11 +31,11 @@ from typing import Any
 from kuberlhf.errors import ConfigError
 
 LABELS = ("A", "B")
-TEMPLATE = ("Compare two responses to the same request.\n\n{examples}Request: {prompt}\n\nResponse A: {a}\n\n"
-            "Response B: {b}\n\n{principle} Answer with A or B.\nAnswer:")
-EXAMPLE = ("Request: {prompt}\n\nResponse A: {a}\n\nResponse B: {b}\n\n{principle} Answer with A or B.\n"
-           "Answer: {answer}\n\n")
-_KEYS = {"name", "principles", "few_shot", "template"}
+TEMPLATE = ("Compare two responses to the same request.\n\n{examples}Request: {prompt}\n\nResponse {label_a}: {a}\n\n"
+            "Response {label_b}: {b}\n\n{principle} Answer with {label_a} or {label_b}.\nAnswer:")
+EXAMPLE = ("Request: {prompt}\n\nResponse {label_a}: {a}\n\nResponse {label_b}: {b}\n\n{principle} Answer with "
+           "{label_a} or {label_b}.\nAnswer: {answer}\n\n")
+_KEYS = {"name", "principles", "few_shot", "template", "labels"}
 _SHOT_KEYS = {"prompt", "a", "b", "answer"}
 
 
@@ -45,11 +45,18 @@ class Constitution:
     few_shot: list[dict] = field(default_factory=list)
     template: str = TEMPLATE
     name: str = ""
+    labels: tuple[str, str] = LABELS  # the answer labels of the first and the second response
 
     def question(self, principle: str, prompt: str, a: str, b: str) -> str:
         """The judge's text for one ordered pair (the few-shot examples under the same principle)."""
-        examples = "".join(EXAMPLE.format(principle=principle, **shot) for shot in self.few_shot)
-        return self.template.format(examples=examples, principle=principle, prompt=prompt, a=a, b=b)
+        names = {"label_a": self.labels[0], "label_b": self.labels[1]}
+        examples = "".join(EXAMPLE.format(principle=principle, **names, **{**shot, "answer": self.answer(shot)})
+                           for shot in self.few_shot)
+        return self.template.format(examples=examples, principle=principle, prompt=prompt, a=a, b=b, **names)
+
+    def answer(self, shot: dict) -> str:
+        """A few-shot example's answer (written A or B, or as one of the labels) as this file's label."""
+        return self.labels[LABELS.index(shot["answer"])] if shot["answer"] in LABELS else shot["answer"]
 
 
 def load_constitution(path: str) -> Constitution:
@@ -79,19 +86,27 @@ def load_constitution(path: str) -> Constitution:
     for i, shot in enumerate(shots):
         if not isinstance(shot, dict) or set(shot) != _SHOT_KEYS:
             raise ConfigError(f"{where}: few_shot[{i}] must have exactly the keys {', '.join(sorted(_SHOT_KEYS))}")
-        if shot["answer"] not in LABELS:
-            raise ConfigError(f"{where}: few_shot[{i}].answer must be A or B, got {shot['answer']!r}")
+    labels = raw.get("labels", list(LABELS))
+    if (not isinstance(labels, list) or len(labels) != 2 or not all(isinstance(x, str) and x.strip() for x in labels)
+            or labels[0] == labels[1]):
+        raise ConfigError(f"{where}: 'labels' must be two different answer labels, e.g. [A, B], got {labels!r}")
+    for i, shot in enumerate(shots):
+        if shot["answer"] not in (*LABELS, *labels):
+            raise ConfigError(f"{where}: few_shot[{i}].answer must be A or B (or one of 'labels'), "
+                              f"got {shot['answer']!r}")
     template = raw.get("template", TEMPLATE)
     for slot in ("{prompt}", "{a}", "{b}", "{principle}"):
         if not isinstance(template, str) or slot not in template:
             raise ConfigError(f"{where}: 'template' must contain {slot}")
-    return Constitution([p.strip() for p in principles], shots, template, str(raw.get("name", "")))
+    return Constitution([p.strip() for p in principles], shots, template, str(raw.get("name", "")),
+                        (labels[0].strip(), labels[1].strip()))
 
 
-def answer_tokens(tokenizer: Any) -> dict[str, list[int]]:
-    """Per label, the ids of its single-token spellings (``A``, `` A``); a label without one is refused."""
+def answer_tokens(tokenizer: Any, labels: Sequence[str] = LABELS) -> dict[str, list[int]]:
+    """Per label (first response's, then second's), the ids of its single-token spellings (``A``, `` A``);
+    a label without one is refused."""
     out: dict[str, list[int]] = {}
-    for label in LABELS:
+    for label in labels:
         ids = {tuple(tokenizer.encode(text, add_special_tokens=False)) for text in (label, " " + label)}
         single = sorted({t[0] for t in ids if len(t) == 1})
         if not single:
@@ -107,7 +122,7 @@ def preference_of_a(logprobs: Sequence[float], tokens: dict[str, list[int]]) -> 
         top = max(logprobs[i] for i in ids)
         return top + math.log(sum(math.exp(logprobs[i] - top) for i in ids))
 
-    la, lb = pooled(tokens["A"]), pooled(tokens["B"])
+    la, lb = (pooled(ids) for ids in tokens.values())  # the first response's label, then the second's
     return 1.0 / (1.0 + math.exp(lb - la))
 
 
@@ -143,14 +158,46 @@ def judge_pairs(ask: Callable[[list[str]], list[float]], constitution: Constitut
     return [both_orders(p[2 * k], p[2 * k + 1]) for k in range(len(pairs))]
 
 
-class ModelJudge:
-    """A causal LM as ``ask``: batched, left-padded forward passes, the next-token log-probs at the answer.
-    With a chat template the question is the user's message and the answer follows the generation prompt."""
+def round_robin(ask: Callable[[list[str]], list[float]], constitution: Constitution, prompts: list[str],
+                responses: list[str], seed: int = 0) -> list[float]:
+    """Direct RLAIF: each response's reward is its mean P(better) against every other response to the same
+    prompt (both orders averaged, a principle drawn per pair), in [0, 1]; a response alone scores 0.5.
+    Several samples per prompt (RLOO, GRPO) make the groups; a group's rewards average 0.5."""
+    import random
+    from collections import defaultdict
+    from itertools import combinations
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, max_length: int = 1024):
+    groups: dict[str, list[int]] = defaultdict(list)
+    for n, prompt in enumerate(prompts):
+        groups[prompt].append(n)
+    jobs = [(random.Random(f"{seed}:{prompt}:{responses[i]}:{responses[j]}").choice(constitution.principles), i, j)
+            for prompt, members in groups.items() for i, j in combinations(members, 2)]
+    verdicts = judge_pairs(ask, constitution, [(p, prompts[i], responses[i], responses[j]) for p, i, j in jobs])
+    wins, games = [0.0] * len(prompts), [0] * len(prompts)
+    for (_, i, j), v in zip(jobs, verdicts, strict=True):
+        wins[i], wins[j] = wins[i] + v.p_first, wins[j] + 1.0 - v.p_first
+        games[i], games[j] = games[i] + 1, games[j] + 1
+    return [w / g if g else 0.5 for w, g in zip(wins, games, strict=True)]
+
+
+class ModelJudge:
+    """A causal LM as ``ask``: batched forward passes, the next-token log-probs at the answer. With a chat
+    template the question is the user's message and the answer follows the generation prompt.
+
+    The texts of one batch share a long beginning (the template's head, the few-shot examples, often
+    the principle and the request): its keys and values are computed once per batch and the rows run
+    only their own ends on that cache (``prefix_cache``; off for a model without a KV cache). The
+    shared beginning is found on the token ids, so the result is the full forward pass's."""
+
+    MIN_PREFIX = 8  # shared tokens below which a batch runs whole
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, max_length: int = 1024,
+                 prefix_cache: bool = True, labels: Sequence[str] = LABELS):
         self.model, self.tokenizer, self.batch_size, self.max_length = model.eval(), tokenizer, batch_size, max_length
-        self.tokens = answer_tokens(tokenizer)
+        self.tokens = answer_tokens(tokenizer, labels)
         self.chat = bool(getattr(tokenizer, "chat_template", None))
+        self.prefix_cache = prefix_cache
+        self.cached_tokens = 0  # tokens whose forward pass the shared-prefix cache saved (a figure to report)
 
     def _render(self, text: str) -> str:
         if not self.chat:
@@ -161,17 +208,54 @@ class ModelJudge:
     def __call__(self, texts: list[str]) -> list[float]:
         import torch
 
-        from kuberlhf.models.generation import position_ids
-
-        tok, out = self.tokenizer, []
-        tok.padding_side, tok.truncation_side = "left", "left"
-        device = next(self.model.parameters()).device
-        for i in range(0, len(texts), self.batch_size):
-            enc = tok([self._render(t) for t in texts[i : i + self.batch_size]], return_tensors="pt", padding=True,
-                      truncation=True, max_length=self.max_length, add_special_tokens=not self.chat).to(device)
+        tok = self.tokenizer
+        tok.truncation_side = "left"
+        ids = [tok(self._render(t), truncation=True, max_length=self.max_length,
+                   add_special_tokens=not self.chat)["input_ids"] for t in texts]
+        order = sorted(range(len(ids)), key=lambda n: ids[n])  # rows with the same beginning side by side
+        out: list[float] = [0.0] * len(ids)
+        for i in range(0, len(order), self.batch_size):
+            batch = order[i : i + self.batch_size]
             with torch.no_grad():
-                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                    position_ids=position_ids(enc["attention_mask"])).logits[:, -1].float()
-            for row in torch.log_softmax(logits, -1).tolist():
-                out.append(preference_of_a(row, self.tokens))
+                logits = self._last_logits([ids[n] for n in batch])
+            for n, row in zip(batch, torch.log_softmax(logits, -1).tolist(), strict=True):
+                out[n] = preference_of_a(row, self.tokens)
         return out
+
+    def _last_logits(self, rows: list[list[int]]) -> Any:
+        """Next-token logits after each row: the shared prefix once (with a KV cache), then each row's end."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        shared = _common_prefix(rows) if self.prefix_cache else 0
+        shared = min(shared, min(map(len, rows)) - 1)  # every row keeps at least one token of its own
+        cache = None
+        if shared >= self.MIN_PREFIX:
+            prefix = torch.tensor([rows[0][:shared]], device=device)
+            cache = self.model(input_ids=prefix, use_cache=True).past_key_values
+            if hasattr(cache, "batch_repeat_interleave"):
+                cache.batch_repeat_interleave(len(rows))
+                self.cached_tokens += shared * (len(rows) - 1)
+            else:  # a model without a KV cache: the batch runs whole
+                self.prefix_cache, cache = False, None
+        if cache is None:
+            shared = 0
+        ends = [r[shared:] for r in rows]
+        width = max(map(len, ends))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([e + [pad] * (width - len(e)) for e in ends], device=device)
+        own = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in ends], device=device)
+        mask = torch.cat([torch.ones(len(rows), shared, dtype=own.dtype, device=device), own], dim=1)
+        positions = shared + torch.arange(width, device=device).expand(len(rows), -1)
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=cache is not None).logits
+        last = torch.tensor([len(e) - 1 for e in ends], device=device)
+        return logits[torch.arange(len(rows), device=device), last].float()
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    first, n = rows[0], min(map(len, rows))
+    for k in range(n):
+        if any(r[k] != first[k] for r in rows[1:]):
+            return k
+    return n

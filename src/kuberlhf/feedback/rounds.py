@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kuberlhf.data.pairs import TRAIN_FILE, split_by_task, write_pairs
+from kuberlhf.data.pairs import TRAIN_FILE, split_by_task, write_pairs, unusable_pair
 from kuberlhf.errors import DataError, KuberlhfError
 from kuberlhf.feedback import labelstudio as ls
 from kuberlhf.feedback.rankings import Merge, Ranking, Ties, Unusable, agreement, check_ranking, scores, to_pairs
@@ -199,12 +199,12 @@ def build_dataset(rows: list[dict], rankings: list[Ranking], settings: ImportSet
         if r.task not in by_id:
             raise DataError(f"task {r.task} (labeler {r.labeler}): not a task of these candidates")
         check_ranking(r, len(by_id[r.task]["candidates"]))
-    pairs, identical = [], 0
+    pairs, dropped = [], Counter()
     for p in to_pairs(rankings, ties=settings.ties, unusable=settings.unusable, merge=settings.merge):
         row = by_id[p.task]
         chosen, rejected = row["candidates"][p.chosen], row["candidates"][p.rejected]
-        if chosen == rejected:  # two samples with the same text: no preference to learn
-            identical += 1
+        if why := unusable_pair(chosen, rejected):
+            dropped[why] += 1
             continue
         pairs.append({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "task": p.task,
                       "chosen_index": p.chosen, "rejected_index": p.rejected, "labelers": p.labelers,
@@ -221,7 +221,8 @@ def build_dataset(rows: list[dict], rankings: list[Ranking], settings: ImportSet
         "skipped": sum(r.skipped for r in rankings),
         "rankings_with_ties": sum(r.has_ties for r in rankings),
         "pairs": len(pairs),
-        "identical_pairs_dropped": identical,
+        "identical_pairs_dropped": dropped["identical"],
+        "empty_pairs_dropped": dropped["empty"],
         "per_labeler": dict(sorted(per_labeler.items())),
         **{f"agreement_{k}" if not k.startswith("tasks") else k: v
            for k, v in agreement(rankings, settings.unusable).items()},

@@ -1,4 +1,4 @@
-"""RLOO and GRPO (TRL) of the SFT policy, with the trained reward model as the reward function.
+"""RLOO and GRPO (TRL) of the SFT policy, with the trained reward model (or a judge model) as the reward.
 
 $ kuberlhf rloo --config configs/rloo/demo.yaml
 $ kuberlhf grpo --config configs/grpo/demo.yaml
@@ -8,6 +8,10 @@ Cheaper online alternatives to PPO without a value model: several samples per pr
 each scored by the reward model, advantages taken relative to the other samples of the
 same prompt. The reward model is called through :func:`kuberlhf.models.scoring.score_texts`, so
 its own tokenizer and the text formatting of its training are used (as in PPO).
+
+Direct RLAIF (``judge.name_or_path``, Lee et al. 2023): no reward model; a judge model compares the
+samples of each prompt in pairs under the constitution (both orders averaged) and each sample's
+reward is its mean probability of being the better one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,19 @@ from kuberlhf.stages.trainer import StageRun, run_trainer_stage
 
 
 @dataclass
+class DirectJudgeConfig:
+    name_or_path: str | None = option(
+        None, "direct RLAIF: a judge model (local, s3://, hub name, .gguf) scores the samples under the "
+        "constitution instead of the reward model; None = the reward model")
+    constitution: str = option("configs/constitutions/demo.yaml", "the judge's principles (and few-shot examples)")
+    batch_size: int = option(16, "judge texts per forward pass")
+    max_length: int = option(1024, "judge tokens per text (longer ones lose their beginning)")
+
+    def __post_init__(self) -> None:
+        require(self.batch_size > 0, "judge.batch_size", "must be positive")
+
+
+@dataclass
 class OnlineRLConfig(StageConfig):
     TRL_ARGS: ClassVar[str] = "RLOOConfig"  # the TRL config it builds; training.<key> may set its fields
     TRL_OWNED: ClassVar[tuple[str, ...]] = ("num_generations", "max_completion_length", "temperature", "top_k", "top_p",
@@ -43,6 +60,7 @@ class OnlineRLConfig(StageConfig):
     temperature: float = option(1.0, "sampling temperature")
     beta: float = option(0.05, "KL coefficient to the reference")
     reward_max_length: int = option(512, "reward-model tokens per scored text")
+    judge: DirectJudgeConfig = option(DirectJudgeConfig, "direct RLAIF: a judge model as the reward (Lee et al. 2023)")
     gold_eval: bool = option(True, "score SFT and final policies with the gold judge (the demo task's)")
     training: TrainingConfig = option(TrainingConfig, "optimisation, checkpointing, precision and tracking")
 
@@ -66,6 +84,25 @@ class GrpoConfig(OnlineRLConfig):
     """Config of `kuberlhf grpo` (the fields of OnlineRLConfig)."""
 
     TRL_ARGS: ClassVar[str] = "GRPOConfig"
+
+
+def judge_reward_function(cfg: OnlineRLConfig, path: str, device: Any):
+    """A TRL reward function from the judge: each completion's mean P(better) against the other completions
+    of its prompt (:func:`kuberlhf.eval.constitution.round_robin`)."""
+    from kuberlhf.eval.constitution import ModelJudge, load_constitution, round_robin
+    from kuberlhf.models import loading
+
+    judge_cfg = ModelConfig(name_or_path=cfg.judge.name_or_path)
+    constitution = load_constitution(cfg.judge.constitution)
+    with loading.whole_under_zero3():  # called outside the engine: whole on every process, on its device
+        model = loading.load_causal_lm(judge_cfg, path).to(device).requires_grad_(False)
+    ask = ModelJudge(model, loading.load_tokenizer(judge_cfg, path, padding_side="left"), cfg.judge.batch_size,
+                     cfg.judge.max_length, labels=constitution.labels)
+
+    def judge(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return round_robin(ask, constitution, prompts, completions, cfg.training.seed)
+
+    return judge
 
 
 def reward_function(model: Any, tokenizer: Any, max_length: int):
@@ -93,8 +130,9 @@ class OnlineHooks:
                           temperature=cfg.temperature, top_k=0, top_p=1.0, beta=cfg.beta, **work)
 
     def models(self, cfg: OnlineRLConfig) -> dict:
-        return {"policy": (cfg.policy.name_or_path, "causal-lm", cfg.training.seed),
-                "reward_model": (cfg.reward_model.name_or_path, "sequence-classification", 0)}
+        rewarder = (("judge", (cfg.judge.name_or_path, "causal-lm", 0)) if cfg.judge.name_or_path else
+                    ("reward_model", (cfg.reward_model.name_or_path, "sequence-classification", 0)))
+        return {"policy": (cfg.policy.name_or_path, "causal-lm", cfg.training.seed), rewarder[0]: rewarder[1]}
 
     def trainer(self, cfg: OnlineRLConfig, args: Any, run: StageRun, callbacks: list) -> Any:
         import trl
@@ -103,14 +141,19 @@ class OnlineHooks:
 
         trainer_cls = trl.RLOOTrainer if self.algorithm == "rloo" else trl.GRPOTrainer
         run.tokenizer = loading.load_tokenizer(cfg.policy, run.paths["policy"], padding_side="left")
-        reward_path = run.paths["reward_model"]
-        reward_tokenizer = loading.load_tokenizer(cfg.reward_model, reward_path)
-        with loading.whole_under_zero3():  # called outside the engine: whole on every process, on its device
-            reward = loading.load_sequence_classifier(cfg.reward_model, reward_path, reward_tokenizer.pad_token_id)
-        reward.to(args.device).eval().requires_grad_(False)
+        if cfg.judge.name_or_path:
+            rewards = judge_reward_function(cfg, run.paths["judge"], args.device)
+        else:
+            reward_path = run.paths["reward_model"]
+            reward_tokenizer = loading.load_tokenizer(cfg.reward_model, reward_path)
+            with loading.whole_under_zero3():  # called outside the engine: whole on every process, on its device
+                reward = loading.load_sequence_classifier(cfg.reward_model, reward_path,
+                                                          reward_tokenizer.pad_token_id)
+            reward.to(args.device).eval().requires_grad_(False)
+            rewards = reward_function(reward, reward_tokenizer, cfg.reward_max_length)
         return trainer_cls(
             model=loading.load_causal_lm(cfg.policy, run.paths["policy"]),
-            reward_funcs=reward_function(reward, reward_tokenizer, cfg.reward_max_length),
+            reward_funcs=rewards,
             args=args,
             train_dataset=run.train,
             processing_class=run.tokenizer,

@@ -32,7 +32,7 @@ def sealed(run_dir: rundir.RunDir, ids: list[list[str]], settings: dict, rows_ke
         if [r["id"] for r in rows] != ids[part]:
             raise ConfigError(f"config key '{rows_key}': checkpoint {path.name} holds other rows than this run's part "
                               f"{part + 1}; pass overwrite=true to start again")
-        if json.loads((path / SETTINGS).read_text()) != settings:
+        if json.loads((path / SETTINGS).read_text()) != json.loads(json.dumps(settings, sort_keys=True)):
             raise ConfigError(f"config key '{settings_key}': checkpoint {path.name} was made with other settings; "
                               "pass overwrite=true to start again")
         done[part] = rows

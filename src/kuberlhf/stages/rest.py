@@ -116,8 +116,8 @@ class RestConfig(StageConfig):
 # ---------------------------------------------------------------------------------------------- Grow
 
 def _grow_settings(cfg: RestConfig) -> dict:
-    return {"model": cfg.policy.name_or_path, "reward_model": cfg.reward_model.name_or_path,
-            "generation": asdict(cfg.sampling), "iteration": cfg.iteration}
+    return {"policy.name_or_path": cfg.policy.name_or_path, "reward_model.name_or_path": cfg.reward_model.name_or_path,
+            "sampling": asdict(cfg.sampling), "iteration": cfg.iteration}
 
 
 def _sample_ids(ids: list[str], k: int) -> list[str]:
@@ -329,8 +329,14 @@ def improve(cfg: RestConfig, history: list[dict] | None = None) -> dict:
            **_means(samples, "all"), **_means(kept, "kept")}
     log.info("improve %d.%d: %d of %d samples reach the threshold %.4g", cfg.iteration, cfg.step, len(kept),
              len(samples), threshold)
+    # an empty response is no SFT example (the data loader refuses it): counted, not trained on
+    trainable = [{"prompt": s["prompt"], "completion": s["response"]} for s in kept if s["response"].strip()]
+    row["empty_dropped"] = len(kept) - len(trainable)
+    if not trainable:
+        raise DataError(f"config key 'improve.thresholds': step {cfg.step}'s threshold {threshold:.4g} keeps only "
+                        f"empty responses ({len(kept)})")
     kept_file = Path(tempfile.mkdtemp(prefix="kuberlhf-rest-")) / "kept.jsonl"  # each process its own
-    _write_jsonl(kept_file, [{"prompt": s["prompt"], "completion": s["response"]} for s in kept])
+    _write_jsonl(kept_file, trainable)
     sft_cfg = SftConfig(output_dir=cfg.output_dir, overwrite=cfg.overwrite, storage=cfg.storage,
                         model=replace(cfg.policy, name_or_path=start),
                         data=replace(cfg.data, train=str(kept_file), eval=None, eval_fraction=0.0, max_rows=None),
@@ -374,11 +380,13 @@ def run(cfg: RestConfig) -> dict:
     from kuberlhf.artifacts.cards import read_metrics
     from kuberlhf.artifacts.s3 import configure_from
     from kuberlhf.distributed import barrier, init_distributed, is_world_main
+    from kuberlhf.models import loading
 
     configure_from(cfg.storage)
     init_distributed(cfg.training.deepspeed)
-    if cfg.phase == "grow":
-        return grow(cfg)
+    if cfg.phase == "grow":  # the history comes with the policy that grows (an Improve step's)
+        return grow(cfg, policy_history(loading.resolve_model_path(cfg.policy.name_or_path, "causal-lm",
+                                                                   cfg.sampling.seed)))
     if cfg.phase == "improve":
         return improve(cfg)
     rundir.prepare_run(cfg.output_dir, "rest", cfg.overwrite, is_main=is_world_main())  # overwrite: all steps

@@ -35,6 +35,7 @@ class LabelingConfig:
     batch_size: int = option(8, "judge texts per forward pass")
     max_length: int = option(1024, "judge tokens per text (longer ones lose their beginning)")
     eval_fraction: float = option(0.1, "share of the prompts whose pairs are held out (eval.jsonl)")
+    prefix_cache: bool = option(True, "run the beginning a batch's texts share once, on a KV cache")
     seed: int = option(0, "seed of the principles drawn and of the held-out prompts")
 
     def __post_init__(self) -> None:
@@ -82,7 +83,11 @@ def pairs_of(rows: list[dict], labeled: list[dict], min_confidence: float) -> tu
     from kuberlhf.eval.constitution import both_orders
 
     by_id = {r["id"]: r for r in rows}
-    pairs, judged, flipped, identical, confidences = [], 0, 0, 0, []
+    from collections import Counter
+
+    from kuberlhf.data.pairs import unusable_pair
+
+    pairs, judged, flipped, dropped, confidences = [], 0, 0, Counter(), []
     for item in labeled:
         row = by_id[item["id"]]
         for v in item["verdicts"]:
@@ -94,8 +99,8 @@ def pairs_of(rows: list[dict], labeled: list[dict], min_confidence: float) -> tu
                 continue
             win, lose = (v["i"], v["j"]) if verdict.p_first > 0.5 else (v["j"], v["i"])
             chosen, rejected = row["candidates"][win], row["candidates"][lose]
-            if chosen == rejected:
-                identical += 1
+            if why := unusable_pair(chosen, rejected):
+                dropped[why] += 1
                 continue
             pairs.append({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "task": row["id"],
                           "chosen_index": win, "rejected_index": lose, "confidence": verdict.confidence,
@@ -103,7 +108,8 @@ def pairs_of(rows: list[dict], labeled: list[dict], min_confidence: float) -> tu
     histogram = [0] * 10
     for c in confidences:
         histogram[min(int(c * 10), 9)] += 1
-    return pairs, {"pairs_judged": judged, "pairs_kept": len(pairs), "identical_pairs_dropped": identical,
+    return pairs, {"pairs_judged": judged, "pairs_kept": len(pairs), "identical_pairs_dropped": dropped["identical"],
+                   "empty_pairs_dropped": dropped["empty"],
                    "flip_share": flipped / judged if judged else 0.0,
                    "mean_confidence": sum(confidences) / len(confidences) if confidences else 0.0,
                    "confidence_histogram": histogram}
@@ -141,18 +147,19 @@ def run(cfg: RlaifConfig) -> dict:
     path = loading.resolve_model_path(cfg.judge.name_or_path, "causal-lm", cfg.labeling.seed)
     tokenizer = loading.load_tokenizer(cfg.judge, path, padding_side="left")
     ask = ModelJudge(loading.load_causal_lm(cfg.judge, path), tokenizer, cfg.labeling.batch_size,
-                     cfg.labeling.max_length)
+                     cfg.labeling.max_length, prefix_cache=cfg.labeling.prefix_cache, labels=constitution.labels)
     settings = {"judge": cfg.judge.name_or_path, "constitution": asdict(constitution), "seed": cfg.labeling.seed}
     spans = resumable.spans(len(rows), cfg.save_every)
     done = resumable.sealed(run_dir, [[rows[i]["id"] for i in s] for s in spans], settings, "data.train",
                             "constitution")
-    started, labeled_now = time.perf_counter(), 0
+    started, labeled_now, texts_now = time.perf_counter(), 0, 0
     for part, span in enumerate(spans):
         if part in done:
             continue
         done[part] = _label_part(ask, constitution, [rows[i] for i in span], cfg.labeling.seed)
         resumable.seal(run_dir, part, done[part], settings, len(spans))
         labeled_now += len(span)
+        texts_now += 2 * sum(len(item["verdicts"]) for item in done[part])  # both orders
         log.info("part %d/%d: %d prompts judged", part + 1, len(spans), len(span))
     seconds = time.perf_counter() - started
     labeled = [item for part in range(len(spans)) for item in done[part]]
@@ -162,6 +169,8 @@ def run(cfg: RlaifConfig) -> dict:
                         f"{counts['pairs_judged']} judged pairs (mean confidence {counts['mean_confidence']:.3f})")
     train, held = split_by_task(pairs, cfg.labeling.eval_fraction, cfg.labeling.seed)
     metrics = {**counts, "prompts": len(rows), "prompts_judged_now": labeled_now, "seconds": seconds,
+               "texts_per_second": texts_now / seconds if seconds > 0 else 0.0,
+               "prefix_tokens_cached": ask.cached_tokens,
                "train_pairs": len(train), "eval_pairs": len(held), "judge": cfg.judge.name_or_path,
                "constitution": constitution.name or cfg.constitution, "data": stats.to_dict()}
     if cfg.gold_eval and (agree := gold_agreement(pairs)) is not None:

@@ -87,19 +87,40 @@ def prepare_data(stage: str, out_dir: str, *, source: str = "", config: str = ""
     return summary
 
 
-def data_overrides(location: str, has_eval: bool) -> list[str]:
-    """The overrides that make a stage read a data step's folder (a local path or ``s3://`` URI)."""
+def data_overrides(location: str, has_eval: bool | None) -> list[str]:
+    """The overrides that make a stage read a ``Dataset`` folder (a local path or ``s3://`` URI): a data
+    step's (``train.jsonl``, with ``eval.jsonl`` when ``has_eval``), or, ``has_eval=None``, any other stage's
+    artifact (generate's candidates), read as a folder."""
     base = location.rstrip("/")
+    if has_eval is None:
+        return [f"data.train={base}"]
     return ["data.format=jsonl", f"data.train={base}/{TRAIN_FILE}",
             *([f"data.eval={base}/{EVAL_FILE}"] if has_eval else [])]
 
 
-def dataset_has_eval(dataset: Any, mode: str) -> bool:
-    """Whether a data step's ``Dataset`` holds eval data: its metadata, else (local) the file itself."""
+def dataset_has_eval(dataset: Any, mode: str) -> bool | None:
+    """Whether a ``Dataset`` in a data step's layout holds eval data: its metadata, else its files; None when
+    it is not in that layout (no ``train.jsonl``: another stage's artifact)."""
     metadata = getattr(dataset, "metadata", None) or {}
     if "eval_rows" in metadata:
         return int(metadata["eval_rows"]) > 0
-    return mode == "local" and (Path(dataset.path) / EVAL_FILE).is_file()
+    base = (dataset.path if mode == "local" else dataset.uri).rstrip("/")
+    if not _holds(f"{base}/{TRAIN_FILE}", mode):
+        return None
+    return _holds(f"{base}/{EVAL_FILE}", mode)
+
+
+def _holds(location: str, mode: str) -> bool:
+    if mode == "local":
+        return Path(location).is_file()
+    from kuberlhf.artifacts import storage
+    from kuberlhf.workflow.steps import artifact_uri
+
+    try:
+        storage.open_uri(artifact_uri(location)).close()
+    except storage.StorageError:
+        return False
+    return True
 
 
 def run_data_step(stage: str, dataset: Any, metrics: Any, **kwargs: Any) -> dict[str, Any]:

@@ -164,13 +164,14 @@ def run_stage(
     run_id: str = "",
     task: str = "",
     train_data: str = "",
-    train_data_eval: bool = False,
+    train_data_eval: bool | None = False,
 ) -> dict:
     """Run one pipeline step of ``stage``; returns the stage's ``metrics.json``.
 
     ``inputs`` maps the component's input names to where the stage reads them: local paths in
     local mode, the artifacts' URIs in pytorchjob mode; so does ``train_data``, the folder of a data
-    step's ``Dataset`` (``train_data_eval``: it holds eval data too; empty: the config's own data). A
+    step's ``Dataset`` (``train_data_eval``: it holds eval data too; None: it is another stage's artifact, read as
+    a folder; empty: the config's own data). A
     step whose output already holds a finished artifact (a retry after the stage published) reports it
     instead of training again.
     """
