@@ -112,3 +112,24 @@ def test_the_judge_runs_the_shared_prefix_once_and_reads_what_a_whole_forward_pa
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, -1].float()
         assert preference_of_a(torch.log_softmax(logits, -1).tolist(), cached.tokens) == pytest.approx(p, abs=1e-5)
+
+
+def test_pointwise_judging_asks_about_each_candidate_and_never_flips(tmp_path, trained, candidates, capsys):
+    """The tiny demo tokenizer has no single token for Yes (refused), so its answers here are A and B."""
+    out = tmp_path / "pointwise"
+    assert run_cli(rlaif_args(out, trained, candidates, "labeling.mode=pointwise")) == 2
+    assert "no single token for the answer label 'Yes'" in capsys.readouterr().err
+    answers = tmp_path / "answers.yaml"
+    answers.write_text((REPO / "configs/constitutions/demo.yaml").read_text() + "answers: [A, B]\n")
+    assert run_cli(rlaif_args(out, trained, candidates, "labeling.mode=pointwise", f"constitution={answers}")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pairs_judged"] == 30 and metrics["flip_share"] == 0.0
+    pairs = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert pairs and all(p["principle"] == "Is this response cheerful, with happy words about the topic asked for?"
+                         for p in pairs)
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("principles: ['Which is better?']\n")
+    assert run_cli(rlaif_args(tmp_path / "bare", trained, candidates, "labeling.mode=pointwise",
+                              f"constitution={bare}")) == 2
+    assert "config key 'labeling.mode': pointwise judging needs the constitution's yes/no 'questions'" in \
+        capsys.readouterr().err

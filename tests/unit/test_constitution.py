@@ -112,3 +112,23 @@ def test_other_answer_labels_name_the_responses_and_are_read_in_order(tmp_path):
     logprobs = [-9.0] * 10
     logprobs[5], logprobs[7] = math.log(0.3), math.log(0.1)  # P(1) = 0.3 + P(" 1") ~ 0, P(2) = 0.1
     assert preference_of_a(logprobs, tokens) == pytest.approx((0.3 + math.exp(-9)) / (0.4 + math.exp(-9)), rel=1e-6)
+
+
+def test_pointwise_scores_are_mean_log_odds_and_a_pair_is_their_sigmoid_difference():
+    from kuberlhf.eval.constitution import POINT_TEMPLATE, point_scores, point_verdict
+
+    c = Constitution(["Which?"], questions=["Is it cheerful?", "Is it on topic?"])
+    asked = []
+
+    def ask(texts):
+        asked.extend(texts)
+        return [0.8, 0.5, 0.2, 0.2]  # response 1: P(Yes) per question; response 2: the same
+
+    s1, s2 = point_scores(ask, c, [("Q", " good"), ("Q", " bad")])
+    assert asked[0] == POINT_TEMPLATE.format(prompt="Q", response=" good", question="Is it cheerful?", yes="Yes",
+                                             no="No")
+    assert asked[1].endswith("Is it on topic? Answer Yes or No.") and len(asked) == 4
+    assert s1 == pytest.approx((math.log(4) + 0.0) / 2) and s2 == pytest.approx(math.log(0.25))
+    v = point_verdict(s1, s2)
+    assert v.p_first == pytest.approx(1 / (1 + math.exp(s2 - s1))) and not v.flipped
+    assert both_orders(v.forward, v.backward).p_first == pytest.approx(v.p_first)

@@ -35,7 +35,9 @@ TEMPLATE = ("Compare two responses to the same request.\n\n{examples}Request: {p
             "Response {label_b}: {b}\n\n{principle} Answer with {label_a} or {label_b}.\nAnswer:")
 EXAMPLE = ("Request: {prompt}\n\nResponse {label_a}: {a}\n\nResponse {label_b}: {b}\n\n{principle} Answer with "
            "{label_a} or {label_b}.\nAnswer: {answer}\n\n")
-_KEYS = {"name", "principles", "few_shot", "template", "labels"}
+POINT_LABELS = ("Yes", "No")
+POINT_TEMPLATE = "{prompt}\n\nResponse: {response}\n\n{question} Answer {yes} or {no}."
+_KEYS = {"name", "principles", "few_shot", "template", "labels", "questions", "answers"}
 _SHOT_KEYS = {"prompt", "a", "b", "answer"}
 
 
@@ -46,6 +48,8 @@ class Constitution:
     template: str = TEMPLATE
     name: str = ""
     labels: tuple[str, str] = LABELS  # the answer labels of the first and the second response
+    questions: list[str] = field(default_factory=list)  # yes/no questions about one response (pointwise mode)
+    answers: tuple[str, str] = POINT_LABELS  # the yes and no answer labels of the questions
 
     def question(self, principle: str, prompt: str, a: str, b: str) -> str:
         """The judge's text for one ordered pair (the few-shot examples under the same principle)."""
@@ -98,8 +102,16 @@ def load_constitution(path: str) -> Constitution:
     for slot in ("{prompt}", "{a}", "{b}", "{principle}"):
         if not isinstance(template, str) or slot not in template:
             raise ConfigError(f"{where}: 'template' must contain {slot}")
+    questions = raw.get("questions") or []
+    if not isinstance(questions, list) or not all(isinstance(q, str) and q.strip() for q in questions):
+        raise ConfigError(f"{where}: 'questions' must be a list of yes/no questions about one response")
+    answers = raw.get("answers", list(POINT_LABELS))
+    if (not isinstance(answers, list) or len(answers) != 2 or not all(isinstance(x, str) and x.strip() for x in answers)
+            or answers[0] == answers[1]):
+        raise ConfigError(f"{where}: 'answers' must be two different answers (yes, no), e.g. [Yes, No], got {answers!r}")
     return Constitution([p.strip() for p in principles], shots, template, str(raw.get("name", "")),
-                        (labels[0].strip(), labels[1].strip()))
+                        (labels[0].strip(), labels[1].strip()), [q.strip() for q in questions],
+                        (answers[0].strip(), answers[1].strip()))
 
 
 def answer_tokens(tokenizer: Any, labels: Sequence[str] = LABELS) -> dict[str, list[int]]:
@@ -156,6 +168,27 @@ def judge_pairs(ask: Callable[[list[str]], list[float]], constitution: Constitut
         texts += [constitution.question(principle, prompt, a, b), constitution.question(principle, prompt, b, a)]
     p = ask(texts)
     return [both_orders(p[2 * k], p[2 * k + 1]) for k in range(len(pairs))]
+
+
+def point_scores(ask: Callable[[list[str]], list[float]], constitution: Constitution,
+                 items: list[tuple[str, str]]) -> list[float]:
+    """Pointwise judging: each ``(prompt, response)``'s log-odds of "Yes", averaged over the constitution's
+    yes/no ``questions`` (``ask`` reads P(yes) normalised over the two ``answers``)."""
+    yes, no = constitution.answers
+    texts = [POINT_TEMPLATE.format(prompt=p, response=r, question=q, yes=yes, no=no)
+             for p, r in items for q in constitution.questions]
+    probs = ask(texts)
+    n = len(constitution.questions)
+    eps = 1e-6
+    return [sum(math.log(max(x, eps) / max(1.0 - x, eps)) for x in probs[k * n : (k + 1) * n]) / n
+            for k in range(len(items))]
+
+
+def point_verdict(score_i: float, score_j: float) -> Verdict:
+    """A pair from two pointwise scores: P(i better) = sigmoid(score_i - score_j). No order is shown to the
+    judge, so both "orders" agree by construction (never flipped)."""
+    p = 1.0 / (1.0 + math.exp(score_j - score_i))
+    return Verdict(p, p, 1.0 - p)
 
 
 def round_robin(ask: Callable[[list[str]], list[float]], constitution: Constitution, prompts: list[str],

@@ -20,17 +20,21 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass
+from typing import Literal
 from itertools import combinations
 
 from kuberlhf.config import option, require
 from kuberlhf.config.sections import DataConfig, ModelConfig, StageConfig
-from kuberlhf.errors import DataError
+from kuberlhf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LabelingConfig:
+    mode: Literal["pairwise", "pointwise"] = option(
+        "pairwise", "pairwise: the judge compares the two responses (A or B, both orders); pointwise: it answers "
+        "the constitution's yes/no questions about each response, P(i better) = sigmoid of the log-odds' difference")
     min_confidence: float = option(0.0, "drop pairs whose |2 P(first better) - 1| is below this (0 = keep all)")
     batch_size: int = option(8, "judge texts per forward pass")
     max_length: int = option(1024, "judge tokens per text (longer ones lose their beginning)")
@@ -64,13 +68,21 @@ def _principle(rng_seed: int, task: str, i: int, j: int, principles: list[str]) 
     return random.Random(f"{rng_seed}:{task}:{i}:{j}").choice(principles)
 
 
-def _label_part(ask, constitution, rows: list[dict], seed: int) -> list[dict]:
-    from kuberlhf.eval.constitution import judge_pairs
+def _label_part(ask, constitution, rows: list[dict], seed: int, mode: str = "pairwise") -> list[dict]:
+    from kuberlhf.eval.constitution import judge_pairs, point_scores, point_verdict
 
-    jobs = [(row, i, j, _principle(seed, row["id"], i, j, constitution.principles))
-            for row in rows for i, j in combinations(range(len(row["candidates"])), 2)]
-    verdicts = judge_pairs(ask, constitution, [(p, r["prompt"], r["candidates"][i], r["candidates"][j])
-                                               for r, i, j, p in jobs])
+    if mode == "pointwise":
+        items = [(r["prompt"], c) for r in rows for c in r["candidates"]]
+        scores = iter(point_scores(ask, constitution, items))
+        per_row = {r["id"]: [next(scores) for _ in r["candidates"]] for r in rows}
+        asked = " / ".join(constitution.questions)
+        jobs = [(row, i, j, asked) for row in rows for i, j in combinations(range(len(row["candidates"])), 2)]
+        verdicts = [point_verdict(per_row[r["id"]][i], per_row[r["id"]][j]) for r, i, j, _ in jobs]
+    else:
+        jobs = [(row, i, j, _principle(seed, row["id"], i, j, constitution.principles))
+                for row in rows for i, j in combinations(range(len(row["candidates"])), 2)]
+        verdicts = judge_pairs(ask, constitution, [(p, r["prompt"], r["candidates"][i], r["candidates"][j])
+                                                   for r, i, j, p in jobs])
     out: dict[str, dict] = {r["id"]: {"id": r["id"], "verdicts": []} for r in rows}
     for (row, i, j, principle), v in zip(jobs, verdicts, strict=True):
         out[row["id"]]["verdicts"].append({"i": i, "j": j, "principle": principle, "p_first": v.p_first,
@@ -141,14 +153,19 @@ def run(cfg: RlaifConfig) -> dict:
 
     configure_from(cfg.storage)
     constitution = load_constitution(cfg.constitution)
+    if cfg.labeling.mode == "pointwise" and not constitution.questions:
+        raise ConfigError(f"config key 'labeling.mode': pointwise judging needs the constitution's yes/no 'questions'; "
+                          f"{cfg.constitution} has none")
     run_dir = rundir.prepare_run(cfg.output_dir, "rlaif", cfg.overwrite)
     data, _, stats = load_data(cfg.data, "candidates", cfg.labeling.seed)
     rows = with_ids(data, cfg.data.train)
     path = loading.resolve_model_path(cfg.judge.name_or_path, "causal-lm", cfg.labeling.seed)
     tokenizer = loading.load_tokenizer(cfg.judge, path, padding_side="left")
     ask = ModelJudge(loading.load_causal_lm(cfg.judge, path), tokenizer, cfg.labeling.batch_size,
-                     cfg.labeling.max_length, prefix_cache=cfg.labeling.prefix_cache, labels=constitution.labels)
-    settings = {"judge": cfg.judge.name_or_path, "constitution": asdict(constitution), "seed": cfg.labeling.seed}
+                     cfg.labeling.max_length, prefix_cache=cfg.labeling.prefix_cache,
+                     labels=constitution.answers if cfg.labeling.mode == "pointwise" else constitution.labels)
+    settings = {"judge": cfg.judge.name_or_path, "constitution": asdict(constitution), "seed": cfg.labeling.seed,
+                "mode": cfg.labeling.mode}
     spans = resumable.spans(len(rows), cfg.save_every)
     done = resumable.sealed(run_dir, [[rows[i]["id"] for i in s] for s in spans], settings, "data.train",
                             "constitution")
@@ -156,7 +173,7 @@ def run(cfg: RlaifConfig) -> dict:
     for part, span in enumerate(spans):
         if part in done:
             continue
-        done[part] = _label_part(ask, constitution, [rows[i] for i in span], cfg.labeling.seed)
+        done[part] = _label_part(ask, constitution, [rows[i] for i in span], cfg.labeling.seed, cfg.labeling.mode)
         resumable.seal(run_dir, part, done[part], settings, len(spans))
         labeled_now += len(span)
         texts_now += 2 * sum(len(item["verdicts"]) for item in done[part])  # both orders
