@@ -58,7 +58,7 @@ compile: install ## compile the Kubeflow pipelines to outputs/pipelines/*.yaml (
 	$(BIN)/kuberlhf pipeline compile --pipeline all --out outputs/pipelines
 
 test: install label-studio-install browser-install ## run every test (unit + integration; S3 server and Label Studio started by the suite)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=20
 
 test-unit: install ## unit tests only (seconds)
 	$(BIN)/python -m pytest tests/unit -q

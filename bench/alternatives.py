@@ -72,6 +72,22 @@ def rlaif_reward(out: Path, prompts: int, constitution: str, mode: str) -> tuple
                                  "reward_s": train}
 
 
+def agreement_by_confidence(labels: Path, thresholds=(0.0, 0.05, 0.1, 0.2, 0.3)) -> list[tuple[float, int, float]]:
+    """(labeling.min_confidence, pairs kept, share of them the gold judge orders alike) from an rlaif artifact's
+    pairs (each with its confidence), over the pairs the gold judge tells apart."""
+    from kuberlhf.demo.task import gold_score
+
+    pairs = [json.loads(line) for name in ("train.jsonl", "eval.jsonl") if (labels / name).is_file()
+             for line in (labels / name).read_text().splitlines()]
+    decided = [(p["confidence"], gold_score(p["prompt"], p["chosen"]) > gold_score(p["prompt"], p["rejected"]))
+               for p in pairs if gold_score(p["prompt"], p["chosen"]) != gold_score(p["prompt"], p["rejected"])]
+    out = []
+    for t in thresholds:
+        kept = [agree for c, agree in decided if c >= t]
+        out.append((t, len(kept), sum(kept) / len(kept) if kept else float("nan")))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -81,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rlaif-mode", default="pointwise", choices=["pairwise", "pointwise"],
                         help="how the judge labels (pointwise agreed more with the gold judge: docs/benchmarks.md)")
     parser.add_argument("--out", default="outputs/alternatives-bench")
+    parser.add_argument("--labels-table", metavar="DIR", help="only print the confidence table of an rlaif artifact")
     args = parser.parse_args(argv)
     out = (REPO / args.out).resolve()
+    if args.labels_table:
+        print_labels_table(Path(args.labels_table))
+        return 0
     demo = REPO / "outputs/demo"
     if not (demo / "sft/manifest.json").is_file():
         kuberlhf("sft", "--config", "configs/sft/demo.yaml", "training.disable_tqdm=true")
@@ -114,7 +134,15 @@ def main(argv: list[str] | None = None) -> int:
               f"flip share {labels['flip_share']:.3f}, mean confidence {labels['mean_confidence']:.3f}, "
               f"{labels['texts_per_second']:.2f} judge texts/s, labelling {labels['label_s']:.0f} s; reward model on "
               f"them: held-out accuracy {labels['reward_accuracy']:.3f} (500 gold pairs)")
+        print_labels_table(out / "rlaif" / "labels")
     return 0
+
+
+def print_labels_table(labels: Path) -> None:
+    print("\n| labeling.min_confidence | pairs kept (gold tells apart) | agreement with the gold judge |")
+    print("|---|---|---|")
+    for t, n, agree in agreement_by_confidence(labels):
+        print(f"| {t:.2f} | {n} | {agree:.3f} |")
 
 
 if __name__ == "__main__":

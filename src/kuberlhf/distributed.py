@@ -81,6 +81,17 @@ def init_distributed(deepspeed_config: str | None) -> None:
     PartialState()
 
 
+def local_main_first():
+    """A context in which the node's main process goes first (it fetches, the others then read its cache)."""
+    import contextlib
+
+    if _group() is None:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().local_main_process_first()
+
+
 def barrier() -> None:
     """Wait until every process gets here (nothing without a process group)."""
     dist = _group()

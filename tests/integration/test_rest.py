@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import REPO, run_cli
+from helpers import REPO, run, run_cli, torchrun_command
 
 
 def rest_args(out, trained, *extra):
@@ -189,3 +189,16 @@ def test_rest_into_s3_resumes_a_killed_grow_from_the_bucket(tmp_path, trained, s
     assert storage.is_complete(uri) and storage.is_complete(f"{uri}/checkpoints/grow-1")
     local = storage.fetch_dir(uri)
     assert [r["kept"] for r in rows(local / "train_log.jsonl")] == [36]
+
+
+def test_rest_under_torchrun_shares_the_grow_and_trains_the_improve_with_ddp(tmp_path, trained):
+    """Two processes: each samples its share of the Grow's parts (each part from its own seed, so the Grow set
+    is the one a single process writes), then the Improve step trains on both."""
+    args = rest_args(tmp_path / "ddp", trained, "iterations=1", "improve.thresholds=[0.5]")[1:]
+    proc = run(torchrun_command(2, "rest", *args), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert run_cli(rest_args(tmp_path / "one", trained, "iterations=1", "improve.thresholds=[0.5]")) == 0
+    assert rows(grow_dir(tmp_path / "ddp", 1)) == rows(grow_dir(tmp_path / "one", 1))
+    log = rows(tmp_path / "ddp" / "train_log.jsonl")
+    assert [r["kept"] for r in log] == [36] and log[0]["kept"] == rows(tmp_path / "one" / "train_log.jsonl")[0]["kept"]
+    assert "part 2/3" in proc.stdout + proc.stderr and "part 1/3" in proc.stdout + proc.stderr

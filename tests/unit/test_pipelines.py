@@ -311,7 +311,7 @@ def test_server_errors_are_one_line(monkeypatch, capsys):
 
 
 def test_artifact_uris_become_what_the_training_pods_read():
-    from kuberlhf.workflow.steps import artifact_uri
+    from kuberlhf.workflow.data import artifact_uri
 
     assert artifact_uri("minio://mlpipeline/v2/artifacts/x/model") == "s3://mlpipeline/v2/artifacts/x/model"
     assert artifact_uri("s3://bucket/p") == "s3://bucket/p"

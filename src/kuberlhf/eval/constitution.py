@@ -17,7 +17,9 @@ The judge (any causal LM) reads a fixed template and its next-token distribution
 answer: the probabilities of the label tokens ``A`` and ``B`` (each label's single-token spellings,
 with and without a leading space, pooled), normalised over the two, as in Constitutional AI and
 Lee et al. (2023) rather than free text. Each pair is judged in both orders and the two averaged,
-which cancels a judge's preference for a position.
+which cancels a judge's preference for a position. Optional keys: ``labels`` (the two answer labels,
+default A and B), ``questions`` (yes/no questions about one response, for pointwise judging:
+:func:`point_scores`) and ``answers`` (their yes and no, default Yes and No), ``template``.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def load_constitution(path: str) -> Constitution:
     answers = raw.get("answers", list(POINT_LABELS))
     if (not isinstance(answers, list) or len(answers) != 2 or not all(isinstance(x, str) and x.strip() for x in answers)
             or answers[0] == answers[1]):
-        raise ConfigError(f"{where}: 'answers' must be two different answers (yes, no), e.g. [Yes, No], got {answers!r}")
+        raise ConfigError(f"{where}: 'answers' must be two different answers (yes, no), e.g. [Yes, No], "
+                          f"got {answers!r}")
     return Constitution([p.strip() for p in principles], shots, template, str(raw.get("name", "")),
                         (labels[0].strip(), labels[1].strip()), [q.strip() for q in questions],
                         (answers[0].strip(), answers[1].strip()))

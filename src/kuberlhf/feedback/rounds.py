@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kuberlhf.data.pairs import TRAIN_FILE, split_by_task, write_pairs, unusable_pair
+from kuberlhf.data.pairs import TRAIN_FILE, split_by_task, unusable_pair, write_pairs
 from kuberlhf.errors import DataError, KuberlhfError
 from kuberlhf.feedback import labelstudio as ls
 from kuberlhf.feedback.rankings import Merge, Ranking, Ties, Unusable, agreement, check_ranking, scores, to_pairs

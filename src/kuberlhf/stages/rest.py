@@ -142,7 +142,14 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
     that the processes of a torchrun share. ``history``: the ReST rows of the policy that grows (carried on)."""
     from kuberlhf.artifacts import cards, rundir
     from kuberlhf.data import load_data
-    from kuberlhf.distributed import all_gather_object, barrier, is_world_main, world_rank, world_size
+    from kuberlhf.distributed import (
+        all_gather_object,
+        barrier,
+        is_world_main,
+        local_main_first,
+        world_rank,
+        world_size,
+    )
     from kuberlhf.eval.judges import RewardModelJudge, get_judge
     from kuberlhf.models import loading
     from kuberlhf.stages import parts as resumable
@@ -161,12 +168,15 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
     done_parts = all_gather_object(sorted(sealed))[0]
     todo = [p for p in range(len(spans)) if p not in done_parts and p % world_size() == world_rank()]
     started, generated = time.perf_counter(), 0
+    if len(done_parts) < len(spans):
+        with local_main_first():  # every process: one download of each model per node
+            path = loading.resolve_model_path(cfg.policy.name_or_path, "causal-lm", cfg.sampling.seed)
+            reward_path = loading.resolve_model_path(cfg.reward_model.name_or_path, "sequence-classification")
     if todo:
-        path = loading.resolve_model_path(cfg.policy.name_or_path, "causal-lm", cfg.sampling.seed)
         tokenizer = loading.load_tokenizer(cfg.policy, path, padding_side="left")
         with loading.whole_under_zero3():
             policy = loading.load_causal_lm(cfg.policy, path)
-        reward = RewardModelJudge.load(cfg.reward_model.name_or_path, cfg.reward_max_length)
+        reward = RewardModelJudge.load(reward_path, cfg.reward_max_length)
         gold = get_judge("gold") if cfg.gold_eval else None
         gold = gold if gold is not None and gold.applies(prompts[:8]) else None
         for part in todo:
@@ -313,16 +323,18 @@ def improve(cfg: RestConfig, history: list[dict] | None = None) -> dict:
     ``history``: the ReST rows before this step; None = read them from the Grow artifact (step 1) or the
     policy (a later step), as the pipeline's steps do."""
     from kuberlhf.artifacts.s3 import configure_from
+    from kuberlhf.distributed import local_main_first
     from kuberlhf.models import loading
     from kuberlhf.stages.trainer import run_trainer_stage
 
     configure_from(cfg.storage)
-    samples, grow_history = read_samples(cfg.samples)
+    with local_main_first():  # one download per node
+        samples, grow_history = read_samples(cfg.samples)
+        if history is None:
+            history = grow_history if cfg.step == 1 else policy_history(loading.resolve_model_path(
+                cfg.policy.name_or_path, "causal-lm", cfg.training.seed))
     kept, threshold = keep(samples, cfg, cfg.step)
     start = cfg.sft_policy if cfg.improve.start_from == "base" and cfg.step == 1 else cfg.policy.name_or_path
-    if history is None:
-        history = grow_history if cfg.step == 1 else policy_history(loading.resolve_model_path(
-            cfg.policy.name_or_path, "causal-lm", cfg.training.seed))
     row = {"iteration": cfg.iteration, "improve_step": cfg.step, "threshold": threshold,
            "threshold_setting": cfg.improve.thresholds[cfg.step - 1], "kept": len(kept), "samples": len(samples),
            "kept_share": len(kept) / len(samples), "started_from": start,
@@ -346,8 +358,14 @@ def improve(cfg: RestConfig, history: list[dict] | None = None) -> dict:
     return run_trainer_stage(sft_cfg, "rest", "sft", hooks, merge_from_base=True)
 
 
+# training keys a rerun may change without redoing a finished step: they shape no result
+_MAY_CHANGE = {"disable_tqdm", "logging_steps", "save_steps", "save_total_limit", "report_to", "run_name",
+               "dataloader_num_workers"}
+
+
 def _improve_settings(cfg: RestConfig) -> dict:
-    return {"improve": asdict(cfg.improve), "finetune": cfg.finetune, "training": asdict(cfg.training),
+    training = {k: v for k, v in asdict(cfg.training).items() if k not in _MAY_CHANGE}
+    return {"improve": asdict(cfg.improve), "finetune": cfg.finetune, "training": training,
             "iteration": cfg.iteration, "step": cfg.step}
 
 
@@ -379,14 +397,16 @@ def run(cfg: RestConfig) -> dict:
     from kuberlhf.artifacts import rundir
     from kuberlhf.artifacts.cards import read_metrics
     from kuberlhf.artifacts.s3 import configure_from
-    from kuberlhf.distributed import barrier, init_distributed, is_world_main
+    from kuberlhf.distributed import barrier, init_distributed, is_world_main, local_main_first
     from kuberlhf.models import loading
 
     configure_from(cfg.storage)
     init_distributed(cfg.training.deepspeed)
     if cfg.phase == "grow":  # the history comes with the policy that grows (an Improve step's)
-        return grow(cfg, policy_history(loading.resolve_model_path(cfg.policy.name_or_path, "causal-lm",
-                                                                   cfg.sampling.seed)))
+        with local_main_first():
+            history = policy_history(loading.resolve_model_path(cfg.policy.name_or_path, "causal-lm",
+                                                                cfg.sampling.seed))
+        return grow(cfg, history)
     if cfg.phase == "improve":
         return improve(cfg)
     rundir.prepare_run(cfg.output_dir, "rest", cfg.overwrite, is_main=is_world_main())  # overwrite: all steps

@@ -7,7 +7,9 @@ $ kuberlhf rlaif --config configs/rlaif/demo.yaml judge.name_or_path=/path/to/Sm
 For each prompt of a candidates dataset (``kuberlhf generate``) every pair of its candidates is
 judged under a principle drawn for it from the constitution (:mod:`kuberlhf.eval.constitution`):
 the judge's probabilities of the answer tokens "A"/"B", both orders averaged. Pairs below
-``labeling.min_confidence`` are dropped. The artifact is the preference dataset the reward stage
+``labeling.min_confidence`` are dropped. With ``labeling.mode=pointwise`` the judge answers the
+constitution's yes/no ``questions`` about each candidate instead, and a pair's P(first better) is the
+sigmoid of the difference of the two candidates' log-odds of "Yes" (no order shown, none to flip). The artifact is the preference dataset the reward stage
 reads (``train.jsonl``, ``eval.jsonl`` held out by prompt), each pair with the judge's confidence
 and its principle; ``metrics.json`` reports pairs judged and kept, the share whose label flips with
 the order, a confidence histogram and, on the demo task, the agreement with the gold judge. The pass
@@ -20,8 +22,8 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal
 from itertools import combinations
+from typing import Literal
 
 from kuberlhf.config import option, require
 from kuberlhf.config.sections import DataConfig, ModelConfig, StageConfig
@@ -176,7 +178,9 @@ def run(cfg: RlaifConfig) -> dict:
         done[part] = _label_part(ask, constitution, [rows[i] for i in span], cfg.labeling.seed, cfg.labeling.mode)
         resumable.seal(run_dir, part, done[part], settings, len(spans))
         labeled_now += len(span)
-        texts_now += 2 * sum(len(item["verdicts"]) for item in done[part])  # both orders
+        texts_now += (sum(len(rows[i]["candidates"]) for i in span) * len(constitution.questions)
+                      if cfg.labeling.mode == "pointwise"  # each candidate, each question
+                      else 2 * sum(len(item["verdicts"]) for item in done[part]))  # each pair, both orders
         log.info("part %d/%d: %d prompts judged", part + 1, len(spans), len(span))
     seconds = time.perf_counter() - started
     labeled = [item for part in range(len(spans)) for item in done[part]]

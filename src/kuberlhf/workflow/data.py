@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kuberlhf.data.pairs import EVAL_FILE, TRAIN_FILE  # the layout every pairs folder shares
-from kuberlhf.errors import ConfigError
+from kuberlhf.errors import ConfigError, KuberlhfError
 from kuberlhf.stages.registry import STAGES
 from kuberlhf.workflow.configs import resolve_config
 
@@ -87,6 +87,23 @@ def prepare_data(stage: str, out_dir: str, *, source: str = "", config: str = ""
     return summary
 
 
+def artifact_uri(uri: str) -> str:
+    """The URI a training process reads or writes for a KFP artifact URI.
+
+    ``s3://`` stays; ``minio://bucket/key`` (the KFP default pipeline root) is the same object
+    in the S3-compatible store and becomes ``s3://bucket/key``; a local path stays a path.
+    """
+    if uri.startswith("minio://"):
+        return "s3://" + uri.removeprefix("minio://")
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    if "://" in uri and not uri.startswith("s3://"):
+        scheme = uri.split("://", 1)[0]
+        raise KuberlhfError(
+            f"artifact URI {uri!r}: {scheme}:// is not supported; use an s3:// or minio:// pipeline root")
+    return uri
+
+
 def data_overrides(location: str, has_eval: bool | None) -> list[str]:
     """The overrides that make a stage read a ``Dataset`` folder (a local path or ``s3://`` URI): a data
     step's (``train.jsonl``, with ``eval.jsonl`` when ``has_eval``), or, ``has_eval=None``, any other stage's
@@ -114,7 +131,6 @@ def _holds(location: str, mode: str) -> bool:
     if mode == "local":
         return Path(location).is_file()
     from kuberlhf.artifacts import storage
-    from kuberlhf.workflow.steps import artifact_uri
 
     try:
         storage.open_uri(artifact_uri(location)).close()

@@ -30,29 +30,12 @@ from kuberlhf.artifacts.cards import read_metrics
 from kuberlhf.errors import ConfigError, KuberlhfError
 from kuberlhf.stages.registry import LOG_FORMAT, STAGES, configure_logging, stage_argv
 from kuberlhf.workflow.configs import CONFIG_DIR, resolve_config
-from kuberlhf.workflow.data import data_overrides, dataset_has_eval
+from kuberlhf.workflow.data import artifact_uri, data_overrides, dataset_has_eval
 
 log = logging.getLogger(__name__)
 
 MODES = ("local", "pytorchjob")
 LOCAL_MODE_NOTE = "# mode=local: the stage ran in the step's own process; no PyTorchJob was created.\n"
-
-
-def artifact_uri(uri: str) -> str:
-    """The URI a training process reads or writes for a KFP artifact URI.
-
-    ``s3://`` stays; ``minio://bucket/key`` (the KFP default pipeline root) is the same object
-    in the S3-compatible store and becomes ``s3://bucket/key``; a local path stays a path.
-    """
-    if uri.startswith("minio://"):
-        return "s3://" + uri.removeprefix("minio://")
-    if uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    if "://" in uri and not uri.startswith("s3://"):
-        scheme = uri.split("://", 1)[0]
-        raise KuberlhfError(
-            f"artifact URI {uri!r}: {scheme}:// is not supported; use an s3:// or minio:// pipeline root")
-    return uri
 
 
 def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, str], output_dir: str,
