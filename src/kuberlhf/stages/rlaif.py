@@ -8,12 +8,13 @@ For each prompt of a candidates dataset (``kuberlhf generate``) every pair of it
 judged under a principle drawn for it from the constitution (:mod:`kuberlhf.eval.constitution`):
 the judge's probabilities of the answer tokens "A"/"B", both orders averaged. Pairs below
 ``labeling.min_confidence`` are dropped. With ``labeling.mode=pointwise`` the judge answers the
-constitution's yes/no ``questions`` about each candidate instead, and a pair's P(first better) is the
-sigmoid of the difference of the two candidates' log-odds of "Yes" (no order shown, none to flip). The artifact is the preference dataset the reward stage
-reads (``train.jsonl``, ``eval.jsonl`` held out by prompt), each pair with the judge's confidence
-and its principle; ``metrics.json`` reports pairs judged and kept, the share whose label flips with
-the order, a confidence histogram and, on the demo task, the agreement with the gold judge. The pass
-is resumable in sealed parts, as ``generate``'s is.
+constitution's yes/no ``questions`` about each candidate instead, and a pair's P(first better) is
+the sigmoid of the difference of the two candidates' log-odds of "Yes" (no order shown, none to
+flip). The artifact is the preference dataset the reward stage reads (``train.jsonl``,
+``eval.jsonl`` held out by prompt), each pair with the judge's confidence and its principle;
+``metrics.json`` reports pairs judged and kept, the share whose label flips with the order, a
+confidence histogram and, on the demo task, the agreement with the gold judge. The pass is
+resumable in sealed parts, as ``generate``'s is.
 """
 
 from __future__ import annotations
