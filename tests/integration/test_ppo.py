@@ -123,3 +123,29 @@ def test_ppo_under_torchrun(tmp_path, trained):
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [h["step"] for h in log] == [1, 2]
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
+def test_direct_rlaif_ppo_rewards_the_judges_answers_and_needs_no_reward_model(tmp_path, trained, monkeypatch):
+    """judge.name_or_path: each rollout's reward is the judge's mean log-odds of yes to the constitution's
+    questions (the tiny demo tokenizer answers A/B), no reward model is read, the value model starts from the
+    policy; a constitution without questions and value_init=reward are refused."""
+    from kuberlhf.eval import constitution
+
+    constitution_file = tmp_path / "c.yaml"
+    constitution_file.write_text((REPO / "configs/constitutions/demo.yaml").read_text() + "answers: [A, B]\n")
+    seen, real = [], constitution.point_scores
+    monkeypatch.setattr(constitution, "point_scores",
+                        lambda ask, c, items: seen.append(len(items)) or real(ask, c, items))
+    judge = [f"judge.name_or_path={trained / 'sft'}", f"judge.constitution={constitution_file}",
+             f"reward_model.name_or_path={tmp_path / 'no-reward-model'}"]
+    out = tmp_path / "ppo"
+    assert run_cli(ppo_args(out, trained, *judge)) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert seen[: len(log)] == [16] * len(log)  # a rollout batch of 16 responses each step
+    assert all(math.isfinite(r["reward"]) for r in log)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(metrics["gold_score_after"]) and metrics["judge"] == "gold"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("principles: ['Which is better?']\n")
+    assert run_cli(ppo_args(tmp_path / "bare", trained, *judge[:2], f"judge.constitution={bare}")) == 2
+    assert run_cli(ppo_args(tmp_path / "vr", trained, *judge, "value_init=reward")) == 2

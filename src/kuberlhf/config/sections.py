@@ -148,6 +148,22 @@ class TrainingConfig(LoopConfig):
 
 
 @dataclass
+class JudgeConfig:
+    """Direct RLAIF (Lee et al. 2023): a judge model's verdicts under a constitution are the reward, no
+    reward model is trained."""
+
+    name_or_path: str | None = option(
+        None, "direct RLAIF: a judge model (local, s3://, hub name, .gguf) scores the samples under the "
+        "constitution instead of the reward model; None = the reward model")
+    constitution: str = option("configs/constitutions/demo.yaml", "the judge's principles, questions, examples")
+    batch_size: int = option(16, "judge texts per forward pass")
+    max_length: int = option(1024, "judge tokens per text (longer ones lose their beginning)")
+
+    def __post_init__(self) -> None:
+        require(self.batch_size > 0, "judge.batch_size", "must be positive")
+
+
+@dataclass
 class StorageConfig:
     endpoint_url: str | None = option(None, "S3 endpoint; None = AWS_ENDPOINT_URL(_S3) or AWS")
     region: str | None = option(None, "S3 region; None = AWS_DEFAULT_REGION / AWS_REGION")

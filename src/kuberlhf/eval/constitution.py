@@ -289,6 +289,42 @@ class ModelJudge:
         return logits[torch.arange(len(rows), device=device), last].float()
 
 
+class PointJudge:
+    """A :class:`kuberlhf.eval.judges.Judge` from a pointwise AI judge: a response's score is its mean log-odds
+    of yes to the constitution's questions."""
+
+    name = "ai_judge"
+    description = "the AI judge (the constitution's yes/no questions, mean log-odds of yes)"
+
+    def __init__(self, ask: Callable[[list[str]], list[float]], constitution: Constitution):
+        self.ask, self.constitution = ask, constitution
+
+    def applies(self, prompts: list[str]) -> bool:
+        return True
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return point_scores(self.ask, self.constitution, list(zip(prompts, responses, strict=True)))
+
+
+def load_judge(judge: Any, path: str, device: Any, *, pointwise: bool) -> tuple[ModelJudge, Constitution]:
+    """The judge of a ``judge`` section (:class:`kuberlhf.config.sections.JudgeConfig`) from its local
+    ``path``, whole on ``device``, and its constitution; ``pointwise``: it answers the constitution's yes/no
+    questions (which must be there), else it compares pairs."""
+    from kuberlhf.config.sections import ModelConfig
+    from kuberlhf.models import loading
+
+    constitution = load_constitution(judge.constitution)
+    if pointwise and not constitution.questions:
+        raise ConfigError(f"config key 'judge.constitution': {judge.constitution} has no yes/no 'questions' "
+                          "for the judge to answer about each response")
+    model_cfg = ModelConfig(name_or_path=judge.name_or_path)
+    with loading.whole_under_zero3():  # called outside any engine: whole on every process
+        model = loading.load_causal_lm(model_cfg, path).to(device).requires_grad_(False)
+    ask = ModelJudge(model, loading.load_tokenizer(model_cfg, path, padding_side="left"), judge.batch_size,
+                     judge.max_length, labels=constitution.answers if pointwise else constitution.labels)
+    return ask, constitution
+
+
 def _common_prefix(rows: list[list[int]]) -> int:
     first, n = rows[0], min(map(len, rows))
     for k in range(n):

@@ -54,9 +54,12 @@ class PpoLoop:
         cfg, acc = self.cfg, self.accelerator
         with acc.local_main_process_first():
             policy_path = modeling.resolve_model_path(cfg.policy.name_or_path, "causal-lm", cfg.training.seed)
-            reward_path = modeling.resolve_model_path(
-                cfg.reward_model.name_or_path, "sequence-classification", cfg.training.seed
-            )
+            if cfg.judge.name_or_path:  # direct RLAIF: the judge's path, no reward model
+                reward_path = modeling.resolve_model_path(cfg.judge.name_or_path, "causal-lm", cfg.training.seed)
+            else:
+                reward_path = modeling.resolve_model_path(
+                    cfg.reward_model.name_or_path, "sequence-classification", cfg.training.seed
+                )
             self.resume = rundir.latest_checkpoint(self.run_dir)  # downloaded on every node
         rundir.check_same_checkpoint(self.resume)
         if self.zero and cfg.eval.every_steps and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
@@ -68,16 +71,23 @@ class PpoLoop:
         return policy_path, reward_path
 
     def _setup_models(self, policy_path: str, reward_path: str) -> None:
-        """Tokenizers, the frozen reward model and reference, and the learner (policy + value model)."""
+        """Tokenizers, the frozen reward model (or judge) and reference, and the learner (policy + value model)."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.training
         # Under DeepSpeed the weights come back from its own checkpoint once the engine exists.
         resume_weights = None if self.zero else self.resume
         self.tokenizer = modeling.load_tokenizer(cfg.policy, policy_path, padding_side="left")
-        self.reward_tokenizer = modeling.load_tokenizer(cfg.reward_model, reward_path)
-        self.reward_model = modeling.load_sequence_classifier(
-            cfg.reward_model, reward_path, self.reward_tokenizer.pad_token_id
-        ).to(self.device).eval()
-        self.reward_model.requires_grad_(False)
+        self.rater: Any = None
+        if cfg.judge.name_or_path:  # direct RLAIF
+            from kuberlhf.eval.constitution import load_judge
+
+            self.rater = load_judge(cfg.judge, reward_path, self.device, pointwise=True)
+            self.reward_model, self.reward_tokenizer = None, None
+        else:
+            self.reward_tokenizer = modeling.load_tokenizer(cfg.reward_model, reward_path)
+            self.reward_model = modeling.load_sequence_classifier(
+                cfg.reward_model, reward_path, self.reward_tokenizer.pad_token_id
+            ).to(self.device).eval()
+            self.reward_model.requires_grad_(False)
 
         self.reference = None
         if cfg.finetune == "full":
@@ -117,6 +127,11 @@ class PpoLoop:
     @property
     def judge(self) -> Any:
         r = self.cfg.rollout
+        if self.rater is not None:  # direct RLAIF: the gold judge where it applies, else the AI judge
+            from kuberlhf.eval.constitution import PointJudge
+            from kuberlhf.eval.judges import pick_judge
+
+            return pick_judge(self.eval_prompts, gold=self.cfg.gold_eval, fallback=lambda: PointJudge(*self.rater))
         return monitor.run_judge(self.cfg.gold_eval, self.eval_prompts, self.reward_model, self.reward_tokenizer,
                                   r.reward_max_length)
 
@@ -146,6 +161,8 @@ class PpoLoop:
         return get_peft_model(base, modeling.peft_config(self.cfg.lora, "CAUSAL_LM"))
 
     def _value_model(self, policy_path: str, reward_path: str) -> values.ValueModel:
+        if self.rater is not None:  # no reward model to start from
+            return values.build_value_model(policy_path, modeling.torch_dtype(self.cfg.policy.dtype))
         return values.value_model_for(self.cfg.value_init, self.tokenizer, self.reward_tokenizer, policy_path,
                                       reward_path, modeling.torch_dtype(self.cfg.policy.dtype),
                                       getattr(self.reward_model, "score", None))
@@ -200,10 +217,16 @@ class PpoLoop:
                 ref_logprobs = rl.in_chunks(logprobs_of(policy), samples, size)
         old_values = rl.in_chunks(lambda ids, attn: self.learner.value(ids, attn)[:, start - 1 : -1].float(),
                                   samples, size)
-        texts = [p + t for p, t in zip(samples.prompts, samples.texts, strict=True)]
         counts: dict = {}
-        scores = rl.reward_scores(self.reward_model, self.reward_tokenizer, texts, r.reward_max_length,
-                                  size or len(texts), counts).to(self.device)
+        if self.rater is not None:  # direct RLAIF: the judge's mean log-odds of yes
+            from kuberlhf.eval.constitution import PointJudge
+
+            scores = torch.tensor(PointJudge(*self.rater).score(samples.prompts, samples.texts),
+                                  dtype=torch.float32, device=self.device)
+        else:
+            texts = [p + t for p, t in zip(samples.prompts, samples.texts, strict=True)]
+            scores = rl.reward_scores(self.reward_model, self.reward_tokenizer, texts, r.reward_max_length,
+                                      size or len(texts), counts).to(self.device)
         self.truncated["reward_texts_truncated"] += counts.get("truncated", 0)
         self.truncated["prompts_truncated"] += samples.prompts_truncated
         rl.check_finite_everywhere("reward", scores)

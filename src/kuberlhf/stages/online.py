@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 from kuberlhf.config import option, require
 from kuberlhf.config.sections import (
     DataConfig,
+    JudgeConfig,
     LoraConfig,
     ModelConfig,
     StageConfig,
@@ -29,19 +30,6 @@ from kuberlhf.config.sections import (
     check_trainer_stage,
 )
 from kuberlhf.stages.trainer import StageRun, run_trainer_stage
-
-
-@dataclass
-class DirectJudgeConfig:
-    name_or_path: str | None = option(
-        None, "direct RLAIF: a judge model (local, s3://, hub name, .gguf) scores the samples under the "
-        "constitution instead of the reward model; None = the reward model")
-    constitution: str = option("configs/constitutions/demo.yaml", "the judge's principles (and few-shot examples)")
-    batch_size: int = option(16, "judge texts per forward pass")
-    max_length: int = option(1024, "judge tokens per text (longer ones lose their beginning)")
-
-    def __post_init__(self) -> None:
-        require(self.batch_size > 0, "judge.batch_size", "must be positive")
 
 
 @dataclass
@@ -60,7 +48,7 @@ class OnlineRLConfig(StageConfig):
     temperature: float = option(1.0, "sampling temperature")
     beta: float = option(0.05, "KL coefficient to the reference")
     reward_max_length: int = option(512, "reward-model tokens per scored text")
-    judge: DirectJudgeConfig = option(DirectJudgeConfig, "direct RLAIF: a judge model as the reward (Lee et al. 2023)")
+    judge: JudgeConfig = option(JudgeConfig, "direct RLAIF: a judge model as the reward (Lee et al. 2023)")
     gold_eval: bool = option(True, "score SFT and final policies with the gold judge (the demo task's)")
     training: TrainingConfig = option(TrainingConfig, "optimisation, checkpointing, precision and tracking")
 
@@ -89,15 +77,9 @@ class GrpoConfig(OnlineRLConfig):
 def judge_reward_function(cfg: OnlineRLConfig, path: str, device: Any):
     """A TRL reward function from the judge: each completion's mean P(better) against the other completions
     of its prompt (:func:`kuberlhf.eval.constitution.round_robin`)."""
-    from kuberlhf.eval.constitution import ModelJudge, load_constitution, round_robin
-    from kuberlhf.models import loading
+    from kuberlhf.eval.constitution import load_judge, round_robin
 
-    judge_cfg = ModelConfig(name_or_path=cfg.judge.name_or_path)
-    constitution = load_constitution(cfg.judge.constitution)
-    with loading.whole_under_zero3():  # called outside the engine: whole on every process, on its device
-        model = loading.load_causal_lm(judge_cfg, path).to(device).requires_grad_(False)
-    ask = ModelJudge(model, loading.load_tokenizer(judge_cfg, path, padding_side="left"), cfg.judge.batch_size,
-                     cfg.judge.max_length, labels=constitution.labels)
+    ask, constitution = load_judge(cfg.judge, path, device, pointwise=False)
 
     def judge(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
         return round_robin(ask, constitution, prompts, completions, cfg.training.seed)

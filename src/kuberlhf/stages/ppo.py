@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kuberlhf.config import option, require
-from kuberlhf.config.sections import DataConfig, LoopConfig, LoraConfig, ModelConfig, StageConfig
+from kuberlhf.config.sections import DataConfig, JudgeConfig, LoopConfig, LoraConfig, ModelConfig, StageConfig
 
 
 @dataclass
@@ -125,9 +125,13 @@ class PpoConfig(StageConfig):
     training: PpoTrainingConfig = option(PpoTrainingConfig, "optimisation and checkpointing")
     gold_eval: bool = option(True, "score SFT and final policies with the gold judge (the demo task's)")
     eval: HeldOutConfig = option(HeldOutConfig, "held-out scores during training (the judge of the final ones)")
+    judge: JudgeConfig = option(JudgeConfig, "direct RLAIF: a judge model's answers to the constitution's yes/no "
+                                             "questions about each response (mean log-odds of yes) as the reward")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(not (self.judge.name_or_path and self.value_init == "reward"), "value_init",
+                "'reward' needs a reward model; with judge.name_or_path the value model starts from the policy")
         require(not self.data.streaming, "data.streaming", "PPO reads its prompts up front; set it to false")
         require(
             self.rollout.batch_size % self.ppo.num_mini_batches == 0,
