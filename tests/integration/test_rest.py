@@ -48,6 +48,17 @@ def test_rest_grows_filters_with_rising_thresholds_and_logs_every_improve_step(t
     assert run_cli(rest_args(out, trained)) == 2
 
 
+def dies_in_part_two(real_part, parts):
+    """A stand-in for ``generate.generate_part`` that records each part's seed and is killed in the second."""
+    def part(*args, **kwargs):
+        parts.append(args[-1])
+        if len(parts) == 2:
+            raise KeyboardInterrupt("killed mid-Grow")
+        return real_part(*args, **kwargs)
+
+    return part
+
+
 def grow_dir(out, i):
     return out / f"checkpoints/grow-{i}/samples.jsonl"
 
@@ -58,16 +69,9 @@ def test_a_rest_run_killed_mid_grow_and_mid_improve_resumes_where_it_was(tmp_pat
     whole = tmp_path / "whole"
     assert run_cli(rest_args(whole, trained, "iterations=1")) == 0
     out = tmp_path / "killed"
-    real_part, parts = generate.generate_part, []
-
-    def dies_in_grow_part_two(*args, **kwargs):
-        parts.append(args[-1])
-        if len(parts) == 2:
-            raise KeyboardInterrupt("killed mid-Grow")
-        return real_part(*args, **kwargs)
-
+    real_part = generate.generate_part
     with monkeypatch.context() as patch:
-        patch.setattr(generate, "generate_part", dies_in_grow_part_two)
+        patch.setattr(generate, "generate_part", dies_in_part_two(real_part, []))
         with pytest.raises(KeyboardInterrupt):
             run_cli(rest_args(out, trained, "iterations=1"))
     assert len(list((out / "checkpoints/grow-1/checkpoints").glob("checkpoint-*/manifest.json"))) == 1
@@ -169,16 +173,9 @@ def test_rest_into_s3_resumes_a_killed_grow_from_the_bucket(tmp_path, trained, s
 
     uri = f"s3://{s3_bucket}/runs/rest"
     real_part, parts = generate.generate_part, []
-
-    def dies_in_part_two(*args, **kwargs):
-        parts.append(args[-1])
-        if len(parts) == 2:
-            raise KeyboardInterrupt("killed mid-Grow")
-        return real_part(*args, **kwargs)
-
     monkeypatch.setenv("KUBERLHF_CACHE", str(tmp_path / "cache-1"))
     with monkeypatch.context() as patch:
-        patch.setattr(generate, "generate_part", dies_in_part_two)
+        patch.setattr(generate, "generate_part", dies_in_part_two(real_part, parts))
         with pytest.raises(KeyboardInterrupt):
             run_cli(rest_args(uri, trained, "iterations=1", "improve.thresholds=[0.5]"))
     monkeypatch.setenv("KUBERLHF_CACHE", str(tmp_path / "cache-2"))
