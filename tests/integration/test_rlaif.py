@@ -104,7 +104,7 @@ def test_the_judge_runs_the_shared_prefix_once_and_reads_what_a_whole_forward_pa
                                            " " + demo.response(topic), " " + demo.response(topic)[: 5 + n]))
     cached = ModelJudge(model, tokenizer, batch_size=4)
     got = cached(texts)
-    assert cached.cached_tokens > 100  # the few-shot head ran once per batch
+    assert cached.cached_tokens > 100 and cached.texts == 6  # the few-shot head ran once per batch
     whole = ModelJudge(model, tokenizer, batch_size=4, prefix_cache=False)
     assert whole(texts) == pytest.approx(got, abs=1e-5) and whole.cached_tokens == 0
     for text, p in zip(texts, got, strict=True):
@@ -124,6 +124,7 @@ def test_pointwise_judging_asks_about_each_candidate_and_never_flips(tmp_path, t
     assert run_cli(rlaif_args(out, trained, candidates, "labeling.mode=pointwise", f"constitution={answers}")) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pairs_judged"] == 30 and metrics["flip_share"] == 0.0
+    assert metrics["texts_per_second"] == pytest.approx(10 * 3 / metrics["seconds"])  # each candidate, once
     pairs = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert pairs and all(p["principle"] == "Is this response cheerful, with happy words about the topic asked for?"
                          for p in pairs)

@@ -234,6 +234,7 @@ class ModelJudge:
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         self.prefix_cache = prefix_cache
         self.cached_tokens = 0  # tokens whose forward pass the shared-prefix cache saved (a figure to report)
+        self.texts = 0  # texts judged so far
 
     def _render(self, text: str) -> str:
         if not self.chat:
@@ -246,6 +247,7 @@ class ModelJudge:
 
         tok = self.tokenizer
         tok.truncation_side = "left"
+        self.texts += len(texts)
         ids = [tok(self._render(t), truncation=True, max_length=self.max_length,
                    add_special_tokens=not self.chat)["input_ids"] for t in texts]
         order = sorted(range(len(ids)), key=lambda n: ids[n])  # rows with the same beginning side by side

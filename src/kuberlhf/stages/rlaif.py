@@ -95,13 +95,12 @@ def _label_part(ask, constitution, rows: list[dict], seed: int, mode: str = "pai
 
 def pairs_of(rows: list[dict], labeled: list[dict], min_confidence: float) -> tuple[list[dict], dict]:
     """Preference pairs from the verdicts (ties and pairs below the confidence threshold dropped) and counts."""
-    from kuberlhf.eval.constitution import both_orders
-
-    by_id = {r["id"]: r for r in rows}
     from collections import Counter
 
     from kuberlhf.data.pairs import unusable_pair
+    from kuberlhf.eval.constitution import both_orders
 
+    by_id = {r["id"]: r for r in rows}
     pairs, judged, flipped, dropped, confidences = [], 0, 0, Counter(), []
     for item in labeled:
         row = by_id[item["id"]]
@@ -172,16 +171,13 @@ def run(cfg: RlaifConfig) -> dict:
     spans = resumable.spans(len(rows), cfg.save_every)
     done = resumable.sealed(run_dir, [[rows[i]["id"] for i in s] for s in spans], settings, "data.train",
                             "constitution")
-    started, labeled_now, texts_now = time.perf_counter(), 0, 0
+    started, labeled_now = time.perf_counter(), 0
     for part, span in enumerate(spans):
         if part in done:
             continue
         done[part] = _label_part(ask, constitution, [rows[i] for i in span], cfg.labeling.seed, cfg.labeling.mode)
         resumable.seal(run_dir, part, done[part], settings, len(spans))
         labeled_now += len(span)
-        texts_now += (sum(len(rows[i]["candidates"]) for i in span) * len(constitution.questions)
-                      if cfg.labeling.mode == "pointwise"  # each candidate, each question
-                      else 2 * sum(len(item["verdicts"]) for item in done[part]))  # each pair, both orders
         log.info("part %d/%d: %d prompts judged", part + 1, len(spans), len(span))
     seconds = time.perf_counter() - started
     labeled = [item for part in range(len(spans)) for item in done[part]]
@@ -191,7 +187,7 @@ def run(cfg: RlaifConfig) -> dict:
                         f"{counts['pairs_judged']} judged pairs (mean confidence {counts['mean_confidence']:.3f})")
     train, held = split_by_task(pairs, cfg.labeling.eval_fraction, cfg.labeling.seed)
     metrics = {**counts, "prompts": len(rows), "prompts_judged_now": labeled_now, "seconds": seconds,
-               "texts_per_second": texts_now / seconds if seconds > 0 else 0.0,
+               "texts_per_second": ask.texts / seconds if seconds > 0 else 0.0,
                "prefix_tokens_cached": ask.cached_tokens,
                "train_pairs": len(train), "eval_pairs": len(held), "judge": cfg.judge.name_or_path,
                "constitution": constitution.name or cfg.constitution, "data": stats.to_dict()}
