@@ -78,9 +78,9 @@ class PpoLoop:
         self.tokenizer = modeling.load_tokenizer(cfg.policy, policy_path, padding_side="left")
         self.rater: Any = None
         if cfg.judge.name_or_path:  # direct RLAIF
-            from kuberlhf.eval.constitution import load_judge
+            from kuberlhf.eval.constitution import PointJudge, load_judge
 
-            self.rater = load_judge(cfg.judge, reward_path, self.device, pointwise=True)
+            self.rater = PointJudge(*load_judge(cfg.judge, reward_path, self.device, pointwise=True))
             self.reward_model, self.reward_tokenizer = None, None
         else:
             self.reward_tokenizer = modeling.load_tokenizer(cfg.reward_model, reward_path)
@@ -128,10 +128,9 @@ class PpoLoop:
     def judge(self) -> Any:
         r = self.cfg.rollout
         if self.rater is not None:  # direct RLAIF: the gold judge where it applies, else the AI judge
-            from kuberlhf.eval.constitution import PointJudge
             from kuberlhf.eval.judges import pick_judge
 
-            return pick_judge(self.eval_prompts, gold=self.cfg.gold_eval, fallback=lambda: PointJudge(*self.rater))
+            return pick_judge(self.eval_prompts, gold=self.cfg.gold_eval, fallback=lambda: self.rater)
         return monitor.run_judge(self.cfg.gold_eval, self.eval_prompts, self.reward_model, self.reward_tokenizer,
                                   r.reward_max_length)
 
@@ -219,9 +218,7 @@ class PpoLoop:
                                   samples, size)
         counts: dict = {}
         if self.rater is not None:  # direct RLAIF: the judge's mean log-odds of yes
-            from kuberlhf.eval.constitution import PointJudge
-
-            scores = torch.tensor(PointJudge(*self.rater).score(samples.prompts, samples.texts),
+            scores = torch.tensor(self.rater.score(samples.prompts, samples.texts),
                                   dtype=torch.float32, device=self.device)
         else:
             texts = [p + t for p, t in zip(samples.prompts, samples.texts, strict=True)]
