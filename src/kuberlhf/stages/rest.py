@@ -150,7 +150,7 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
         world_rank,
         world_size,
     )
-    from kuberlhf.eval.judges import RewardModelJudge, get_judge
+    from kuberlhf.eval.judges import RewardModelJudge, pick_judge
     from kuberlhf.models import loading
     from kuberlhf.stages import parts as resumable
     from kuberlhf.stages.generate import generate_part, prompt_id
@@ -177,8 +177,7 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
         with loading.whole_under_zero3():
             policy = loading.load_causal_lm(cfg.policy, path)
         reward = RewardModelJudge.load(reward_path, cfg.reward_max_length)
-        gold = get_judge("gold") if cfg.gold_eval else None
-        gold = gold if gold is not None and gold.applies(prompts[:8]) else None
+        gold = pick_judge(prompts, gold=cfg.gold_eval, fallback=None)
         for part in todo:
             span = spans[part]
             rows, _ = generate_part(policy, tokenizer, [prompts[i] for i in span], [ids[i] for i in span],
