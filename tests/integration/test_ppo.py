@@ -149,3 +149,29 @@ def test_direct_rlaif_ppo_rewards_the_judges_answers_and_needs_no_reward_model(t
     bare.write_text("principles: ['Which is better?']\n")
     assert run_cli(ppo_args(tmp_path / "bare", trained, *judge[:2], f"judge.constitution={bare}")) == 2
     assert run_cli(ppo_args(tmp_path / "vr", trained, *judge, "value_init=reward")) == 2
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_and_runs_no_code(tmp_path, trained):
+    """Whoever can write the bucket can rewrite a checkpoint and its manifest: the resume loads its
+    ``state.pt`` without unpickling objects, so a planted pickle is refused and its code never runs."""
+    import torch
+
+    from kuberlhf.artifacts import storage
+
+    out, marker = tmp_path / "ppo", tmp_path / "pwned"
+    assert run_cli(ppo_args(out, trained, "training.save_steps=2", "training.max_steps=2")) == 0
+    (out / storage.MANIFEST_NAME).unlink()  # as if killed during its publish: the rerun resumes
+
+    class Planted:
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    ckpt = out / "checkpoints/checkpoint-2"
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    torch.save({**state, "planted": Planted()}, ckpt / "state.pt")
+    storage.write_manifest(ckpt)  # a consistent manifest: integrity is not authorship
+    code, err = run_cli(ppo_args(out, trained, "training.save_steps=2", "training.max_steps=3"), capture=True)
+    assert not marker.exists(), "loading the checkpoint ran the planted code"
+    assert code == 2 and "state.pt" in err and "refusing to load" in err, err[-2000:]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from kuberlhf.artifacts import checkpoints, rundir
 from kuberlhf.config import flatten, to_dict
 from kuberlhf.distributed import all_gather
-from kuberlhf.errors import ConfigError, KuberlhfError
+from kuberlhf.errors import ConfigError, KuberlhfError, StorageError
 from kuberlhf.models import generation
 from kuberlhf.models import loading as modeling
 from kuberlhf.rlhf import learner as learners
@@ -392,9 +392,11 @@ class PpoLoop:
                      "history": self.history}
             torch.save(state, directory / "state.pt")
         acc.wait_for_everyone()
-        rng = {
+        name_, keys, pos, has_gauss, gauss = np.random.get_state()
+        rng = {  # tensors and plain data only: it loads with torch.load(weights_only=True)
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": {"name": name_, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "generator": self.generator.get_state(),
@@ -404,7 +406,7 @@ class PpoLoop:
         acc.wait_for_everyone()
 
     def _load_state(self, directory: Path) -> None:
-        state = torch.load(directory / "state.pt", weights_only=False)
+        state = load_plain(directory / "state.pt")
         self.step = state["step"]
         self.learner.load(directory, state)
         self.kl_ctl.load_state_dict(state["kl_ctl"])
@@ -413,11 +415,27 @@ class PpoLoop:
         if not rng_file.exists():
             log.warning("%s is missing: this process's sampling does not continue where it stopped", rng_file)
         else:
-            rng = torch.load(rng_file, weights_only=False)
+            rng = load_plain(rng_file)
             random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
+            n = rng["numpy"]
+            np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                                 n["cached_gaussian"]))
             torch.set_rng_state(rng["torch"])
             if rng["cuda"]:
                 torch.cuda.set_rng_state_all(rng["cuda"])
             self.generator.set_state(rng["generator"])
 
+
+
+def load_plain(path: Path) -> Any:
+    """A ``torch.save`` file of tensors and plain data (dicts, lists, numbers, strings), loaded without
+    running code: ``weights_only=True``. A checkpoint comes from the bucket on resume, and whoever can
+    write there could plant a pickle that runs code on load; such a file is refused, naming it."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StorageError(f"{path}: refusing to load it: it holds objects other than tensors and plain data, "
+                           f"and loading those could run code ({first})") from err
