@@ -292,3 +292,44 @@ def test_job_names_are_deterministic_dns1035_labels():
     for run_id, task in [("R" * 200, "Reward_Model.Train" * 5), ("123", "9task"), ("", "x"), ("--", "--")]:
         name = job_name(run_id, task)
         assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 47, name
+
+
+# ---------------------------------------------------------------- hardening
+def _image_writable_env(image: str) -> dict[str, str]:
+    """The cache and config directories an image's Dockerfile points its libraries at (ENV lines)."""
+    text = (REPO / "images" / image / "Dockerfile").read_text().replace("\\\n", " ")
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for key, value in re.findall(r"([A-Z_]+)=(\S+)", line):
+                if re.search(r"CACHE|CONFIG|_HOME$|_DIR$", key) and value.startswith("/") and key != "VIRTUAL_ENV":
+                    found[key] = value
+    return found
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "dpo", "rloo", "grpo"])
+def test_training_containers_have_a_read_only_root_and_write_only_to_mounts(stage):
+    from kuberlhf.images import STAGE_IMAGE
+
+    job = build_pytorchjob(stage, f"configs/{stage}/demo.yaml", [], load_cluster({"nodes": 2}), f"{stage}-run-1")
+    image_env = _image_writable_env(STAGE_IMAGE[stage])
+    assert {"HF_HOME", "XDG_CACHE_HOME", "TORCH_EXTENSIONS_DIR", "TRITON_CACHE_DIR"} <= set(image_env)
+    for _, _, c in containers(job):
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        writable = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
+        env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+        for key, path in {"HOME": env["HOME"], **image_env}.items():
+            assert any(path == w or path.startswith(w + "/") for w in writable), f"{key}={path} not on {writable}"
+
+
+def test_training_pods_carry_the_network_policy_label():
+    job = build_pytorchjob("ppo", "configs/ppo/demo.yaml", [], load_cluster({"nodes": 3}), "ppo-run-1")
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        assert replica["template"]["metadata"]["labels"]["kuberlhf.io/role"] == "train"
+    assert "kuberlhf.io/role" not in job["metadata"]["labels"]  # the job object is no pod: no policy selects it
+
+
+def test_a_digest_image_reference_is_used_as_given():
+    ref = "ghcr.io/kuberlhf/kuberlhf-sft@sha256:" + "ab" * 32
+    job = build_pytorchjob("sft", "configs/sft/demo.yaml", [], load_cluster({"image": ref}), "sft-run-1")
+    assert {c["image"] for _, _, c in containers(job)} == {ref}

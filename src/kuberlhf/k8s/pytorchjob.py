@@ -8,8 +8,10 @@ elastic job), which torchrun reads as its defaults:
     torchrun --nproc_per_node=8 -m kuberlhf.cli sft --config configs/sft/demo.yaml key=value ...
 
 Pods meet the "restricted" Pod Security Standard (non-root, no privilege escalation, all
-capabilities dropped, RuntimeDefault seccomp), mount no API token, and get credentials only
-through ``secretKeyRef``.
+capabilities dropped, RuntimeDefault seccomp) with a read-only root filesystem (they write only
+to the ``/tmp`` and ``/data`` emptyDirs), mount no API token, get credentials only through
+``secretKeyRef``, and carry ``kuberlhf.io/role: train``, the label the chart's NetworkPolicy
+``kuberlhf-training`` selects them by.
 
 $ kuberlhf launch sft --config configs/sft/demo.yaml --dry-run      # prints what this module renders
 """
@@ -32,6 +34,7 @@ CONTAINER = "pytorch"  # the operator finds the training container by this name
 PORT_NAME, PORT = "pytorchjob-port", 23456  # the operator's defaults, set explicitly
 CONFIG_MOUNT = "/etc/kuberlhf"
 ANNOTATION_PREFIX = "kuberlhf.io/"
+POD_LABELS = {"kuberlhf.io/role": "train"}  # selected by the chart's kuberlhf-training NetworkPolicy
 
 
 def stage_command(stage: str, config: str | None, overrides: list[str], cluster: ClusterConfig) -> list[str]:
@@ -90,6 +93,7 @@ def container_security_context(cluster: ClusterConfig) -> dict:
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
         "privileged": False,
+        "readOnlyRootFilesystem": True,  # HOME=/tmp; the images' caches are under /data
         "runAsNonRoot": True,
         "runAsUser": cluster.run_as_user,
         "runAsGroup": cluster.run_as_user,
@@ -159,7 +163,7 @@ def build_pytorchjob(stage: str, config: str | None, overrides: list[str] | None
               "app.kubernetes.io/managed-by": "kuberlhf", "kuberlhf.io/stage": stage}
     template = {
         # Istio sidecars (Kubeflow profile namespaces) would keep a finished pod running
-        "metadata": {"labels": dict(labels), "annotations": {"sidecar.istio.io/inject": "false"}},
+        "metadata": {"labels": {**labels, **POD_LABELS}, "annotations": {"sidecar.istio.io/inject": "false"}},
         "spec": pod_spec(stage, config, overrides, cluster, image),
     }
 
