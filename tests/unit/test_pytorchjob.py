@@ -165,12 +165,12 @@ def test_validators_catch_broken_manifests():
 
 def test_golden_ppo_job():
     """UPDATE_GOLDEN=1 rewrites tests/golden/pytorchjob-ppo.yaml; otherwise the rendering must match it."""
+    deployment = {"kueue_queue": "gpu-h100", "storage_endpoint": "http://minio.kuberlhf:9000",
+                  "wandb_secret": "kuberlhf-wandb", "restart_policy": "ExitCode"}  # the chart's cluster.yaml
     _, job = render("ppo", "configs/ppo/demo.yaml",
                     ["output_dir=s3://kuberlhf/runs/ppo", "training.max_steps=200", "cluster.nodes=2",
-                     "cluster.gpus_per_node=8", "cluster.procs_per_node=8", "cluster.gpu_product=h100",
-                     "cluster.kueue_queue=gpu-h100", "cluster.storage_endpoint=http://minio.kuberlhf:9000",
-                     "cluster.wandb_secret=kuberlhf-wandb", "cluster.restart_policy=ExitCode"],
-                    run_id="run-7f3c2a", task="ppo")
+                     "cluster.gpus_per_node=8", "cluster.procs_per_node=8", "cluster.gpu_product=h100"],
+                    run_id="run-7f3c2a", task="ppo", cluster=deployment)
     text = yaml.safe_dump(job, sort_keys=False, width=1000)
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)

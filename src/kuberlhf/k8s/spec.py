@@ -5,6 +5,13 @@ One flat YAML section (``cluster.yaml``), built like the stage configs: defaults
 ``--cluster FILE`` < ``cluster.key=value`` overrides. Every key is checked before anything
 is rendered, and an error names it (``cluster.nodes``).
 
+Two kinds of keys. The deployment's (image, ServiceAccount, Secrets, namespace, object-store
+endpoint, environment, UID, queue, priority, pod and retry policies) come only from files: the
+chart's ConfigMap or ``--cluster FILE``. A run's ``cluster.key=value`` overrides (a pipeline
+parameter, the ``kuberlhf launch`` command line) may set only :data:`RUN_KEYS`, the size and shape of
+its job: whoever may start a pipeline run may not thereby pick the image, the credentials or the
+account its pods run under.
+
 $ kuberlhf launch sft --config configs/sft/demo.yaml --cluster configs/cluster/a100.yaml cluster.nodes=4
 """
 
@@ -12,11 +19,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from kuberlhf.config import _deep_merge, from_dict, merge_overrides, option, read_yaml, require, to_dict
+from kuberlhf.errors import ConfigError
 from kuberlhf.images import USER_ID
 
 # the ConfigMap file read first, when present; KUBERLHF_CLUSTER_CONFIG points elsewhere
@@ -26,6 +34,13 @@ GPU_PRODUCTS = {"a100": "NVIDIA-A100-SXM4-80GB", "h100": "NVIDIA-H100-80GB-HBM3"
 # credentials reach pods only from Secrets: plain env may not carry them
 CREDENTIAL_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+# what a run's cluster.* overrides may set: the size, placement and duration of its job; the rest only from files
+RUN_KEYS = frozenset({
+    "nodes", "procs_per_node", "gpus_per_node", "gpu_product", "node_selector", "tolerations",
+    "cpu", "memory", "cpu_limit", "memory_limit", "shm_size",
+    "launcher", "deepspeed_config", "elastic_min_nodes", "elastic_max_nodes", "elastic_max_restarts",
+    "timeout_s", "active_deadline_seconds", "backoff_limit",
+})
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -87,6 +102,9 @@ class ClusterConfig:
     retry_backoff_max_s: float = option(60.0, "longest wait between retries after API errors")
     max_api_errors: int = option(20, "consecutive Kubernetes API errors before the launcher gives up")
     log_tail_lines: int = option(50, "lines of the master's log shown when the job fails")
+    max_attempts: int = option(
+        3, "PyTorchJobs one step may create (1-9): a retried launcher whose newest job Failed creates <name>-a2, ..."
+    )
 
     def __post_init__(self) -> None:
         self.cpu, self.cpu_limit = str(self.cpu), str(self.cpu_limit)
@@ -112,8 +130,8 @@ class ClusterConfig:
             require(bool(self.deepspeed_config), "cluster.deepspeed_config", "required with cluster.launcher=deepspeed")
         if self.deepspeed_config:
             path = self.deepspeed_config
-            require(path.startswith("configs/deepspeed/") and path.endswith(".json"), "cluster.deepspeed_config",
-                    f"must be a configs/deepspeed/*.json path, got {path!r}")
+            require(path.startswith("configs/deepspeed/") and path.endswith(".json") and ".." not in path.split("/"),
+                    "cluster.deepspeed_config", f"must be a configs/deepspeed/*.json path, got {path!r}")
             require(self.launcher == "deepspeed", "cluster.deepspeed_config", "is used only with launcher=deepspeed")
         require(0 <= self.backoff_limit <= 20, "cluster.backoff_limit", f"must be in 0..20, got {self.backoff_limit}")
         for key in ("ttl_seconds_after_finished", "active_deadline_seconds"):
@@ -131,6 +149,7 @@ class ClusterConfig:
             require(getattr(self, key) > 0, f"cluster.{key}", "must be positive")
         require(0 < self.retry_backoff_s <= self.retry_backoff_max_s, "cluster.retry_backoff_s",
                 "must be positive and at most cluster.retry_backoff_max_s")
+        require(1 <= self.max_attempts <= 9, "cluster.max_attempts", f"must be in 1..9, got {self.max_attempts}")
 
     def _check_elastic(self) -> None:
         lo, hi = self.elastic_min_nodes, self.elastic_max_nodes
@@ -170,9 +189,11 @@ def load_cluster(source: ClusterConfig | str | Path | dict | None = None,
     """A ClusterConfig from the defaults, the mounted cluster.yaml, ``source`` and ``key=value`` overrides.
 
     ``source`` is a file, a dict of keys, or a finished ClusterConfig (then only ``overrides``
-    apply). Overrides may carry the ``cluster.`` prefix of the ``kuberlhf launch`` command line.
+    apply). Overrides may carry the ``cluster.`` prefix of the ``kuberlhf launch`` command line; they
+    are a run's, and may set only :data:`RUN_KEYS`.
     """
     overrides = [o.removeprefix("cluster.") for o in overrides or []]
+    check_run_overrides(overrides)
     if isinstance(source, ClusterConfig):
         data = to_dict(source)
     else:
@@ -186,6 +207,17 @@ def load_cluster(source: ClusterConfig | str | Path | dict | None = None,
     return from_dict(ClusterConfig, merge_overrides(data, overrides), prefix="cluster.")
 
 
+def check_run_overrides(overrides: list[str]) -> None:
+    """Refuse a ``key=value`` override of a deployment key (one outside :data:`RUN_KEYS`), naming it."""
+    known = {f.name for f in fields(ClusterConfig)}
+    for text in overrides:
+        key = text.partition("=")[0].strip().removeprefix("cluster.").split(".")[0]
+        if key in known and key not in RUN_KEYS:
+            raise ConfigError(f"config key 'cluster.{key}': a run may not set it (it comes from the deployment: the "
+                              "chart's cluster.yaml ConfigMap or --cluster FILE); a run may set cluster."
+                              + ", cluster.".join(sorted(RUN_KEYS)))
+
+
 def split_overrides(overrides: list[str] | None) -> tuple[list[str], list[str]]:
     """``key=value`` overrides -> (stage overrides, ``cluster.`` overrides)."""
     stage, cluster = [], []
@@ -194,4 +226,4 @@ def split_overrides(overrides: list[str] | None) -> tuple[list[str], list[str]]:
     return stage, cluster
 
 
-__all__ = ["ClusterConfig", "GPU_PRODUCTS", "load_cluster", "split_overrides"]
+__all__ = ["ClusterConfig", "GPU_PRODUCTS", "RUN_KEYS", "load_cluster", "split_overrides"]
