@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import pytest
 import urllib3
+import yaml
 from k8schecks import crd_errors, load_documents, pss_restricted_errors
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
@@ -23,6 +25,7 @@ from kuberlhf.k8s.launcher import KubeApis, LaunchError, job_name, launch_stage
 REPO = Path(__file__).resolve().parents[2]
 STAGE = dict(stage="ppo", config="configs/ppo/demo.yaml", overrides=["output_dir=s3://b/ppo"])
 FAST = {"retry_backoff_s": 2.0, "retry_backoff_max_s": 60.0, "timeout_s": 3600, "watch_timeout_s": 300}
+EPOCH = 1_800_000_000.0  # the fake cluster's wall clock at fake time 0
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +88,9 @@ class FakeApi:
         name = body["metadata"]["name"]
         if name in self.jobs:
             raise ApiException(status=409, reason="Conflict")
-        self.jobs[name] = self._bump(copy.deepcopy(body))
+        obj = copy.deepcopy(body)
+        obj["metadata"]["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(EPOCH + self.now))
+        self.jobs[name] = self._bump(obj)
         return copy.deepcopy(self.jobs[name])
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
@@ -137,7 +142,9 @@ class FakeApi:
             self.sleeps.append(seconds)
             self.now += seconds
 
-        return KubeApis(custom=self, core=self, watch=watch.Watch, sleep=sleep, clock=lambda: self.now)
+        apis = KubeApis(custom=self, core=self, watch=watch.Watch, sleep=sleep, clock=lambda: self.now)
+        apis.wall = lambda: EPOCH + self.now  # the launcher's wall clock, which creationTimestamp is compared to
+        return apis
 
 
 def launch(api: FakeApi, run_id="run-1", task="ppo", cluster=None, **kwargs):
@@ -153,13 +160,13 @@ def test_creates_the_job_waits_and_saves_the_manifest(tmp_path):
                             ("state", NAME, "Succeeded")]])
     manifest = tmp_path / "out" / "job.yaml"
     result = launch(api, manifest_out=manifest)
-    assert result == {"name": NAME, "namespace": "kuberlhf", "state": "Succeeded", "created": True}
+    assert result == {"name": NAME, "namespace": "kuberlhf", "state": "Succeeded", "created": True, "attempt": 1}
     assert api.create_calls == 1 and list(api.jobs) == [NAME]
     assert api.watch_calls == [{"field_selector": f"metadata.name={NAME}", "resource_version": "101",
                                 "timeout_seconds": 300}]
     saved = load_documents(manifest.read_text())
     created = copy.deepcopy(api.jobs[NAME])
-    del created["status"], created["metadata"]["resourceVersion"]
+    del created["status"], created["metadata"]["resourceVersion"], created["metadata"]["creationTimestamp"]
     assert saved == [created]  # the artifact is exactly what was created
     assert crd_errors(saved[0]) == [] and pss_restricted_errors(saved[0]) == []
     assert api.sleeps == []
@@ -168,9 +175,9 @@ def test_creates_the_job_waits_and_saves_the_manifest(tmp_path):
 def test_second_call_for_the_same_run_and_task_creates_no_second_job():
     api = FakeApi(watches=[[("state", NAME, "Running"), ("state", NAME, "Succeeded")]])
     assert launch(api)["created"] is True
-    again = launch(api)  # a retried launcher: 409, re-attach, already done
-    assert again == {"name": NAME, "namespace": "kuberlhf", "state": "Succeeded", "created": False}
-    assert api.create_calls == 2 and list(api.jobs) == [NAME]
+    again = launch(api)  # a retried launcher: finds the job, re-attaches, already done
+    assert again == {"name": NAME, "namespace": "kuberlhf", "state": "Succeeded", "created": False, "attempt": 1}
+    assert api.create_calls == 1 and list(api.jobs) == [NAME]
     assert len(api.watch_calls) == 1  # nothing left to wait for
     other = FakeApi(watches=[[("state", job_name("run-2", "ppo"), "Succeeded")]])
     other.jobs = copy.deepcopy(api.jobs)
@@ -184,9 +191,9 @@ def test_preempted_launcher_reattaches_to_the_running_job():
     second = FakeApi(watches=[[("state", NAME, "Restarting"), ("state", NAME, "Running"), ("state", NAME, "Succeeded")]])
     second.jobs, second.rv = first.jobs, first.rv
     running_rv = first.jobs[NAME]["metadata"]["resourceVersion"]
-    assert launch(second) == {"name": NAME, "namespace": "kuberlhf", "state": "Succeeded", "created": False}
+    assert launch(second) == {"name": NAME, "namespace": "kuberlhf", "state": "Succeeded", "created": False, "attempt": 1}
     assert second.watch_calls[0]["resource_version"] == running_rv  # watches on from the job as it was found
-    assert second.create_calls == 1 and len(second.jobs) == 1
+    assert second.create_calls == 0 and len(second.jobs) == 1
 
 
 def test_refuses_a_job_of_the_same_name_from_another_run():
@@ -232,9 +239,6 @@ def test_failed_job_raises_its_reason_and_the_masters_log_tail():
     assert tail[0] == f"--- last 50 lines of pod {NAME}-master-0 ---" and len(tail) == 51
     assert tail[-1] == "RuntimeError: CUDA out of memory" and tail[1] == "step 151"
     assert NAME in api.jobs  # a failed job is kept for inspection (ttlSecondsAfterFinished cleans it)
-    with pytest.raises(LaunchError, match="failed: PyTorchJobFailed") as again:  # a retried launcher: same verdict
-        launch(api)
-    assert again.value.log_tail == err.value.log_tail and api.create_calls == 2 and len(api.jobs) == 1
 
 
 def test_failed_elastic_job_reads_worker_0_and_survives_a_missing_log():
@@ -309,3 +313,163 @@ def test_a_watch_that_ends_at_once_backs_off_instead_of_spinning():
     api = FakeApi(watches=[[], [], [("state", NAME, "Succeeded")]])  # two empty streams, closed immediately
     assert launch(api)["state"] == "Succeeded"
     assert api.sleeps == [2.0, 4.0] and len(api.watch_calls) == 3
+
+
+# ---------------------------------------------------------------- retries of the launcher step (KFP set_retry)
+def test_a_retry_after_a_failure_starts_the_next_attempt_and_a_lost_launcher_reattaches():
+    api = FakeApi(watches=[[("state", NAME, "Failed", "PyTorchJobFailed", "master-0 exited with code 1")],
+                           [("state", f"{NAME}-a2", "Running"), ("raise", KeyboardInterrupt())],
+                           [("state", f"{NAME}-a2", "Succeeded")]])
+    with pytest.raises(LaunchError, match="failed: PyTorchJobFailed"):
+        launch(api)
+    with pytest.raises(KeyboardInterrupt):  # the KFP retry: a new attempt, whose launcher is then lost
+        launch(api)
+    assert sorted(api.jobs) == [NAME, f"{NAME}-a2"]
+    assert api.jobs[f"{NAME}-a2"]["metadata"]["annotations"]["kuberlhf.io/attempt"] == "2"
+    # the next retry finds attempt 2 running: it re-attaches rather than starting a third
+    assert launch(api) == {"name": f"{NAME}-a2", "namespace": "kuberlhf", "state": "Succeeded", "created": False,
+                           "attempt": 2}
+    assert sorted(api.jobs) == [NAME, f"{NAME}-a2"]
+    # and once it succeeded, yet another launcher reports it
+    assert launch(api)["name"] == f"{NAME}-a2" and len(api.jobs) == 2
+
+
+def test_the_newest_attempt_decides_even_when_an_older_one_is_gone():
+    api = FakeApi(watches=[[("state", NAME, "Failed")], [("state", f"{NAME}-a2", "Running")],
+                           [("state", f"{NAME}-a2", "Succeeded")]])
+    with pytest.raises(LaunchError):
+        launch(api)
+    api.watches.insert(1, [("raise", KeyboardInterrupt())])
+    with pytest.raises(KeyboardInterrupt):
+        launch(api)
+    del api.jobs[NAME]  # attempt 1 reached its ttlSecondsAfterFinished while attempt 2 ran
+    assert launch(api)["name"] == f"{NAME}-a2" and list(api.jobs) == [f"{NAME}-a2"]
+
+
+def test_attempts_are_bounded_by_max_attempts():
+    api = FakeApi(watches=[[("state", NAME, "Failed", "PyTorchJobFailed", "oom")],
+                           [("state", f"{NAME}-a2", "Failed", "PyTorchJobFailed", "oom again")]],
+                  logs={f"{NAME}-a2-master-0": "RuntimeError: CUDA out of memory\n"})
+    for _ in range(2):
+        with pytest.raises(LaunchError, match="failed: PyTorchJobFailed"):
+            launch(api, cluster={"max_attempts": 2})
+    with pytest.raises(LaunchError) as err:
+        launch(api, cluster={"max_attempts": 2})
+    first = str(err.value).splitlines()[0]
+    assert first == (f"PyTorchJob kuberlhf/{NAME}-a2 failed: PyTorchJobFailed: oom again; "
+                     "all 2 attempts of cluster.max_attempts=2 are spent")
+    assert err.value.reason == "AttemptsSpent" and "CUDA out of memory" in err.value.log_tail
+    assert sorted(api.jobs) == [NAME, f"{NAME}-a2"] and api.watch_calls[2:] == []
+
+
+def test_the_timeout_counts_from_the_jobs_creation_not_from_the_reattach():
+    first = FakeApi(watches=[[("state", NAME, "Running"), ("sleep", 600), ("raise", KeyboardInterrupt())]])
+    with pytest.raises(KeyboardInterrupt):
+        launch(first, cluster={"timeout_s": 900})
+    second = FakeApi()  # the retried launcher, 600 s after the job was created: 300 s are left
+    second.jobs, second.rv, second.now = first.jobs, first.rv, first.now
+    with pytest.raises(LaunchError, match="did not finish within cluster.timeout_s=900s"):
+        launch(second, cluster={"timeout_s": 900})
+    assert [c["timeout_seconds"] for c in second.watch_calls] == [300]
+    assert second.now == 900 and second.deleted == [(NAME, "Background")]
+
+
+# ---------------------------------------------------------------- what a run's overrides may do
+@pytest.mark.parametrize("override, key", [
+    ("training.run_name=$(WANDB_API_KEY)", "training.run_name"),
+    ("output_dir=s3://b/$(AWS_SECRET_ACCESS_KEY)", "output_dir"),
+    ("training.run_name=$$(AWS_SECRET_ACCESS_KEY)", "training.run_name"),
+])
+def test_an_override_the_kubelet_would_expand_is_refused(override, key):
+    api = FakeApi(watches=[[("state", NAME, "Succeeded")]])
+    with pytest.raises(ConfigError) as err:
+        launch_stage(**{**STAGE, "overrides": [*STAGE["overrides"], override]}, run_id="run-1", task="ppo",
+                     cluster=FAST, apis=api.apis())
+    text = str(err.value)
+    assert len(text.splitlines()) == 1 and f"'{key}'" in text and "$(" in text
+    assert api.create_calls == 0
+
+
+@pytest.mark.parametrize("key, value", [
+    ("image", "evil.example/kuberlhf-ppo:1"), ("service_account", "cluster-admin"), ("storage_secret", "other-team"),
+    ("wandb_secret", "other-wandb"), ("namespace", "kube-system"), ("env.HF_ENDPOINT", "https://evil.example"),
+    ("storage_endpoint", "https://evil.example"), ("run_as_user", "1"), ("config_map", "other"),
+    ("kueue_queue", "other-team"), ("priority_class", "system-cluster-critical"), ("max_attempts", "9"),
+])
+def test_a_run_may_not_set_deployment_keys(key, value):
+    api = FakeApi(watches=[[("state", NAME, "Succeeded")]])
+    with pytest.raises(ConfigError) as err:
+        launch_stage(**{**STAGE, "overrides": [*STAGE["overrides"], f"cluster.{key}={value}"]}, run_id="run-1",
+                     task="ppo", cluster=FAST, apis=api.apis())
+    text = str(err.value)
+    top = key.split(".")[0]
+    assert len(text.splitlines()) == 1 and f"'cluster.{top}'" in text and "cluster.yaml" in text
+    assert api.create_calls == 0
+
+
+def test_a_run_may_size_its_job_and_the_cluster_file_may_set_the_rest(monkeypatch, tmp_path):
+    mounted = tmp_path / "cluster.yaml"  # what the chart's kuberlhf-config ConfigMap mounts
+    mounted.write_text("image: registry.example/kuberlhf-ppo:1.0\nservice_account: team-train\n"
+                       "storage_secret: team-s3\nenv: {LOG_LEVEL: debug}\n")
+    monkeypatch.setenv("KUBERLHF_CLUSTER_CONFIG", str(mounted))
+    api = FakeApi(watches=[[("state", NAME, "Succeeded")]])
+    run = ["cluster.nodes=2", "cluster.gpus_per_node=4", "cluster.procs_per_node=4", "cluster.gpu_product=h100",
+           "cluster.memory=64Gi", "cluster.cpu=16", "cluster.timeout_s=7200", "cluster.active_deadline_seconds=7000",
+           "cluster.node_selector={pool: train}", "cluster.tolerations=[{key: spot, operator: Exists}]",
+           "cluster.launcher=deepspeed", "cluster.deepspeed_config=configs/deepspeed/zero3.json"]
+    launch_stage(**{**STAGE, "overrides": [*STAGE["overrides"], *run]}, run_id="run-1", task="ppo", cluster=None,
+                 apis=api.apis())
+    pod = api.jobs[NAME]["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example/kuberlhf-ppo:1.0" and pod["serviceAccountName"] == "team-train"
+    assert container["resources"]["requests"]["memory"] == "64Gi" and pod["nodeSelector"]["pool"] == "train"
+    assert "training.deepspeed=configs/deepspeed/zero3.json" in container["command"]
+
+
+def test_the_default_run_id_is_a_hash_of_the_resolved_configs_not_of_their_paths(tmp_path, capsys):
+    from kuberlhf.cli import main
+
+    def run_id(config, *overrides):
+        assert main(["launch", "ppo", "--dry-run", "--config", str(config), *overrides]) == 0
+        return load_documents(capsys.readouterr().out)[0]["metadata"]["annotations"]["kuberlhf.io/run-id"]
+
+    text = (REPO / "configs/ppo/demo.yaml").read_text()
+    (tmp_path / "a.yaml").write_text(text)
+    (tmp_path / "b.yaml").write_text(text)
+    same = run_id(tmp_path / "a.yaml")
+    assert same == run_id(tmp_path / "b.yaml")  # the same content at another path: the same run
+    data = yaml.safe_load(text)
+    data["training"]["max_steps"] = 7
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(data))
+    assert run_id(tmp_path / "a.yaml") != same  # the file edited in place: another run, not a re-attach
+    assert run_id(tmp_path / "b.yaml", "training.max_steps=7") == run_id(tmp_path / "a.yaml")  # resolved, not spelt
+    assert run_id(tmp_path / "b.yaml", "cluster.nodes=2") != same
+
+
+def test_two_launchers_of_one_step_racing_share_the_job():
+    class Racing(FakeApi):
+        """The other launcher's create lands between this one's look for attempts and its own create."""
+
+        hidden = 9  # the reads of attempts 1..9 see nothing
+
+        def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+            if self.hidden:
+                self.hidden -= 1
+                raise ApiException(status=404, reason="Not Found")
+            return super().get_namespaced_custom_object(group, version, namespace, plural, name)
+
+    other = FakeApi(watches=[[("state", NAME, "Running"), ("raise", KeyboardInterrupt())]])
+    with pytest.raises(KeyboardInterrupt):
+        launch(other)
+    api = Racing(watches=[[("state", NAME, "Succeeded")]])
+    api.jobs, api.rv = other.jobs, other.rv
+    assert launch(api)["created"] is False and api.create_calls == 1 and list(api.jobs) == [NAME]
+
+
+def test_a_runs_deepspeed_config_stays_under_configs_deepspeed():
+    api = FakeApi(watches=[[("state", NAME, "Succeeded")]])
+    escape = ["cluster.launcher=deepspeed", "cluster.deepspeed_config=configs/deepspeed/../deepspeed/zero2.json"]
+    with pytest.raises(ConfigError, match="'cluster.deepspeed_config': must be a configs/deepspeed/"):
+        launch_stage(**{**STAGE, "overrides": [*STAGE["overrides"], *escape]}, run_id="run-1", task="ppo",
+                     cluster=FAST, apis=api.apis())
+    assert api.create_calls == 0

@@ -9,13 +9,15 @@ $ kuberlhf launch reward --config configs/reward/demo.yaml --name reward-try-1 -
 Overrides starting with ``cluster.`` set cluster keys (``configs/cluster/``); the others go to the
 stage config, which is loaded and checked here first, so a bad key fails before anything exists.
 Cluster settings: defaults < /etc/kuberlhf/cluster.yaml (when mounted) < --cluster FILE < overrides.
-The same command relaunched re-attaches to its job (same name) instead of starting another.
+Only the size and shape of the job may be overridden (cluster.nodes, .gpus_per_node, .memory, ...:
+kuberlhf.k8s.spec.RUN_KEYS); the image, ServiceAccount, Secrets and namespace come from the files.
+The same configs relaunched re-attach to their job (same name) instead of starting another; after a
+failure the relaunch starts the next attempt (<name>-a2, ... up to cluster.max_attempts).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 
@@ -47,8 +49,9 @@ def add_parser(verbs) -> None:
     p.add_argument("stage", choices=list(STAGES), metavar="STAGE", help=f"stage to run: {', '.join(STAGES)}")
     p.add_argument("--config", help="stage config as the pod sees it (default: configs/STAGE/demo.yaml)")
     p.add_argument("--cluster", help="cluster settings YAML (configs/cluster/*.yaml)")
-    p.add_argument("--name", help="job name (DNS-1035, <= 47 chars); default: derived from the run id and stage")
-    p.add_argument("--run-id", help="run the job belongs to; default: derived from the command's arguments")
+    p.add_argument("--name", help="job name (DNS-1035, <= 44 chars; a retry after a failure appends -a2, -a3, ...); "
+                   "default: derived from the run id and stage")
+    p.add_argument("--run-id", help="run the job belongs to; default: a hash of the resolved stage and cluster configs")
     p.add_argument("--dry-run", action="store_true", help="print the PyTorchJob YAML and exit; no cluster needed")
     p.add_argument("--backend", default="pytorchjob", choices=["pytorchjob"], help="job kind (PyTorchJob)")
     p.add_argument("--manifest-out", help="also write the rendered job YAML to this file")
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key} = {default}\n    {text}")
         return 0
     config = args.config or f"configs/{args.stage}/demo.yaml"
-    run_id = args.run_id or default_run_id(args.stage, config, args.cluster, args.overrides)
+    run_id = args.run_id or ""  # "": a hash of the resolved configs (launcher.content_run_id)
     if args.dry_run:
         _, job = launcher.render(args.stage, config, args.overrides, run_id, args.stage, args.cluster, args.name,
                                  args.backend)
@@ -85,8 +88,3 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(result))
     return 0
 
-
-def default_run_id(stage: str, config: str, cluster: str | None, overrides: list[str]) -> str:
-    """The same command gives the same run id, so relaunching it re-attaches to its job."""
-    text = json.dumps([stage, config, cluster, list(overrides)])
-    return "cli-" + hashlib.sha256(text.encode()).hexdigest()[:12]

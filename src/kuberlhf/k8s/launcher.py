@@ -4,18 +4,29 @@
     launch_stage(stage="ppo", config="configs/ppo/demo.yaml", overrides=["output_dir=s3://b/x"],
                  run_id="<kfp run id>", task="ppo", manifest_out="job.yaml")
 
-The job's name is a function of (run id, task): a launcher that is retried or preempted
-creates nothing new; its create gets 409 and it re-attaches to the running job. The wait is a
-watch that reconnects after API errors and re-reads the job after a 410 Gone; ``Failed``
-raises :class:`LaunchError` with the job's reason and the tail of the master's log; a timeout
-deletes the job. The Kubernetes clients are injected (:class:`KubeApis`) so tests can pass fakes;
-the ``kubernetes`` package is imported only when real clients are built.
+The job's name is a function of (run id, task) and the attempt: ``<name>`` first, then
+``<name>-a2``, ``<name>-a3`` (at most ``cluster.max_attempts``). A launcher reads the newest attempt
+of its run and task: none yet, it creates the first; running or succeeded (a launcher that was lost
+or preempted), it re-attaches; failed (a KFP retry after a failure), it creates the next attempt, or,
+when they are spent, fails at once. The timeout counts from the attempt's ``creationTimestamp``, so a
+re-attached launcher does not start the clock again. The wait is a watch that reconnects after API
+errors and re-reads the job after a 410 Gone; ``Failed`` raises :class:`LaunchError` with the job's
+reason and the tail of the master's log; a timeout deletes the job. Without a run id (``kuberlhf
+launch`` without ``--run-id``) the run id is a hash of the resolved stage and cluster configs.
+
+Overrides reach the container's command, where the kubelet expands ``$(VAR)`` from the pod's
+environment, Secrets included: an override holding ``$(`` is refused (rather than escaped as ``$$(``:
+no config value needs it, and a refusal shows the user what happened). The Kubernetes clients are
+injected (:class:`KubeApis`) so tests can pass fakes; the ``kubernetes`` package is imported only
+when real clients are built.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 import time
@@ -23,8 +34,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kuberlhf.config import to_dict
 from kuberlhf.errors import ConfigError, KuberlhfError
-from kuberlhf.k8s.pytorchjob import GROUP, PLURAL, VERSION, build_pytorchjob, primary_pod, spec_hash, to_yaml
+from kuberlhf.k8s.pytorchjob import (
+    ANNOTATION_PREFIX,
+    GROUP,
+    PLURAL,
+    VERSION,
+    build_pytorchjob,
+    primary_pod,
+    spec_hash,
+    to_yaml,
+)
 from kuberlhf.k8s.spec import ClusterConfig, load_cluster, split_overrides
 
 log = logging.getLogger(__name__)
@@ -32,6 +53,8 @@ BACKENDS = ("pytorchjob",)
 TERMINAL = ("Succeeded", "Failed")
 # job names leave room for the operator's pod and service names, <job>-worker-<index>, within 63
 MAX_NAME = 47
+ATTEMPTS = 9  # the most cluster.max_attempts allows: the suffix -a<n> is 3 characters
+MAX_BASE_NAME = MAX_NAME - len(f"-a{ATTEMPTS}")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -52,6 +75,7 @@ class KubeApis:
     watch: Callable[[], Any]  # -> kubernetes.watch.Watch()
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time  # compared with the job's creationTimestamp
 
 
 def default_apis() -> KubeApis:
@@ -69,7 +93,7 @@ def default_apis() -> KubeApis:
 
 
 def job_name(run_id: str, task: str) -> str:
-    """A DNS-1035 name, at most 47 characters, the same for the same (run id, task)."""
+    """A DNS-1035 name, at most 44 characters (room for ``-a9``), the same for the same (run id, task)."""
     digest = hashlib.sha256(f"{run_id}\0{task}".encode()).hexdigest()[:8]
     parts = [p for p in (_slug(task, 20), _slug(run_id, 12)) if p]
     name = "-".join([*parts, digest])
@@ -80,11 +104,36 @@ def _slug(text: str, limit: int) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
 
 
+def attempt_name(base: str, attempt: int) -> str:
+    """The name of attempt ``attempt`` of a job: the base name, then ``<base>-a2``, ``<base>-a3``, ..."""
+    return base if attempt == 1 else f"{base}-a{attempt}"
+
+
 def check_job_name(name: str) -> str:
-    if not (_DNS1035.match(name) and len(name) <= MAX_NAME):
+    if not (_DNS1035.match(name) and len(name) <= MAX_BASE_NAME):
         raise ConfigError(f"job name {name!r}: must be a DNS-1035 label (a-z, 0-9, '-'; starts with a letter) "
-                          f"of at most {MAX_NAME} characters")
+                          f"of at most {MAX_BASE_NAME} characters (retries append -a2 ... -a{ATTEMPTS})")
     return name
+
+
+def content_run_id(stage: str, stage_cfg: Any, cluster: ClusterConfig) -> str:
+    """A run id from what the run does, not from where its config lives: the same resolved configs give the
+    same id (a relaunch re-attaches); an edited config, even at the same path, gives another."""
+    text = json.dumps({"stage": stage, "config": to_dict(stage_cfg), "cluster": to_dict(cluster)}, sort_keys=True,
+                      default=str)
+    return "cli-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def check_no_expansion(config: str | None, overrides: list[str]) -> None:
+    """Refuse ``$(`` where it would reach the container's command: the kubelet expands ``$(VAR)`` there from
+    the pod's environment, so an override could copy a Secret into the model card, W&B and the logs."""
+    if config and "$(" in config:
+        raise ConfigError(f"config {config!r}: '$(' is expanded by the kubelet in the container's command; remove it")
+    for text in overrides:
+        if "$(" in text:
+            key = text.partition("=")[0].strip()
+            raise ConfigError(f"config key {key!r}: '$(' is expanded by the kubelet in the container's command "
+                              "(it could copy a Secret of the pod into the run); remove it")
 
 
 def validate_stage_config(stage: str, config: str | None, overrides: list[str], cluster: ClusterConfig) -> Any:
@@ -110,12 +159,16 @@ def validate_stage_config(stage: str, config: str | None, overrides: list[str], 
 def render(stage: str, config: str | None, overrides: list[str] | None, run_id: str, task: str,
            cluster: ClusterConfig | str | Path | dict | None = None, name: str | None = None,
            backend: str = "pytorchjob") -> tuple[ClusterConfig, dict]:
-    """Check everything, then build the job: (cluster settings, manifest). No API call."""
+    """Check everything, then build the job's first attempt: (cluster settings, manifest). No API call.
+
+    An empty ``run_id`` is derived from the resolved configs (:func:`content_run_id`)."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
+    check_no_expansion(config, list(overrides or []))
     stage_overrides, cluster_overrides = split_overrides(overrides)
     cluster_cfg = load_cluster(cluster, cluster_overrides)
-    validate_stage_config(stage, config, stage_overrides, cluster_cfg)
+    stage_cfg = validate_stage_config(stage, config, stage_overrides, cluster_cfg)
+    run_id = run_id or content_run_id(stage, stage_cfg, cluster_cfg)
     name = check_job_name(name) if name else job_name(run_id, task)
     job = build_pytorchjob(stage, config, stage_overrides, cluster_cfg, name,
                            annotations={"run-id": run_id, "task": task})
@@ -127,22 +180,30 @@ def launch_stage(stage: str, config: str | None, overrides: list[str] | None, ru
                  backend: str = "pytorchjob", apis: KubeApis | None = None, name: str | None = None) -> dict:
     """Create (or re-attach to) the stage's PyTorchJob and wait for it to succeed.
 
-    Returns ``{"name", "namespace", "state": "Succeeded", "created"}``; raises :class:`LaunchError`
-    when the job fails, times out (the job is then deleted) or the API refuses the launcher.
+    Returns ``{"name", "namespace", "state": "Succeeded", "created", "attempt"}``; raises
+    :class:`LaunchError` when the job fails, times out (the job is then deleted), its attempts are
+    spent, or the API refuses the launcher.
     """
     cluster_cfg, job = render(stage, config, overrides, run_id, task, cluster, name, backend)
-    if manifest_out:
-        Path(manifest_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(manifest_out).write_text(to_yaml(job))
+    run_id = job["metadata"]["annotations"][f"{ANNOTATION_PREFIX}run-id"]
+    _write_manifest(manifest_out, job)
     apis = apis or default_apis()
     launcher = _Launcher(apis, cluster_cfg, job)
-    deadline = apis.clock() + cluster_cfg.timeout_s
-    obj, created = launcher.get_or_create(run_id)
-    final = launcher.wait(obj, deadline)
+    obj, created = launcher.attach_or_start(run_id)
+    if launcher.attempt > 1:
+        _write_manifest(manifest_out, launcher.job)
+    final = launcher.wait(obj, launcher.deadline(obj))
     if final is None:
         launcher.delete_after_timeout()
     launcher.raise_if_failed(final)
-    return {"name": launcher.name, "namespace": launcher.namespace, "state": "Succeeded", "created": created}
+    return {"name": launcher.name, "namespace": launcher.namespace, "state": "Succeeded", "created": created,
+            "attempt": launcher.attempt}
+
+
+def _write_manifest(path: str | Path | None, job: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(to_yaml(job))
 
 
 def job_state(obj: dict) -> tuple[str, dict]:
@@ -156,10 +217,19 @@ def job_state(obj: dict) -> tuple[str, dict]:
 
 class _Launcher:
     def __init__(self, apis: KubeApis, cluster: ClusterConfig, job: dict) -> None:
-        self.apis, self.cluster, self.job = apis, cluster, job
-        self.name, self.namespace = job["metadata"]["name"], job["metadata"]["namespace"]
-        self.where = f"PyTorchJob {self.namespace}/{self.name}"
+        self.apis, self.cluster, self.first = apis, cluster, job
+        self.base, self.namespace = job["metadata"]["name"], job["metadata"]["namespace"]
         self.errors, self.backoff = 0, cluster.retry_backoff_s
+        self._use(1)
+
+    def _use(self, attempt: int) -> None:
+        """Aim at attempt ``attempt``: its name, and the manifest that creates it."""
+        self.attempt, self.name = attempt, attempt_name(self.base, attempt)
+        self.where = f"PyTorchJob {self.namespace}/{self.name}"
+        self.job = copy.deepcopy(self.first)
+        self.job["metadata"]["name"] = self.name
+        if attempt > 1:
+            self.job["metadata"]["annotations"][f"{ANNOTATION_PREFIX}attempt"] = str(attempt)
 
     # ---------------------------------------------------------------- API calls with retries
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -194,14 +264,21 @@ class _Launcher:
         self.errors, self.backoff = 0, self.cluster.retry_backoff_s
 
     def _get(self) -> dict:
+        obj = self._read(self.name)
+        if obj is None:
+            raise LaunchError(f"{self.where} was deleted before it finished", reason="Deleted")
+        return obj
+
+    def _read(self, name: str) -> dict | None:
+        """The job ``name``, or None when there is none."""
         from kubernetes.client.exceptions import ApiException
 
         try:
             return self._call("get", lambda: self.apis.custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name))
+                GROUP, VERSION, self.namespace, PLURAL, name))
         except ApiException as err:
             if err.status == 404:
-                raise LaunchError(f"{self.where} was deleted before it finished", reason="Deleted") from None
+                return None
             raise self._refused("get", err) from None
 
     def _refused(self, what: str, err: Any) -> LaunchError:
@@ -209,6 +286,47 @@ class _Launcher:
                            reason=str(err.reason or err.status))
 
     # ---------------------------------------------------------------- create or re-attach
+    def attach_or_start(self, run_id: str) -> tuple[dict, bool]:
+        """The newest attempt of the run if it is not Failed (re-attach), else a new attempt: (job, created)."""
+        newest = None
+        for attempt in range(1, ATTEMPTS + 1):  # every slot: an older attempt may be gone (ttlSecondsAfterFinished)
+            obj = self._read(attempt_name(self.base, attempt))
+            if obj is not None:
+                newest = (attempt, obj)
+        if newest is None:
+            return self.get_or_create(run_id)
+        attempt, obj = newest
+        self._use(attempt)
+        self._check_owner(obj, run_id)
+        if job_state(obj)[0] != "Failed":
+            return self._reattach(obj), False
+        if attempt >= self.cluster.max_attempts:
+            self.raise_if_failed(obj, spent=True)
+        log.warning("%s failed (%s): starting attempt %d of %d", self.where, job_state(obj)[1].get("reason"),
+                    attempt + 1, self.cluster.max_attempts)
+        self._use(attempt + 1)
+        return self.get_or_create(run_id)
+
+    def _check_owner(self, obj: dict, run_id: str) -> None:
+        owner = (obj.get("metadata", {}).get("annotations") or {}).get(f"{ANNOTATION_PREFIX}run-id")
+        if owner != run_id:
+            raise LaunchError(f"{self.where} exists but belongs to run {owner!r}, not {run_id!r}: "
+                              "choose another name or delete it", reason="NameTaken")
+
+    def _reattach(self, obj: dict) -> dict:
+        annotations = obj.get("metadata", {}).get("annotations") or {}
+        if annotations.get(f"{ANNOTATION_PREFIX}spec-hash") != spec_hash(self.job["spec"]):
+            log.warning("%s: re-attaching to a job whose spec differs from the one rendered now", self.where)
+        log.info("%s exists (state %s): re-attaching", self.where, job_state(obj)[0])
+        self._progress()
+        return obj
+
+    def deadline(self, obj: dict) -> float:
+        """When the timeout ends on ``apis.clock``: ``timeout_s`` after the job was created."""
+        created = _timestamp((obj.get("metadata") or {}).get("creationTimestamp"))
+        elapsed = max(0.0, self.apis.wall() - created) if created is not None else 0.0
+        return self.apis.clock() + self.cluster.timeout_s - elapsed
+
     def get_or_create(self, run_id: str) -> tuple[dict, bool]:
         from kubernetes.client.exceptions import ApiException
 
@@ -221,17 +339,9 @@ class _Launcher:
         except ApiException as err:
             if err.status != 409:
                 raise self._refused("create", err) from None
-        obj = self._get()
-        annotations = obj.get("metadata", {}).get("annotations") or {}
-        owner = annotations.get("kuberlhf.io/run-id")
-        if owner != run_id:
-            raise LaunchError(f"{self.where} exists but belongs to run {owner!r}, not {run_id!r}: "
-                              "choose another name or delete it", reason="NameTaken")
-        if annotations.get("kuberlhf.io/spec-hash") != spec_hash(self.job["spec"]):
-            log.warning("%s: re-attaching to a job whose spec differs from the one rendered now", self.where)
-        log.info("%s exists (state %s): re-attaching", self.where, job_state(obj)[0])
-        self._progress()
-        return obj, False
+        obj = self._get()  # created meanwhile by another launcher of the same step
+        self._check_owner(obj, run_id)
+        return self._reattach(obj), False
 
     # ---------------------------------------------------------------- wait
     def wait(self, obj: dict, deadline: float) -> dict | None:
@@ -287,14 +397,17 @@ class _Launcher:
         return state
 
     # ---------------------------------------------------------------- endings
-    def raise_if_failed(self, obj: dict) -> None:
+    def raise_if_failed(self, obj: dict, spent: bool = False) -> None:
         state, cond = job_state(obj)
         if state == "Succeeded":
             return
         reason, message = cond.get("reason") or "Failed", cond.get("message") or ""
         pod = primary_pod(obj if obj.get("spec") else self.job)
-        raise LaunchError(f"{self.where} failed: {reason}: {message}".rstrip(": "), reason=reason,
-                          log_tail=self.log_tail(pod))
+        text = f"{self.where} failed: {reason}: {message}".rstrip(": ")
+        if spent:
+            text += f"; all {self.attempt} attempts of cluster.max_attempts={self.cluster.max_attempts} are spent"
+            reason = "AttemptsSpent"
+        raise LaunchError(text, reason=reason, log_tail=self.log_tail(pod))
 
     def log_tail(self, pod: str) -> str:
         lines = self.cluster.log_tail_lines
@@ -321,6 +434,16 @@ class _Launcher:
                           f"{outcome}", reason="Timeout")
 
 
+def _timestamp(text: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time (``2026-11-03T10:00:00Z``); None when absent or unreadable."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp() if text else None
+    except ValueError:
+        return None
+
+
 def _transient(err: Any) -> bool:
     return not err.status or err.status == 429 or err.status >= 500
 
@@ -340,4 +463,5 @@ def _body_message(err: Any) -> str:
         return str(err.body)[:300]
 
 
-__all__ = ["launch_stage", "render", "job_name", "LaunchError", "KubeApis", "job_state"]
+__all__ = ["launch_stage", "render", "job_name", "attempt_name", "content_run_id", "LaunchError", "KubeApis",
+           "job_state"]
