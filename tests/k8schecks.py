@@ -181,3 +181,91 @@ def pss_restricted_errors(obj: dict) -> list[str]:
 def load_documents(text: str) -> list[dict]:
     """The non-empty YAML documents of a multi-document string."""
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+# ---------------------------------------------------------------- NetworkPolicy evaluation
+def endpoint(namespace: str | None = None, labels: dict | None = None, ip: str | None = None,
+             ports: dict[str, int] | None = None) -> dict:
+    """A traffic endpoint: a pod (namespace, labels, named container ports) or an address outside the cluster."""
+    if ip is not None:
+        return {"ip": ip}
+    return {"namespace": namespace, "labels": dict(labels or {}), "ports": dict(ports or {}),
+            "ns_labels": {"kubernetes.io/metadata.name": namespace}}
+
+
+def selector_matches(selector: dict | None, labels: dict) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against labels; ``{}`` matches everything."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict, other: dict, policy_ns: str) -> bool:
+    import ipaddress
+
+    if "ipBlock" in peer:  # addresses outside the cluster (pod addresses are selected by label)
+        if "ip" not in other:
+            return False
+        ip, block = ipaddress.ip_address(other["ip"]), peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(
+            ip in ipaddress.ip_network(e) for e in block.get("except") or [])
+    if "ip" in other:
+        return False
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], other["ns_labels"]):
+            return False
+    elif other["namespace"] != policy_ns:
+        return False
+    return selector_matches(peer.get("podSelector"), other["labels"])
+
+
+def _port_matches(rule_ports: list | None, port: int, protocol: str, target: dict) -> bool:
+    if not rule_ports:
+        return True
+    for p in rule_ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        want = p.get("port")
+        if want is None:
+            return True
+        if isinstance(want, str):  # a named port of the destination pod
+            want = target.get("ports", {}).get(want)
+        if want is not None and (want == port or want <= port <= p.get("endPort", want)):
+            return True
+    return False
+
+
+def _direction(policy: dict, kind: str) -> bool:
+    spec = policy["spec"]
+    types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
+    return kind in types
+
+
+def network_allows(policies: list[dict], src: dict, dst: dict, port: int, protocol: str = "TCP") -> bool:
+    """Whether NetworkPolicies ``policies`` let ``src`` open a ``protocol`` connection to ``dst:port``.
+
+    Kubernetes semantics: a pod selected by a policy of a direction is isolated in that direction and
+    admits only what some selecting policy's rules allow (the union); the connection needs the source's
+    egress and the destination's ingress. Addresses outside the cluster are never isolated.
+    """
+    def allowed(pod: dict, other: dict, kind: str, rules_key: str, peers_key: str, target: dict) -> bool:
+        if "ip" in pod:
+            return True
+        selecting = [p for p in policies if p["metadata"].get("namespace", pod["namespace"]) == pod["namespace"]
+                     and _direction(p, kind) and selector_matches(p["spec"].get("podSelector"), pod["labels"])]
+        if not selecting:
+            return True
+        return any((not rule.get(peers_key) or any(_peer_matches(peer, other, pod["namespace"])
+                                                   for peer in rule[peers_key]))
+                   and _port_matches(rule.get("ports"), port, protocol, target)
+                   for p in selecting for rule in p["spec"].get(rules_key) or [])
+
+    return (allowed(src, dst, "Egress", "egress", "to", dst)
+            and allowed(dst, src, "Ingress", "ingress", "from", dst))

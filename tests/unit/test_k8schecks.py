@@ -67,3 +67,43 @@ def test_builtin_kinds_are_validated_strictly_for_each_version():
     good = dict(bad)
     good.pop("extra")
     assert validate_all([good]) == []
+
+
+# ---------------------------------------------------------------- NetworkPolicy evaluation
+def _policy(selector: dict, types: list[str], ingress: list | None = None, egress: list | None = None) -> dict:
+    spec = {"podSelector": selector, "policyTypes": types}
+    if ingress is not None:
+        spec["ingress"] = ingress
+    if egress is not None:
+        spec["egress"] = egress
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "a"}, "spec": spec}
+
+
+def test_network_evaluator_follows_kubernetes_semantics():
+    from k8schecks import endpoint, network_allows
+
+    web, db = endpoint("a", {"app": "web"}), endpoint("a", {"app": "db"}, ports={"sql": 5432})
+    other_ns = endpoint("b", {"app": "web"})
+    assert network_allows([], other_ns, db, 5432)  # no policy: open
+    deny_in = _policy({"matchLabels": {"app": "db"}}, ["Ingress"])
+    assert not network_allows([deny_in], web, db, 5432) and network_allows([deny_in], db, web, 80)
+    from_web = _policy({"matchLabels": {"app": "db"}}, ["Ingress"],
+                       ingress=[{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                                 "ports": [{"port": "sql", "protocol": "TCP"}]}])
+    assert network_allows([deny_in, from_web], web, db, 5432)  # the union of the policies
+    assert not network_allows([from_web], web, db, 5433) and not network_allows([from_web], web, db, 5432, "UDP")
+    assert not network_allows([from_web], other_ns, db, 5432)  # a podSelector alone is the policy's namespace
+    any_ns = _policy({}, ["Ingress"], ingress=[{"from": [{"namespaceSelector": {}, "podSelector": {
+        "matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}}]}])
+    assert network_allows([any_ns], other_ns, db, 1) and not network_allows([any_ns], endpoint("b", {}), db, 1)
+    egress = _policy({"matchLabels": {"app": "web"}}, ["Egress"], egress=[
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}], "ports": [{"port": 443}]},
+        {"ports": [{"port": 53, "protocol": "UDP"}]},
+        {"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": 5000, "endPort": 5010}]}])
+    assert network_allows([egress], web, endpoint(ip="1.2.3.4"), 443)
+    assert not network_allows([egress], web, endpoint(ip="10.2.3.4"), 443)
+    assert not network_allows([egress], web, endpoint(ip="1.2.3.4"), 80)
+    assert network_allows([egress], web, endpoint(ip="10.2.3.4"), 53, "UDP")  # a rule without `to`: anywhere
+    assert network_allows([egress], web, db, 5005) and not network_allows([egress], web, db, 5011)
+    assert not network_allows([egress], web, endpoint(ip="1.2.3.4"), 5005)  # pod selectors never match addresses
