@@ -374,3 +374,200 @@ def test_dev_label_studio_gives_the_pipeline_its_address_and_key_from_one_secret
     assert not find(objs(None), "Deployment", "kuberlhf-label-studio")  # off by default
     with pytest.raises(Exception, match="devLabelStudio.apiToken"):
         render({"devLabelStudio": {"enabled": True, "username": "a@b.c", "password": "p"}})
+
+
+# ---------------------------------------------------------------- network policies
+# A training pod's labels are the PyTorchJob builder's template labels plus the Training Operator's own.
+NS = "kuberlhf"
+API_SERVER = "34.120.7.9"  # a public address, as the endpoint of a managed control plane often is
+LAUNCH_VALUES = {"networkPolicy": {"apiServer": {"cidrs": [f"{API_SERVER}/32"], "port": 443}}}
+
+
+def training_pod(job: str = "sft-run-1", role: str = "Master", namespace: str = NS) -> dict:
+    from k8schecks import endpoint
+
+    from kuberlhf.k8s.pytorchjob import PORT, PORT_NAME, build_pytorchjob
+    from kuberlhf.k8s.spec import ClusterConfig
+
+    built = build_pytorchjob("sft", "configs/sft/demo.yaml", [], ClusterConfig(nodes=2), job)
+    labels = {**built["spec"]["pytorchReplicaSpecs"][role]["template"]["metadata"]["labels"],
+              "training.kubeflow.org/job-name": job, "training.kubeflow.org/operator-name": "pytorchjob-controller",
+              "training.kubeflow.org/replica-type": role.lower(), "training.kubeflow.org/replica-index": "0"}
+    return endpoint(namespace, labels, ports={PORT_NAME: PORT})
+
+
+def step_pod(launches: bool) -> dict:
+    """A KFP step pod of a kuberlhf pipeline; the steps that can launch a PyTorchJob carry the launcher label."""
+    from k8schecks import endpoint
+
+    from kuberlhf.workflow.pipelines.cluster import LAUNCHER_POD_LABELS
+
+    labels = {"pipelines.kubeflow.org/v2_component": "true", "workflows.argoproj.io/workflow": "rlhf-ppo-x"}
+    return endpoint(NS, {**labels, **(LAUNCHER_POD_LABELS if launches else {})})
+
+
+def policies(values: dict | str | None) -> list[dict]:
+    items = objs(values) if values is None or isinstance(values, str) else objects(render(values))
+    return find(items, "NetworkPolicy")
+
+
+def dns_pod():
+    from k8schecks import endpoint
+
+    return endpoint("kube-system", {"k8s-app": "kube-dns"})
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_training_pods_are_isolated_both_ways(case):
+    from k8schecks import selector_matches
+
+    pod = training_pod()
+    selecting = [p for p in policies(case) if selector_matches(p["spec"]["podSelector"], pod["labels"])]
+    assert {t for p in selecting for t in p["spec"]["policyTypes"]} == {"Ingress", "Egress"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_training_pods_accept_only_pods_of_their_jobs_namespace(case):
+    from k8schecks import endpoint, network_allows
+
+    pols, master, worker = policies(case), training_pod(), training_pod(role="Worker")
+    assert network_allows(pols, worker, master, 23456)  # the rendezvous store (c10d) on the master
+    assert network_allows(pols, master, worker, 41234)  # NCCL / gloo connections on ephemeral ports
+    outsiders = [training_pod(namespace="team-b"), step_pod(launches=False), step_pod(launches=True),
+                 endpoint(NS, {"app": "jupyter"}), endpoint("kubeflow", {"app": "ml-pipeline"}),
+                 endpoint(ip="10.2.3.4"), endpoint(ip="8.8.8.8")]
+    for other in outsiders:
+        assert not network_allows(pols, other, master, 23456), other
+        assert not network_allows(pols, other, worker, 41234), other
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_training_pods_reach_dns_and_https_but_not_the_cluster(case):
+    from k8schecks import endpoint, network_allows
+
+    pols, pod = policies(case), training_pod()
+    assert network_allows(pols, pod, dns_pod(), 53, "UDP") and network_allows(pols, pod, dns_pod(), 53, "TCP")
+    assert not network_allows(pols, pod, dns_pod(), 8080)
+    assert not network_allows(pols, pod, endpoint("kube-system", {"app": "other"}), 53, "UDP")
+    assert network_allows(pols, pod, endpoint(ip="52.218.1.10"), 443)  # AWS S3, the HF Hub, W&B
+    for ip, port in (("8.8.8.8", 22), ("52.218.1.10", 80), ("10.96.0.1", 443), ("10.1.2.3", 23456),
+                     ("172.20.0.5", 443), ("192.168.1.1", 443), ("169.254.169.254", 80), ("169.254.169.254", 443)):
+        assert not network_allows(pols, pod, endpoint(ip=ip), port), (ip, port)
+    for other in (step_pod(launches=False), endpoint(NS, {"app": "jupyter"}), endpoint("kubeflow", {"app": "x"})):
+        assert not network_allows(pols, pod, other, 443) and not network_allows(pols, pod, other, 8888)
+
+
+def test_training_pods_reach_the_dev_store():
+    from k8schecks import endpoint, network_allows
+
+    items = objs("ci/dev-values.yaml")
+    (store,) = find(items, "Deployment", "kuberlhf-s3")
+    store_pod = endpoint(NS, store["spec"]["template"]["metadata"]["labels"], ports={"s3": 8333})
+    pols = find(items, "NetworkPolicy")
+    assert network_allows(pols, training_pod(), store_pod, 8333)
+    assert network_allows(pols, step_pod(launches=False), store_pod, 8333)  # the pipeline steps read and write too
+    assert not network_allows(pols, training_pod(), store_pod, 22)
+    assert not network_allows(pols, endpoint("team-b", {}), store_pod, 8333)
+    assert not network_allows(policies(None), training_pod(), store_pod, 8333)  # no dev store: no rule for it
+
+
+def test_object_store_and_public_https_are_set_by_values():
+    from k8schecks import endpoint, network_allows
+
+    values = {"networkPolicy": {"publicHttps": False, "objectStore": {
+        "cidrs": ["10.50.0.0/16"], "ports": [9000],
+        "peers": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "minio"}}}]}}}
+    pols, pod = policies(values), training_pod()
+    assert network_allows(pols, pod, endpoint(ip="10.50.3.4"), 9000)
+    assert network_allows(pols, pod, endpoint("minio", {"app": "minio"}), 9000)
+    assert not network_allows(pols, pod, endpoint(ip="10.50.3.4"), 443)
+    assert not network_allows(pols, pod, endpoint(ip="52.218.1.10"), 443)  # publicHttps off
+    assert not network_allows(pols, pod, endpoint(ip="10.51.0.1"), 9000)
+    assert network_allows(pols, pod, dns_pod(), 53, "UDP")
+    assert validate_all(pols) == []
+
+
+def test_no_reachable_object_store_is_refused():
+    import helm_python
+
+    with pytest.raises(helm_python.HelmRenderError, match="networkPolicy.objectStore"):
+        render({"networkPolicy": {"publicHttps": False}})
+
+
+def test_only_launcher_steps_reach_the_api_server():
+    from k8schecks import endpoint, network_allows
+
+    assert not find(objs(None), "NetworkPolicy", "kuberlhf-launcher")  # no API server address: steps unrestricted
+    items = objects(render(LAUNCH_VALUES))
+    assert validate_all(items) == []
+    pols, api = find(items, "NetworkPolicy"), endpoint(ip=API_SERVER)
+    launcher = step_pod(launches=True)
+    assert network_allows(pols, launcher, api, 443)
+    assert not network_allows(pols, training_pod(), api, 443)  # outside the cluster, but excluded from publicHttps
+    assert not network_allows(pols, launcher, endpoint(ip=API_SERVER), 22)
+    assert network_allows(pols, launcher, endpoint("kubeflow", {"app": "ml-pipeline"}), 8888)  # KFP's services
+    assert network_allows(pols, launcher, dns_pod(), 53, "UDP")
+    assert network_allows(pols, launcher, endpoint(ip="52.218.1.10"), 443)  # a local-mode step trains in the pod
+    assert not network_allows(pols, launcher, endpoint(ip="10.1.2.3"), 443)
+    assert not network_allows(pols, launcher, training_pod(), 23456)
+
+
+def test_chart_pods_policy_leaves_training_pods_to_theirs():
+    from k8schecks import selector_matches
+
+    (chart_pods,) = find(objs(None), "NetworkPolicy", "kuberlhf")
+    assert not selector_matches(chart_pods["spec"]["podSelector"], training_pod()["labels"])
+    assert not selector_matches(chart_pods["spec"]["podSelector"], step_pod(launches=True)["labels"])
+
+
+# ---------------------------------------------------------------- hardening
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def test_images_are_referenced_by_digest_when_one_is_set():
+    values = {**read_values("ci/dev-values.yaml"), "image": {"registry": "ghcr.io/kuberlhf", "tag": "0.1.0",
+                                                             "pullPolicy": "IfNotPresent", "digest": DIGEST}}
+    values["devStore"] = {**values["devStore"], "image": {"repository": "chrislusf/seaweedfs", "tag": "4.48",
+                                                          "digest": DIGEST}}
+    values["devLabelStudio"] = {**values["devLabelStudio"], "image": {"repository": "heartexlabs/label-studio",
+                                                                      "tag": "1.23.2", "digest": DIGEST}}
+    items = objects(render({**values, "pipelines": {"host": "http://ml-pipeline.kubeflow.svc:8888"}}))
+    used = {c["image"] for o in items for c in containers(o)}
+    assert used == {f"ghcr.io/kuberlhf/kuberlhf-launcher@{DIGEST}", f"chrislusf/seaweedfs@{DIGEST}",
+                    f"heartexlabs/label-studio@{DIGEST}"}
+    assert validate_all(items) == []
+    assert all("@" not in c["image"] for o in objs("ci/dev-values.yaml") for c in containers(o))  # no digest: tags
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_only_pods_that_call_the_api_mount_a_token(case):
+    """Every chart pod says whether it mounts a token; only the helm test pod (it asks the API server what the
+    launcher may do) does. KFP step pods run as kuberlhf-launcher, whose token KFP's own launcher needs in each."""
+    from k8schecks import pod_specs
+
+    mounting = []
+    for obj in objs(case):
+        for _, spec in pod_specs(obj):
+            assert isinstance(spec.get("automountServiceAccountToken"), bool), obj["metadata"]["name"]
+            if spec["automountServiceAccountToken"]:
+                mounting.append(obj["metadata"]["name"])
+    assert mounting == ["kuberlhf-test-access"]
+
+
+def test_dev_store_gets_a_rule_aborting_incomplete_multipart_uploads():
+    items = objs("ci/dev-values.yaml")
+    (job,) = find(items, "Job", "kuberlhf-s3-lifecycle")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    spec = job["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    assert container["args"] == [(CHART / "files" / "s3-lifecycle.py").read_text()]
+    compile(container["args"][0], "s3-lifecycle.py", "exec")
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://kuberlhf-s3.kuberlhf.svc:8333"
+    assert (env["BUCKETS"], env["ABORT_INCOMPLETE_MULTIPART_DAYS"]) == ("kuberlhf", "1")
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "kuberlhf-s3", "key": "AWS_ACCESS_KEY_ID"}}
+    off = read_values("ci/dev-values.yaml")
+    off["devStore"] = {**off["devStore"], "abortIncompleteMultipartUploadDays": 0}
+    assert not find(objects(render(off)), "Job")
+    assert not find(objs(None), "Job")

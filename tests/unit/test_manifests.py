@@ -140,3 +140,22 @@ def test_kustomize_error_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr("deploy_check.MANIFESTS", tmp_path)
     with pytest.raises(RuntimeError, match="kubectl kustomize broken"):
         kustomize("broken")
+
+
+@pytest.mark.parametrize("directory", list(OVERLAYS))
+def test_overlay_network_policies_isolate_training_pods(directory):
+    """The overlays lack Helm's instance label: their policy for kuberlhf's own pods must still leave
+    training pods alone (else any pod of the namespace reaches the rendezvous port)."""
+    from k8schecks import endpoint, network_allows
+
+    from kuberlhf.k8s.pytorchjob import build_pytorchjob
+    from kuberlhf.k8s.spec import ClusterConfig
+
+    job = build_pytorchjob("sft", "configs/sft/demo.yaml", [], ClusterConfig(nodes=2), "sft-run-1")
+    labels = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["metadata"]["labels"]
+    pols = [o for o in built(directory) if o["kind"] == "NetworkPolicy"]
+    master, worker = endpoint("kuberlhf", labels), endpoint("kuberlhf", labels)
+    assert network_allows(pols, worker, master, 23456)
+    for other in (endpoint("kuberlhf", {"pipelines.kubeflow.org/v2_component": "true"}), endpoint("team-b", labels)):
+        assert not network_allows(pols, other, master, 23456)
+    assert not network_allows(pols, master, endpoint(ip="10.2.3.4"), 443)

@@ -513,3 +513,16 @@ def test_compile_settings_are_checked_and_split_from_run_parameters():
     for bad in ("iterations=0", "iterations=two", "iterations"):
         with pytest.raises(ConfigError, match="--param iterations: a compile setting of rest"):
             split_settings("rest", [bad])
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_only_steps_that_can_launch_carry_the_launcher_pod_label(name, tmp_path):
+    """The chart's kuberlhf-launcher NetworkPolicy (egress to the API server) selects pods by this label."""
+    from kuberlhf.workflow.pipelines.cluster import LAUNCHER_POD_LABELS
+
+    spec, platform = compiled(name, tmp_path)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        labels = (k8s.get(executor, {}).get("podMetadata") or {}).get("labels") or {}
+        assert (labels == LAUNCHER_POD_LABELS) == ("retryPolicy" in task), task_name  # retried = launching steps

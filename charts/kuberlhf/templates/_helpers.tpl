@@ -30,10 +30,20 @@ app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
 app.kubernetes.io/part-of: kuberlhf
 {{- end }}
 
-{{/* A kuberlhf image: (dict "ctx" $ "image" "launcher") -> <registry>/kuberlhf-launcher:<tag> */}}
+{{/* A kuberlhf image: (dict "ctx" $ "image" "launcher") -> <registry>/kuberlhf-launcher:<tag>, or
+<registry>/kuberlhf-launcher@<digest> when image.digest is set. */}}
 {{- define "kuberlhf.image" -}}
 {{- $img := .ctx.Values.image -}}
-{{- printf "%s/kuberlhf-%s:%s" (trimSuffix "/" $img.registry) .image $img.tag }}
+{{- include "kuberlhf.imageRef" (dict "repository" (printf "%s/kuberlhf-%s" (trimSuffix "/" $img.registry) .image) "tag" $img.tag "digest" $img.digest) }}
+{{- end }}
+
+{{/* An image reference: (dict "repository" .. "tag" .. "digest" ..) -> repository@digest, else repository:tag. */}}
+{{- define "kuberlhf.imageRef" -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest }}
+{{- else -}}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
 {{- end }}
 
 {{/* Pod securityContext: the restricted Pod Security Standard. */}}
@@ -82,5 +92,73 @@ kuberlhf-wandb
 {{- .Values.storage.endpoint -}}
 {{- else if .Values.devStore.enabled -}}
 {{- printf "http://kuberlhf-s3.%s.svc:8333" .Release.Namespace -}}
+{{- end }}
+{{- end }}
+
+{{/* Selector of the dev store's pods (for NetworkPolicy peers). */}}
+{{- define "kuberlhf.devStorePeer" -}}
+podSelector:
+  matchLabels:
+    {{- include "kuberlhf.selectorLabels" (dict "ctx" . "component" "s3") | nindent 4 }}
+{{- end }}
+
+{{/*
+Egress rules shared by training pods and launcher steps: DNS, the object store (the dev store, the
+configured addresses and peers), HTTPS outside the private ranges and the API server (publicHttps),
+and networkPolicy.extraEgress.
+*/}}
+{{- define "kuberlhf.commonEgress" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- if and (not $np.publicHttps) (not .Values.devStore.enabled) (not $np.objectStore.cidrs) (not $np.objectStore.peers) }}
+{{- fail "networkPolicy.objectStore: with networkPolicy.publicHttps=false training pods reach no object store: set networkPolicy.objectStore.cidrs or .peers (or devStore.enabled)" }}
+{{- end }}
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ $np.dns.namespace }}
+      podSelector:
+        matchLabels:
+          {{- toYaml $np.dns.podLabels | nindent 10 }}
+  ports:
+    - protocol: UDP
+      port: 53
+    - protocol: TCP
+      port: 53
+{{- if .Values.devStore.enabled }}
+- to:
+    - {{- include "kuberlhf.devStorePeer" . | nindent 6 }}
+  ports:
+    - protocol: TCP
+      port: 8333
+{{- end }}
+{{- if or $np.objectStore.cidrs $np.objectStore.peers }}
+- to:
+    {{- range $np.objectStore.cidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+    {{- with $np.objectStore.peers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    {{- range $np.objectStore.ports }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+{{- end }}
+{{- if $np.publicHttps }}
+- to:
+    - ipBlock:
+        cidr: 0.0.0.0/0
+        except:
+          {{- range concat $np.privateCidrs $np.apiServer.cidrs | uniq }}
+          - {{ . }}
+          {{- end }}
+  ports:
+    - protocol: TCP
+      port: 443
+{{- end }}
+{{- with $np.extraEgress }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
