@@ -253,3 +253,23 @@ def test_list_subdirs_and_remove_dir(s3_server: Any, s3_bucket: str, artifact: P
     assert storage.is_complete(f"{run}/checkpoint-10")
     with pytest.raises(StorageError, match="refusing to remove a whole bucket"):
         storage.remove_dir(f"s3://{s3_bucket}/")
+
+
+def test_republishing_leaves_exactly_the_new_files(s3_server: Any, s3_bucket: str, artifact: Path,
+                                                   tmp_path: Path) -> None:
+    """On S3 too a published artifact holds exactly its manifest's files, and so does its cached copy."""
+    uri = f"s3://{s3_bucket}/exact"
+    storage.upload_dir(artifact, uri)
+    storage.upload_dir(artifact, f"{uri}/checkpoints/checkpoint-3")  # the run's own: kept
+    cache = storage.download_dir(uri, tmp_path / "cache")
+    smaller = tmp_path / "smaller"
+    (smaller / "tokenizer").mkdir(parents=True)
+    (smaller / "tokenizer/vocab.json").write_bytes(b'{"b": 2}')
+    manifest = storage.upload_dir(smaller, uri)
+    assert [k for k in keys(s3_server, s3_bucket, "exact/") if "/checkpoints/" not in k] == [
+        "exact/manifest.json", "exact/tokenizer/vocab.json"]
+    assert storage.is_complete(f"{uri}/checkpoints/checkpoint-3")
+    storage.download_dir(uri, cache)  # the same cache folder: the old files go
+    files = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+    assert files == ["manifest.json", "tokenizer/vocab.json"]
+    assert storage.verify_local(cache)["files"] == manifest["files"]

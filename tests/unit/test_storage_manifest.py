@@ -205,3 +205,42 @@ def test_configure_sets_defaults() -> None:
     finally:
         storage.configure(None)
     assert storage._opts(None) == storage.StorageOptions()
+
+
+def test_an_unlisted_file_is_refused_naming_it(artifact: Path) -> None:
+    storage.write_manifest(artifact)
+    (artifact / "tokenizer/chat_template.jinja").write_text("{{ stale }}")
+    with pytest.raises(StorageError, match=r"'tokenizer/chat_template.jinja' is not listed in manifest.json"):
+        storage.verify_local(artifact)
+
+
+def test_reserved_paths_are_not_the_artifact(artifact: Path) -> None:
+    (artifact / "checkpoints/checkpoint-2").mkdir(parents=True)
+    (artifact / "checkpoints/checkpoint-2/state.pt").write_bytes(b"x")
+    (artifact / ".final").mkdir()
+    (artifact / ".final/config.json").write_text("{}")
+    manifest = storage.write_manifest(artifact)
+    assert not [f for f in manifest["files"] if f["path"].startswith(("checkpoints/", ".final/"))]
+    storage.verify_local(artifact)
+
+
+def test_publishing_over_an_old_artifact_leaves_none_of_its_files(tmp_path: Path) -> None:
+    """A LoRA artifact published where a full fine-tune was: the old weights, generation config and chat
+    template go (a loader would pick them up; merge would take the artifact for a merged one)."""
+    out = tmp_path / "out"
+    full = tmp_path / "full"
+    for rel in ("config.json", "model.safetensors", "generation_config.json", "tokenizer/chat_template.jinja"):
+        (full / rel).parent.mkdir(parents=True, exist_ok=True)
+        (full / rel).write_text(rel)
+    storage.publish_dir(full, out)
+    (out / "checkpoints/checkpoint-1").mkdir(parents=True)  # the run's own: kept
+    lora = tmp_path / "lora"
+    (lora / "adapter").mkdir(parents=True)
+    (lora / "adapter/adapter_config.json").write_text("{}")
+    (lora / "tokenizer").mkdir()
+    (lora / "tokenizer/tokenizer.json").write_text("{}")
+    manifest = storage.publish_dir(lora, out)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["adapter/adapter_config.json", "manifest.json", "tokenizer/tokenizer.json"]
+    assert (out / "checkpoints/checkpoint-1").is_dir()
+    assert storage.verify_local(out)["files"] == manifest["files"]

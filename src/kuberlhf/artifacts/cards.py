@@ -23,9 +23,10 @@ LOGS = "logs"
 
 
 def tracker_dirs(work_dir: Path) -> dict[str, Path]:
-    """Where a run's trackers write on this machine: TensorBoard events and W&B's (offline) runs."""
-    return {"tensorboard": work_dir / LOGS / "tensorboard",
-            "wandb": Path(os.environ.get("WANDB_DIR") or work_dir) / "wandb"}
+    """Where a run's trackers write on this machine: TensorBoard events and W&B's (offline) runs, in the
+    work dir's reserved ``.logs/`` (not part of the artifact until :func:`collect_logs` copies them in)."""
+    return {"tensorboard": work_dir / f".{LOGS}" / "tensorboard",
+            "wandb": Path(os.environ.get("WANDB_DIR") or work_dir / f".{LOGS}") / "wandb"}
 
 
 def collect_logs(work_dir: Path, staging: Path) -> list[str]:
@@ -112,7 +113,8 @@ def publish(run: RunDir, staging: Path, metrics: dict, card: str) -> dict:
     """Write the card and ``metrics.json`` into the staged artifact, then publish it (manifest last)."""
     (staging / "README.md").write_text(card)
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    manifest = storage.publish_dir(staging, run.output_dir)
+    manifest = storage.publish_dir(staging, run.output_dir, extra=run.record())
     shutil.rmtree(staging, ignore_errors=True)
+    run.finish()
     log.info("published %d files (%d bytes) to %s", len(manifest["files"]), manifest["total_bytes"], run.output_dir)
     return manifest

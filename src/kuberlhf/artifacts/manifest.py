@@ -2,7 +2,10 @@
 
 A *manifest* (``manifest.json``) lists every file of an artifact directory. It is written LAST
 and removed FIRST when an artifact is overwritten, so its presence means "complete": a reader
-never picks up a half-written artifact, and every file is verified against it.
+never picks up a half-written artifact, and every file is verified against it. An artifact holds
+exactly its manifest's files: a file it does not list (left over from an earlier artifact in the
+same place) is refused, except the *reserved* paths of the run that writes it: ``checkpoints/``
+(each checkpoint an artifact of its own) and dot-named entries at the top (staging, lease, trackers).
 """
 
 from __future__ import annotations
@@ -20,7 +23,49 @@ from kuberlhf.errors import StorageError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "kuberlhf-artifact/1"
+CHECKPOINTS = "checkpoints"
 _MIB = 1024 * 1024
+
+
+def is_reserved(rel: str) -> bool:
+    """Whether the relative path ``rel`` under an artifact's root belongs to the run rather than the
+    artifact: its ``checkpoints/`` and the dot-named entries at the top (``.final``, ``.lease.json``)."""
+    top = rel.split("/", 1)[0]
+    return top == CHECKPOINTS or top.startswith(".")
+
+
+def _walk(root: Path) -> list[str]:
+    """The relative paths of the artifact files under ``root``: every file but the manifest and reserved paths."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath).relative_to(root)
+        if base == Path("."):
+            dirnames[:] = [d for d in dirnames if not is_reserved(d)]
+        found += [(base / name).as_posix() for name in filenames]
+    return sorted(rel for rel in found if rel != MANIFEST_NAME and not is_reserved(rel))
+
+
+def unlisted_files(root: Path, manifest: dict) -> list[str]:
+    """Artifact files under ``root`` that ``manifest`` does not list."""
+    listed = {f["path"] for f in manifest["files"]}
+    return [rel for rel in _walk(root) if rel not in listed]
+
+
+def remove_unlisted(root: Path, manifest: dict) -> list[str]:
+    """Delete the artifact files under ``root`` that ``manifest`` does not list (and emptied folders)."""
+    stale = unlisted_files(root, manifest)
+    for rel in stale:
+        (root / rel).unlink()
+    for folder in sorted({(root / rel).parent for rel in stale}, key=lambda d: -len(d.parts)):
+        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    return stale
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes (hex)."""
+    return _sha256(path)
 
 
 def _sha256(path: Path) -> str:
@@ -31,33 +76,55 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_manifest(local_dir: PathLike, exclude: Iterable[str] = ()) -> dict:
-    """Describe every file under ``local_dir`` except the manifest and ``exclude`` globs (relative paths)."""
+def build_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
+    """Describe every file under ``local_dir`` except the manifest, reserved paths and ``exclude`` globs
+    (relative paths); ``extra`` entries (the run that made it) are added."""
     root = _local_path(local_dir)
     if not root.is_dir():
         raise StorageError(f"artifact directory not found: {root}")
     patterns = tuple(exclude)
-    files = []
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            if rel != MANIFEST_NAME and not any(fnmatch.fnmatch(rel, p) for p in patterns):
-                files.append({"path": rel, "size": path.stat().st_size, "sha256": _sha256(path)})
-    files.sort(key=lambda f: f["path"])
-    return {"format": MANIFEST_FORMAT, "files": files, "total_bytes": sum(f["size"] for f in files),
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    files = [{"path": rel, "size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)}
+             for rel in _walk(root) if not any(fnmatch.fnmatch(rel, p) for p in patterns)]
+    return manifest_of(files, extra)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``path`` whole or not at all; the files it describes reach the disk first (fsync): a manifest
+    that survives a power cut never lists a file that did not."""
+    if path.name == MANIFEST_NAME:
+        _sync_files(path.parent, data.get("files", []))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(data, indent=2))
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def write_manifest(local_dir: PathLike, exclude: Iterable[str] = ()) -> dict:
+def _sync_files(root: Path, files: list[dict]) -> None:
+    for entry in files:
+        try:
+            fd = os.open(root / entry["path"], os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Build the manifest of ``local_dir`` and write it atomically into it (call it last)."""
-    manifest = build_manifest(local_dir, exclude)
+    manifest = build_manifest(local_dir, exclude, extra)
     _write_json_atomic(_local_path(local_dir) / MANIFEST_NAME, manifest)
     return manifest
 
@@ -92,7 +159,7 @@ def _file_problem(path: Path, entry: dict) -> str | None:
 
 
 def verify_local(local_dir: PathLike) -> dict:
-    """Check every file listed in the manifest of ``local_dir``; return the manifest."""
+    """Check every file listed in the manifest of ``local_dir``, and that it holds no other; return the manifest."""
     root = _local_path(local_dir)
     if not (root / MANIFEST_NAME).is_file():
         raise StorageError(f"{root} is incomplete: no {MANIFEST_NAME} (unfinished write?)")
@@ -100,13 +167,17 @@ def verify_local(local_dir: PathLike) -> dict:
     for entry in manifest["files"]:
         if problem := _file_problem(root / entry["path"], entry):
             raise StorageError(f"{root}: {problem}")
+    if stale := unlisted_files(root, manifest):
+        raise StorageError(f"{root}: file {stale[0]!r} is not listed in {MANIFEST_NAME} "
+                           "(left over from an earlier artifact?)")
     return manifest
 
 
-def manifest_of(files: Iterable[dict]) -> dict:
-    """A manifest for file entries (``path``, ``size``, ``sha256``) gathered from several places."""
+def manifest_of(files: Iterable[dict], extra: dict | None = None) -> dict:
+    """A manifest for file entries (``path``, ``size``, ``sha256``), e.g. gathered from several places;
+    ``extra`` entries (the run that made it) are added."""
     entries = sorted(files, key=lambda f: f["path"])
     return {"format": MANIFEST_FORMAT, "files": entries, "total_bytes": sum(f["size"] for f in entries),
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **(extra or {})}
 
 

@@ -17,13 +17,18 @@ from pathlib import Path
 from typing import IO, Any
 
 from kuberlhf.artifacts.manifest import (  # noqa: F401 (the storage API in one place)
+    CHECKPOINTS,
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     _file_problem,
     _parse_manifest,
     _write_json_atomic,
     build_manifest,
+    is_reserved,
     manifest_of,
+    remove_unlisted,
+    sha256_of,
+    unlisted_files,
     verify_local,
     write_manifest,
 )
@@ -41,6 +46,7 @@ from kuberlhf.artifacts.s3 import (  # noqa: F401
     fs_for,
     is_remote,
     parse_s3_uri,
+    retrying,
     s3_client,
 )
 from kuberlhf.errors import StorageError
@@ -64,36 +70,66 @@ def is_complete(uri: str, options: StorageOptions | None = None) -> bool:
     """True when the artifact at ``uri`` (local dir or s3 prefix) has its manifest."""
     if not is_remote(uri):
         return (_local_path(uri) / MANIFEST_NAME).is_file()
+    return read_manifest(uri, options) is not None
+
+
+def read_manifest(uri: str, options: StorageOptions | None = None) -> dict | None:
+    """The parsed manifest of the artifact at ``uri`` (local dir or s3 prefix), or None when it has none."""
+    if not is_remote(uri):
+        path = _local_path(uri) / MANIFEST_NAME
+        return _parse_manifest(path.read_bytes(), str(uri)) if path.is_file() else None
     client = s3_client(options)
     with _s3_errors(uri, "checking"):
-        return _remote_manifest(client, uri) is not None
+        return _remote_manifest(client, uri)
 
 
 # -------------------------------------------------------------------------------- transfer / publish
 
 
 def upload_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = None,
-               exclude: Iterable[str] = ()) -> dict:
+               exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Upload ``local_dir`` to the s3 prefix ``uri``: stale manifest deleted first, new one written last."""
     o = _opts(options)
     bucket, prefix = parse_s3_uri(uri)
     root = _local_path(local_dir)
-    manifest = build_manifest(root, exclude)
+    manifest = build_manifest(root, exclude, extra)
     client, config = s3_client(o), _transfer_config(o)
     with _s3_errors(uri, "uploading to"):
         client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
         for entry in manifest["files"]:
             client.upload_file(str(root / entry["path"]), bucket, _key(prefix, entry["path"]), Config=config)
+        _delete_unlisted(client, uri, manifest)
         client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
                           Body=json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def _object_paths(client: Any, uri: str) -> list[str]:
+    """The relative paths of every object under the s3 prefix ``uri``."""
+    bucket, prefix = parse_s3_uri(uri)
+    base = f"{prefix}/" if prefix else ""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+    return [obj["Key"][len(base):] for page in pages for obj in page.get("Contents", [])]
+
+
+def _delete_unlisted(client: Any, uri: str, manifest: dict) -> None:
+    """Delete the artifact objects under ``uri`` that ``manifest`` does not list (before it is written):
+    a published artifact holds exactly its manifest's files. Reserved paths (checkpoints/) stay."""
+    bucket, prefix = parse_s3_uri(uri)
+    listed = {f["path"] for f in manifest["files"]} | {MANIFEST_NAME}
+    stale = [rel for rel in _object_paths(client, uri) if rel not in listed and not is_reserved(rel)]
+    for start in range(0, len(stale), 1000):
+        keys = [{"Key": _key(prefix, rel)} for rel in stale[start:start + 1000]]
+        errors = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors")
+        if errors:
+            raise StorageError(f"cannot remove the stale {errors[0].get('Key')} under {uri}: {errors[0].get('Code')}")
 
 
 def upload_files(local_dir: PathLike, uri: str, files: Iterable[dict], options: StorageOptions | None = None) -> None:
     """Upload the listed files of ``local_dir`` (manifest entries) under the s3 prefix ``uri``; no manifest.
 
     For an artifact assembled from several machines: each uploads its part, then one of them
-    writes the manifest with :func:`put_manifest`.
+    writes the manifest with :func:`put_manifest` (which removes the objects it does not list).
     """
     o = _opts(options)
     bucket, prefix = parse_s3_uri(uri)
@@ -113,17 +149,20 @@ def delete_manifest(uri: str, options: StorageOptions | None = None) -> None:
 
 
 def put_manifest(uri: str, manifest: dict, options: StorageOptions | None = None) -> None:
-    """Write ``manifest`` under the s3 prefix ``uri``: the artifact is complete from then on (call it last)."""
+    """Write ``manifest`` under the s3 prefix ``uri``: the artifact is complete from then on (call it last).
+    Objects under ``uri`` that it does not list are removed first."""
     _parse_manifest(json.dumps(manifest), uri)
     bucket, prefix = parse_s3_uri(uri)
     client = s3_client(options)
     with _s3_errors(uri, "uploading to"):
+        _delete_unlisted(client, uri, manifest)
         client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
                           Body=json.dumps(manifest, indent=2).encode())
 
 
 def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None = None) -> Path:
-    """Download the artifact at ``uri`` into ``local_dir``, verifying every file; keeps matching local files."""
+    """Download the artifact at ``uri`` into ``local_dir``, verifying every file; keeps matching local files
+    and removes the ones the manifest does not list (the copy holds exactly the artifact)."""
     o = _opts(options)
     bucket, prefix = parse_s3_uri(uri)
     dest = _local_path(local_dir)
@@ -148,21 +187,24 @@ def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None =
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
+    remove_unlisted(dest, manifest)
     _write_json_atomic(dest / MANIFEST_NAME, manifest)
     return dest
 
 
 def publish_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = None,
-                exclude: Iterable[str] = ()) -> dict:
-    """Publish a finished artifact to ``uri`` (s3 prefix, same or other local dir); returns its manifest."""
+                exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
+    """Publish a finished artifact to ``uri`` (s3 prefix, same or other local dir); returns its manifest.
+    ``extra``: manifest entries besides the files (the run that made it)."""
     if is_remote(uri):
-        return upload_dir(local_dir, uri, options, exclude)
+        return retrying(lambda: upload_dir(local_dir, uri, options, exclude, extra), f"publishing {uri}", options)
     src, dst = _local_path(local_dir), _local_path(uri)
     if dst.resolve() == src.resolve():
-        return write_manifest(src, exclude)
-    manifest = build_manifest(src, exclude)
+        return write_manifest(src, exclude, extra)
+    manifest = build_manifest(src, exclude, extra)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / MANIFEST_NAME).unlink(missing_ok=True)
+    remove_unlisted(dst, manifest)  # what an earlier artifact here left goes: the artifact is exactly its files
     for entry in manifest["files"]:
         (dst / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / entry["path"], dst / entry["path"])
@@ -210,8 +252,9 @@ def list_subdirs(uri: str, options: StorageOptions | None = None) -> list[str]:
     return sorted(names)
 
 
-def remove_dir(uri: str, options: StorageOptions | None = None) -> None:
-    """Delete a local dir or every object under an s3 prefix, the manifest first."""
+def remove_dir(uri: str, options: StorageOptions | None = None, keep: Iterable[str] = ()) -> None:
+    """Delete a local dir or every object under an s3 prefix, the manifest first; ``keep``: relative paths
+    of s3 objects that stay (the run's lease)."""
     if not is_remote(uri):
         path = _local_path(uri)
         if path.exists():
@@ -221,14 +264,43 @@ def remove_dir(uri: str, options: StorageOptions | None = None) -> None:
     bucket, prefix = parse_s3_uri(uri)
     if not prefix:
         raise StorageError(f"refusing to remove a whole bucket: {uri}")
-    client = s3_client(options)
+    client, kept = s3_client(options), {_key(prefix, rel) for rel in keep}
     with _s3_errors(uri, "removing"):
         client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
-            if keys := [{"Key": obj["Key"]} for obj in page.get("Contents", [])]:
+            if keys := [{"Key": obj["Key"]} for obj in page.get("Contents", []) if obj["Key"] not in kept]:
                 errors = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors")
                 if errors:
                     raise StorageError(f"cannot remove {uri}: {errors[0].get('Code')} on {errors[0].get('Key')}")
+
+
+def read_object(uri: str, options: StorageOptions | None = None) -> bytes | None:
+    """The bytes of the s3 object ``uri``, or None when there is none."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = parse_s3_uri(uri)
+    client = s3_client(options)
+    with _s3_errors(uri, "reading"):
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if _client_code(exc) in _MISSING_CODES:
+                return None
+            raise
+
+
+def write_object(uri: str, body: bytes, options: StorageOptions | None = None) -> None:
+    """Write the s3 object ``uri``."""
+    bucket, key = parse_s3_uri(uri)
+    with _s3_errors(uri, "writing"):
+        s3_client(options).put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def delete_object(uri: str, options: StorageOptions | None = None) -> None:
+    """Delete the s3 object ``uri`` (no error when there is none)."""
+    bucket, key = parse_s3_uri(uri)
+    with _s3_errors(uri, "deleting"):
+        s3_client(options).delete_object(Bucket=bucket, Key=key)
 
 
 def open_uri(uri: str, mode: str = "rb", options: StorageOptions | None = None) -> IO[Any]:
