@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run_stage(args.verb, args.config, args.overrides)
     except KuberlhfError as err:
         print(f"kuberlhf {args.verb}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     from kuberlhf.distributed import is_world_main
 
     if is_world_main():

@@ -1,8 +1,24 @@
-"""Errors that reach the user as a one-line message and a non-zero exit."""
+"""Errors that reach the user as a one-line message and a non-zero exit, and the exit codes.
+
+Exit codes (the stages' CLI, and so the training pods):
+
+- ``0``: done, or the output already holds the finished artifact of this very config (nothing to do).
+- ``2`` (:data:`EXIT_PERMANENT`): bad input (config, data, credentials, a refused artifact); rerunning
+  the same command fails the same way.
+- ``200`` (:data:`EXIT_TRANSIENT`): the object store or network failed for longer than the retry budget
+  (``storage.retry_budget_s``); rerunning later resumes from the newest sealed checkpoint. It is above
+  every signal code (128 + signal) and in the range the Training Operator's ``restartPolicy: ExitCode``
+  restarts (128-255), while 1-127 are permanent.
+"""
+
+EXIT_PERMANENT = 2
+EXIT_TRANSIENT = 200
 
 
 class KuberlhfError(Exception):
-    """Base class: the CLI prints ``str(err)`` on one line and exits with status 2."""
+    """Base class: the CLI prints ``str(err)`` on one line and exits with :attr:`exit_code`."""
+
+    exit_code = EXIT_PERMANENT
 
 
 class ConfigError(KuberlhfError):
@@ -15,3 +31,20 @@ class DataError(KuberlhfError):
 
 class StorageError(KuberlhfError):
     """An object-store URI, credential or artifact is invalid or incomplete."""
+
+
+class TransientStorageError(StorageError):
+    """The object store could not be reached, reset the connection, timed out or answered 5xx/SlowDown:
+    worth retrying later (exit :data:`EXIT_TRANSIENT`)."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+class AlreadyFinished(KuberlhfError):  # noqa: N818 (an outcome, not a failure)
+    """The output already holds the finished artifact of this config: the run has nothing to do (exit 0)."""
+
+    exit_code = 0
+
+    def __init__(self, message: str, metrics: dict) -> None:
+        super().__init__(message)
+        self.metrics = metrics

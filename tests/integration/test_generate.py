@@ -74,4 +74,4 @@ def test_a_resume_with_other_settings_is_refused(tmp_path, trained, monkeypatch)
     out = tmp_path / "g"
     killed_in_part_two(out, trained, monkeypatch)
     code, err = run_cli(generate_args(out, trained, "sampling.temperature=0.7"), capture=True)
-    assert code == 2 and "'sampling'" in err and "overwrite=true" in err, err
+    assert code == 2 and "'sampling.temperature'" in err and "overwrite=true" in err, err

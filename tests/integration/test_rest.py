@@ -44,8 +44,10 @@ def test_rest_grows_filters_with_rising_thresholds_and_logs_every_improve_step(t
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rest_log"] == log and metrics["kept"] == log[-1]["kept"]
     assert (out / "sft_log.jsonl").is_file()  # the last step's Trainer losses
-    # the finished loop is not redone
-    assert run_cli(rest_args(out, trained)) == 2
+    # the finished loop is not redone: the same command has nothing to do
+    before = (out / "manifest.json").read_text()
+    assert run_cli(rest_args(out, trained)) == 0
+    assert (out / "manifest.json").read_text() == before
 
 
 def dies_in_part_two(real_part, parts):

@@ -44,12 +44,18 @@ def test_sft_full_trains_and_publishes(tmp_path):
     assert gen.shape[1] > 3
 
 
-def test_finished_artifact_is_not_overwritten(tmp_path):
+def test_finished_artifact_is_not_overwritten(tmp_path, capsys):
+    """The same command again (a pod restarted after its publish) has nothing to do and exits 0; another
+    config is refused, naming what changed, unless overwrite=true."""
     out = tmp_path / "sft"
-    assert run_cli(sft_args(out, "training.max_steps=1")) == 0
+    assert run_cli(sft_args(out, "training.max_steps=1", "training.logging_steps=1")) == 0
     before = (out / "manifest.json").read_text()
-    code, err = run_cli(sft_args(out, "training.max_steps=1"), capture=True)
-    assert code == 2 and "already holds a finished sft artifact" in err and "overwrite=true" in err
+    capsys.readouterr()
+    assert run_cli(sft_args(out, "training.max_steps=1", "training.logging_steps=5")) == 0  # logging: no change
+    assert "train_loss=" in capsys.readouterr().out  # the finished artifact's metrics
+    code, err = run_cli(sft_args(out, "training.max_steps=2"), capture=True)
+    assert code == 2 and "already holds a finished sft artifact made with other settings" in err, err
+    assert "training.max_steps changed" in err and "overwrite=true" in err
     assert (out / "manifest.json").read_text() == before
     assert run_cli(sft_args(out, "training.max_steps=2", "overwrite=true")) == 0
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 2

@@ -1,40 +1,60 @@
 """Sealing checkpoints: a checkpoint is complete once its manifest is written, on one node or many.
 
 On several nodes each node's local main uploads the files its node wrote (ZeRO shards, per-rank
-RNG states) and the global main writes the manifest once all have; rotation keeps the newest
-``save_total_limit`` checkpoints.
+RNG states) and the global main writes the manifest once all have; rotation, after the seal, keeps
+the newest ``save_total_limit`` sealed checkpoints (an unsealed one never counts).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 
 from kuberlhf.artifacts import storage
-from kuberlhf.artifacts.rundir import RunDir, _by_step
+from kuberlhf.artifacts.rundir import RunDir, _by_step, step_of
 
 log = logging.getLogger(__name__)
 
 
 def seal_checkpoint(run: RunDir, name: str, keep: int) -> None:
-    """Write a saved checkpoint's manifest (it is complete from then on), upload it, rotate old ones."""
-    storage.write_manifest(run.checkpoints / name)
+    """Write a saved checkpoint's manifest (it is complete from then on), upload it, rotate old ones.
+
+    The lease is checked first (a run that lost its output to another stops here); the upload rides
+    out an outage for ``storage.retry_budget_s``; rotation comes only after the seal.
+    """
+    run.check_lease()
+    storage.write_manifest(run.checkpoints / name, extra=run.record())
     if run.remote:
-        storage.upload_dir(run.checkpoints / name, f"{run.remote_checkpoints()}/{name}")
-        _rotate_remote(run, keep)
-    else:
-        _rotate_local(run, keep)
+        uri = f"{run.remote_checkpoints()}/{name}"
+        storage.retrying(lambda: storage.upload_dir(run.checkpoints / name, uri, extra=run.record()),
+                         f"sealing checkpoint {name}")
+        storage.retrying(lambda: _rotate_remote(run, keep), f"rotating the checkpoints of {run.output_dir}")
+    _rotate_local(run, keep)
     log.info("checkpoint %s sealed%s", name, f" and uploaded to {run.output_dir}" if run.remote else "")
 
 
+def _rotate(names: list[str], sealed: Callable[[str], bool], keep: int) -> list[str]:
+    """The checkpoints to delete: all older than the ``keep`` newest *sealed* ones (sealed or not)."""
+    kept = [name for _, name in _by_step(names) if sealed(name)][:keep]
+    if len(kept) < keep or not kept:
+        return []
+    oldest = step_of(kept[-1])
+    return [name for step, name in _by_step(names) if step < oldest]
+
+
 def _rotate_remote(run: RunDir, keep: int) -> None:
-    for _, old in _by_step(storage.list_subdirs(run.remote_checkpoints()))[keep:]:
-        storage.remove_dir(f"{run.remote_checkpoints()}/{old}")
+    base = run.remote_checkpoints()
+    for old in _rotate(storage.list_subdirs(base), lambda n: storage.is_complete(f"{base}/{n}"), keep):
+        storage.remove_dir(f"{base}/{old}")
 
 
 def _rotate_local(run: RunDir, keep: int) -> None:
+    """A local output: as :func:`_rotate_remote`. An ``s3://`` one: the local copies (the sealed ones are in
+    the store; a node's copy of a multi-node checkpoint has no manifest of its own), the newest ``keep``."""
     names = [p.name for p in run.checkpoints.iterdir() if p.is_dir()] if run.checkpoints.is_dir() else []
-    for _, old in _by_step(names)[keep:]:
+    sealed = (lambda n: True) if run.remote else (lambda n: storage.is_complete(str(run.checkpoints / n)))
+    for old in _rotate(names, sealed, keep):
         shutil.rmtree(run.checkpoints / old, ignore_errors=True)
 
 
@@ -59,32 +79,36 @@ def seal_checkpoint_collective(run: RunDir, name: str, keep: int) -> None:
     files, error = None, None
     try:
         if dist.is_world_main():
+            run.check_lease()
             storage.delete_manifest(uri)  # a stale copy of this checkpoint is incomplete until the end
         if dist.is_local_main():
             files = storage.build_manifest(here)["files"] if here.is_dir() else []
     except storage.StorageError as err:
-        error = str(err)
+        error = err
     reports = dist.all_gather_object((files, error))
     _raise_first(name, [e for _, e in reports])
     owned, mine = _assign([f for f, _ in reports], dist.world_rank())
     error = None
     if mine:
         try:
-            storage.upload_files(here, uri, mine)
+            storage.retrying(lambda: storage.upload_files(here, uri, mine), f"sealing checkpoint {name}")
         except storage.StorageError as err:
-            error = str(err)
+            error = err
     _raise_first(name, dist.all_gather_object(error))  # every node has uploaded its part
     if dist.is_world_main():
-        storage.put_manifest(uri, storage.manifest_of(owned))
-        _rotate_remote(run, keep)
+        storage.retrying(lambda: storage.put_manifest(uri, storage.manifest_of(owned, run.record())),
+                         f"sealing checkpoint {name}")
+        storage.retrying(lambda: _rotate_remote(run, keep), f"rotating the checkpoints of {run.output_dir}")
         log.info("checkpoint %s sealed and uploaded to %s from %d nodes", name, run.output_dir, nodes)
-    elif dist.is_local_main():
+    if dist.is_local_main():
         _rotate_local(run, keep)
 
 
 def _raise_first(name: str, errors: list) -> None:
+    """Raise the first node's error on every node, keeping its kind (a transient one stays retryable)."""
     if problems := [e for e in errors if e]:
-        raise storage.StorageError(f"checkpoint {name} could not be uploaded from every node: {problems[0]}")
+        kind = type(problems[0]) if isinstance(problems[0], storage.StorageError) else storage.StorageError
+        raise kind(f"checkpoint {name} could not be uploaded from every node: {problems[0]}")
 
 
 def _assign(listings: list[list[dict] | None], rank: int) -> tuple[list[dict], list[dict]]:

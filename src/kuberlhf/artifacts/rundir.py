@@ -5,8 +5,13 @@ tokenizer, ``README.md`` card, ``metrics.json``; ``manifest.json`` written last)
 ``checkpoints/checkpoint-N`` directories, each complete only once its own manifest is
 written (:mod:`kuberlhf.artifacts.checkpoints`). Training runs in a local work dir:
 ``output_dir`` itself when local, a cache directory when remote (checkpoints are uploaded as
-they are saved). Rerunning a command resumes from the newest complete checkpoint; a finished
-artifact is never overwritten unless ``overwrite=true``.
+they are saved). One run writes an ``output_dir`` at a time (:mod:`kuberlhf.artifacts.lease`).
+
+Every manifest records the settings of the run that made it (the flattened config, less
+:data:`IGNORED`). Rerunning a command resumes from the newest complete checkpoint made with the
+same settings (:data:`RESUME_MAY_CHANGE` may differ; ``resume=force`` resumes despite other
+changes); on a finished artifact of the same settings it has nothing to do (exit 0); a finished
+artifact of other settings is never overwritten unless ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -15,22 +20,72 @@ import logging
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from kuberlhf.artifacts import storage
+from kuberlhf.artifacts import lease, storage
 from kuberlhf.artifacts.cache import cache_root, fingerprint
-from kuberlhf.errors import KuberlhfError
+from kuberlhf.errors import AlreadyFinished, ConfigError, KuberlhfError, TransientStorageError
 
 log = logging.getLogger(__name__)
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = storage.CHECKPOINTS
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+# config keys that do not change what a run makes (where it is stored, how it logs and checkpoints)
+IGNORED = ("overwrite", "resume", "storage.", "training.logging_steps", "training.save_steps",
+           "training.save_total_limit", "training.report_to", "training.run_name", "training.disable_tqdm",
+           "training.dataloader_num_workers")
+# keys a resumed run may change besides: how long it trains and how it is evaluated
+RESUME_MAY_CHANGE = ("training.max_steps", "training.num_train_epochs", "training.eval_steps",
+                     "training.per_device_eval_batch_size")
+
+
+def run_settings(cfg: Any) -> dict:
+    """The settings a stage config records in its manifests: every key but :data:`IGNORED`, with each local
+    data file or artifact it reads named by its content (:func:`content_id`), not its path."""
+    from kuberlhf.config import flatten, to_dict
+    from kuberlhf.config.sections import _locations
+
+    settings = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith(IGNORED)}
+    for key, value in _locations(cfg):
+        if key != "output_dir" and key in settings:
+            settings[key] = content_id(value)
+    return settings
+
+
+def content_id(location: str) -> str:
+    """A local file as the sha256 of its bytes, a local artifact as that of its manifest's file list; anything
+    else (hub names, ``s3://``, ``demo://``, plain folders) as it is written."""
+    import hashlib
+    import json
+
+    if not location or "://" in location:
+        return location
+    path = Path(location)
+    if path.is_file():
+        return f"sha256:{storage.sha256_of(path)}"
+    if (path / storage.MANIFEST_NAME).is_file():
+        files = storage.read_manifest(str(path))["files"]
+        return f"artifact-sha256:{hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}"
+    return location
+
+
+def changed_keys(made: dict, now: dict, may_change: tuple[str, ...] = ()) -> list[str]:
+    """The keys whose values differ between two recorded settings, less ``may_change`` (prefixes)."""
+    return sorted(k for k in set(made) | set(now)
+                  if made.get(k) != now.get(k) and not k.startswith(IGNORED + may_change))
 
 
 @dataclass
 class RunDir:
     output_dir: str
     work_dir: Path
+    stage: str = ""
+    settings: dict | None = None  # what this run records in its manifests (None: nothing, no checks)
+    force_resume: bool = False
+    lease_ttl_s: float = 1800.0
+    _leased: bool = field(default=False, repr=False)
 
     @property
     def remote(self) -> bool:
@@ -47,35 +102,97 @@ class RunDir:
     def remote_checkpoints(self) -> str:
         return f"{self.output_dir.rstrip('/')}/{CHECKPOINTS}"
 
+    def record(self) -> dict:
+        """The manifest entries that name the run: its stage and settings."""
+        return {"run": {"stage": self.stage, "settings": self.settings}} if self.settings is not None else {}
 
-def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = True) -> RunDir:
-    """Check ``output_dir`` and pick the local work dir; refuse to clobber a finished artifact."""
+    def check_lease(self) -> None:
+        """Before a seal: stop when another run took the ``s3://`` output over; renew the lease."""
+        if self._leased:
+            lease.check(self.output_dir, renew=True)
+
+    def finish(self) -> None:
+        """After the publish: give the output back."""
+        if self._leased:
+            lease.drop(self.output_dir)
+            self._leased = False
+        lease.release(self.work_dir)
+
+
+def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = True, cfg: Any = None) -> RunDir:
+    """Check ``output_dir`` and pick the local work dir; refuse to clobber a finished artifact.
+
+    ``cfg``: the stage config, whose settings are recorded and checked (:func:`run_settings`). Every
+    process decides alike; only the main one discards (``overwrite``), locks and leases. On a finished
+    artifact of the same settings it raises :class:`AlreadyFinished` (nothing to do; exit 0).
+    """
     if storage.is_remote(output_dir):
         storage.parse_s3_uri(output_dir)
         work_dir = cache_root() / "runs" / fingerprint(output_dir.rstrip("/"))
     else:
         work_dir = Path(output_dir)
-    run = RunDir(output_dir, work_dir)
-    if is_main and storage.is_complete(output_dir):
+    run = RunDir(output_dir, work_dir, stage, run_settings(cfg) if cfg is not None else None,
+                 getattr(cfg, "resume", "auto") == "force",
+                 cfg.storage.lease_ttl_s if cfg is not None and hasattr(cfg, "storage") else 1800.0)
+    manifest = storage.read_manifest(output_dir)
+    if manifest is not None:
+        made = (manifest.get("run") or {}).get("settings")
+        changed = changed_keys(made, run.settings) if made is not None and run.settings is not None else None
         if not overwrite:
-            raise KuberlhfError(
-                f"{output_dir} already holds a finished {stage} artifact; "
-                "pass overwrite=true to train again from scratch, or choose another output_dir"
-            )
-        log.warning("overwrite=true: discarding the finished artifact and checkpoints in %s", output_dir)
-        _discard(run)
+            if changed == []:
+                raise AlreadyFinished(f"{output_dir} already holds the finished {stage} artifact of this config: "
+                                      "nothing to do", _metrics_of(output_dir))
+            other = f" made with other settings ({', '.join(changed)} changed)" if changed else ""
+            raise KuberlhfError(f"{output_dir} already holds a finished {stage} artifact{other}; pass overwrite=true "
+                                "to train again from scratch, or choose another output_dir")
+        if is_main:
+            log.warning("overwrite=true: discarding the finished artifact and checkpoints in %s", output_dir)
     if is_main:
+        _refuse_foreign(run, manifest is not None)
+        lease.lock_work_dir(work_dir, output_dir)
+        if run.remote:
+            lease.acquire(output_dir, run.lease_ttl_s)
+            run._leased = True
+        if manifest is not None:
+            _discard(run)
+        shutil.rmtree(run.staging, ignore_errors=True)  # what a killed run staged is no part of this one
         work_dir.mkdir(parents=True, exist_ok=True)
     return run
 
 
+def _metrics_of(output_dir: str) -> dict:
+    import json
+
+    try:
+        with storage.open_uri(f"{output_dir.rstrip('/')}/metrics.json") as fh:
+            return json.loads(fh.read())
+    except (storage.StorageError, ValueError):
+        return {}
+
+
+def _refuse_foreign(run: RunDir, finished: bool) -> None:
+    """Refuse a local ``output_dir`` that holds files but is no kuberlhf run's: publishing there removes
+    what its manifest does not list, and no data is lost to a mistyped path."""
+    root = run.work_dir
+    if run.remote or finished or not root.is_dir():
+        return
+    entries = [p.name for p in root.iterdir()]
+    if entries and not any(storage.is_reserved(name) for name in entries):
+        raise KuberlhfError(f"output_dir {root} holds files ({sorted(entries)[0]!r}, ...) but no kuberlhf run or "
+                            "artifact; choose an empty or new folder")
+
+
 def _discard(run: RunDir) -> None:
     if run.remote:
-        storage.remove_dir(run.output_dir)
-        shutil.rmtree(run.work_dir, ignore_errors=True)
+        storage.remove_dir(run.output_dir, keep=(lease.LEASE,))
+        for name in (p.name for p in run.work_dir.iterdir()) if run.work_dir.is_dir() else ():
+            if name not in (lease.LOCK,):
+                path = run.work_dir / name
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     else:
         (run.work_dir / storage.MANIFEST_NAME).unlink(missing_ok=True)
         shutil.rmtree(run.checkpoints, ignore_errors=True)
+        storage.remove_unlisted(run.work_dir, {"files": []})  # the old artifact's files: none outlives it
 
 
 def _by_step(names: list[str]) -> list[tuple[int, str]]:
@@ -98,21 +215,51 @@ def latest_checkpoint(run: RunDir) -> str | None:
 
 
 def sealed_checkpoints(run: RunDir) -> Iterator[str]:
-    """Local paths of the complete checkpoints, newest first, each downloaded (when remote) as it is reached."""
+    """Local paths of the complete checkpoints, newest first, each downloaded (when remote) as it is reached.
+
+    One whose files do not match its manifest (a missing or corrupt object) is passed over with a
+    warning, for the previous one; one made with other settings stops the run (:func:`_check_settings`).
+    """
     if run.remote:
         for _, name in _by_step(storage.list_subdirs(run.remote_checkpoints())):
             uri = f"{run.remote_checkpoints()}/{name}"
-            if storage.is_complete(uri):
-                yield str(storage.download_dir(uri, run.checkpoints / name))
+            manifest = storage.retrying(lambda u=uri: storage.read_manifest(u), f"reading {uri}")
+            if manifest is None:
+                continue
+            _check_settings(run, manifest, name)
+            try:
+                path = storage.retrying(lambda u=uri, n=name: storage.download_dir(u, run.checkpoints / n),
+                                        f"downloading {uri}")
+            except TransientStorageError:
+                raise
+            except storage.StorageError as err:
+                log.warning("skipping checkpoint %s, which cannot be restored: %s", name, err)
+                continue
+            yield str(path)
         return
     names = [p.name for p in run.checkpoints.iterdir()] if run.checkpoints.is_dir() else []
     for _, name in _by_step(names):
         try:
-            storage.verify_local(run.checkpoints / name)
+            manifest = storage.verify_local(run.checkpoints / name)
         except storage.StorageError as err:
             log.warning("skipping incomplete checkpoint: %s", err)
             continue
+        _check_settings(run, manifest, name)
         yield str(run.checkpoints / name)
+
+
+def _check_settings(run: RunDir, manifest: dict, name: str) -> None:
+    """Refuse to resume from a checkpoint made with other settings (``resume=force`` resumes anyway)."""
+    made = (manifest.get("run") or {}).get("settings")
+    if made is None or run.settings is None:
+        return
+    if changed := changed_keys(made, run.settings, RESUME_MAY_CHANGE):
+        if run.force_resume:
+            log.warning("resume=force: resuming from %s although %s changed", name, ", ".join(changed))
+            return
+        raise ConfigError(f"config key '{changed[0]}': checkpoint {name} in {run.output_dir} was made with other "
+                          f"settings ({', '.join(changed)} changed); pass resume=force to resume from it anyway, "
+                          "or overwrite=true to start again")
 
 
 def check_same_checkpoint(resume: str | None) -> None:

@@ -9,21 +9,26 @@ Every failure raises :class:`~kuberlhf.errors.StorageError` naming the URI at fa
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from kuberlhf.errors import StorageError
+from kuberlhf.errors import StorageError, TransientStorageError
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _MIB = 1024 * 1024
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CRED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
 _CRED_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / a web identity)"
 
 PathLike = str | os.PathLike[str]
@@ -39,6 +44,8 @@ class StorageOptions:
     secret_access_key: str | None = None
     session_token: str | None = None
     max_attempts: int = 8
+    retry_budget_s: float = 300.0
+    timeout_s: float = 60.0
     multipart_threshold_mb: int = 64
     multipart_chunksize_mb: int = 16
     max_concurrency: int = 8
@@ -111,7 +118,8 @@ def _session(o: StorageOptions) -> tuple[Any, str]:
 
 
 def _botocore_config(o: StorageOptions) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"retries": {"max_attempts": o.max_attempts, "mode": "standard"}}
+    cfg: dict[str, Any] = {"retries": {"max_attempts": o.max_attempts, "mode": "standard"},
+                           "connect_timeout": o.timeout_s, "read_timeout": o.timeout_s}
     if _endpoint(o):
         cfg["s3"] = {"addressing_style": "path"}
     return cfg
@@ -164,7 +172,49 @@ def _translate(exc: BaseException, uri: str, action: str) -> StorageError:
         return StorageError(f"bucket does not exist while {action} {uri}")
     if code in _MISSING_CODES or (remote_os and isinstance(exc, FileNotFoundError)):
         return StorageError(f"not found while {action} {uri}")
+    if code in _TRANSIENT_CODES or (code is None and _is_network(exc)):
+        return TransientStorageError(f"object store unavailable while {action} {uri}: {_one_line(exc)}")
     return StorageError(f"failed while {action} {uri}: {exc}")
+
+
+def _is_network(exc: BaseException) -> bool:
+    """A connection refused, reset or timed out, or a response cut off: the network, not the request."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, IncompleteReadError, ResponseStreamingError
+
+    network = (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError, ConnectionError,
+               TimeoutError)
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, network) or "Connection" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def retrying(action: Callable[[], T], what: str, options: StorageOptions | None = None) -> T:
+    """Run ``action``, retrying it while it fails with a transient storage error, with exponential backoff
+    (1 s doubling, at most 30 s apart) for up to ``retry_budget_s`` seconds; then the last error goes up
+    (exit code 200: retryable). Each attempt already has botocore's own retries (``max_attempts``)."""
+    import time
+
+    budget = _opts(options).retry_budget_s
+    deadline, delay = time.monotonic() + budget, 1.0
+    while True:
+        try:
+            return action()
+        except TransientStorageError as err:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransientStorageError(f"{err} (gave up {what} after storage.retry_budget_s={budget:g})") from err
+            wait = min(delay, left, 30.0)
+            log.warning("%s: %s; retrying in %.0f s (%.0f s of the retry budget left)", what, err, wait, left)
+            time.sleep(wait)
+            delay *= 2
 
 
 @contextlib.contextmanager
@@ -205,4 +255,5 @@ def fs_for(uri: str, options: StorageOptions | None = None) -> Any:
 def configure_from(section: Any) -> None:
     """Make a stage's ``storage`` config section the defaults of this process (:func:`configure`)."""
     configure(StorageOptions(endpoint_url=section.endpoint_url, region=section.region,
-                             max_attempts=section.max_attempts))
+                             max_attempts=section.max_attempts, retry_budget_s=section.retry_budget_s,
+                             timeout_s=section.timeout_s))

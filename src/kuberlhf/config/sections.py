@@ -168,6 +168,19 @@ class StorageConfig:
     endpoint_url: str | None = option(None, "S3 endpoint; None = AWS_ENDPOINT_URL(_S3) or AWS")
     region: str | None = option(None, "S3 region; None = AWS_DEFAULT_REGION / AWS_REGION")
     max_attempts: int = option(8, "attempts per S3 request (exponential backoff between them)")
+    retry_budget_s: float = option(
+        300.0, "seconds to keep retrying a checkpoint seal, publish or download that fails on the network or with "
+        "5xx/SlowDown (backoff up to 30 s); then the run exits 200, which restartPolicy ExitCode retries")
+    timeout_s: float = option(60.0, "seconds to wait for the object store to connect or answer, per request")
+    lease_ttl_s: float = option(
+        1800.0, "an output_dir's lease (.lease.json, renewed at each checkpoint) left by a run that stopped renewing "
+        "it this many seconds ago may be taken over by another run")
+
+    def __post_init__(self) -> None:
+        require(self.max_attempts >= 1, "storage.max_attempts", "must be at least 1")
+        require(self.retry_budget_s >= 0, "storage.retry_budget_s", "must be >= 0")
+        require(self.lease_ttl_s > 0, "storage.lease_ttl_s", "must be positive")
+        require(self.timeout_s > 0, "storage.timeout_s", "must be positive")
 
 
 @dataclass
@@ -176,6 +189,9 @@ class StageConfig:
 
     output_dir: str = option("", "where the model, card, metrics.json and checkpoints go: a local path or s3:// URI")
     overwrite: bool = option(False, "replace a finished artifact in output_dir instead of refusing")
+    resume: Literal["auto", "force"] = option(
+        "auto", "auto: resume from the newest checkpoint made with the same settings (training.max_steps and "
+        "evaluation keys may change) and refuse one made with others; force: resume from it anyway")
     storage: StorageConfig = option(StorageConfig, "S3-compatible object store")
 
     def __post_init__(self) -> None:

@@ -166,6 +166,9 @@ def build_pytorchjob(stage: str, config: str | None, overrides: list[str] | None
         "metadata": {"labels": {**labels, **POD_LABELS}, "annotations": {"sidecar.istio.io/inject": "false"}},
         "spec": pod_spec(stage, config, overrides, cluster, image),
     }
+    if run_id := (annotations or {}).get("run-id"):  # the output_dir's lease names the run (artifacts.lease)
+        for container in template["spec"]["containers"]:
+            container["env"].insert(0, {"name": "KUBERLHF_RUN_ID", "value": str(run_id)})
 
     def replica(count: int) -> dict:
         return {"replicas": count, "restartPolicy": cluster.restart_policy, "template": copy.deepcopy(template)}

@@ -119,7 +119,7 @@ def run(cfg: GenerateConfig) -> dict:
     from kuberlhf.stages import parts as resumable
 
     configure_from(cfg.storage)
-    run_dir = rundir.prepare_run(cfg.output_dir, "generate", cfg.overwrite)
+    run_dir = rundir.prepare_run(cfg.output_dir, "generate", cfg.overwrite, cfg=cfg)
     data, _, stats = load_data(cfg.data, "prompt", cfg.sampling.seed)
     prompts = list(data["prompt"])
     ids = [prompt_id(i, p) for i, p in enumerate(prompts)]

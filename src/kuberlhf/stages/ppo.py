@@ -150,7 +150,7 @@ def run(cfg: PpoConfig) -> dict:
     from kuberlhf.stages.trainer import tracking_env
 
     configure_from(cfg.storage)
-    run_dir = rundir.prepare_run(cfg.output_dir, "ppo", cfg.overwrite, is_main=is_world_main())
+    run_dir = rundir.prepare_run(cfg.output_dir, "ppo", cfg.overwrite, is_main=is_world_main(), cfg=cfg)
     tracking_env(cfg.training, str(run_dir.work_dir))
     loop = PpoLoop(cfg, run_dir)
     metrics = loop.train()

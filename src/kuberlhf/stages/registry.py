@@ -129,8 +129,17 @@ def load_stage_config(stage: str, config: str | None, overrides: list[str]) -> A
 
 
 def run_stage(stage: str, config: str | None, overrides: list[str]) -> dict:
-    """Load the stage's config and run it; returns its metrics."""
-    return get_stage(stage).run(load_stage_config(stage, config, overrides))
+    """Load the stage's config and run it; returns its metrics (those of the finished artifact already
+    in ``output_dir`` when it was made with this very config: a rerun has nothing to do)."""
+    from kuberlhf.errors import AlreadyFinished
+
+    try:
+        return get_stage(stage).run(load_stage_config(stage, config, overrides))
+    except AlreadyFinished as done:
+        import logging
+
+        logging.getLogger(__name__).info("%s", done)
+        return done.metrics
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

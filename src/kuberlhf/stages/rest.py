@@ -155,7 +155,7 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
     from kuberlhf.stages import parts as resumable
     from kuberlhf.stages.generate import generate_part, prompt_id
 
-    run_dir = rundir.prepare_run(cfg.output_dir, "rest grow", cfg.overwrite, is_main=is_world_main())
+    run_dir = rundir.prepare_run(cfg.output_dir, "rest grow", cfg.overwrite, is_main=is_world_main(), cfg=cfg)
     barrier()
     data, _, stats = load_data(cfg.data, "prompt", cfg.sampling.seed)
     prompts = list(data["prompt"])
@@ -393,7 +393,7 @@ def _reuse(uri: str, settings: dict, what: str) -> bool:
 
 def run(cfg: RestConfig) -> dict:
     """Run ReST (or one of its steps, ``phase``) and publish the final policy; returns its metrics."""
-    from kuberlhf.artifacts import rundir
+    from kuberlhf.artifacts import rundir, storage
     from kuberlhf.artifacts.cards import read_metrics
     from kuberlhf.artifacts.s3 import configure_from
     from kuberlhf.distributed import barrier, init_distributed, is_world_main, local_main_first
@@ -408,7 +408,8 @@ def run(cfg: RestConfig) -> dict:
         return grow(cfg, history)
     if cfg.phase == "improve":
         return improve(cfg)
-    rundir.prepare_run(cfg.output_dir, "rest", cfg.overwrite, is_main=is_world_main())  # overwrite: all steps
+    if cfg.overwrite or not storage.is_complete(cfg.output_dir):  # finished: each step is reused below
+        rundir.prepare_run(cfg.output_dir, "rest", cfg.overwrite, is_main=is_world_main())  # overwrite: all steps
     barrier()
     steps, sft = len(cfg.improve.thresholds), cfg.sft_policy
     policy, history, metrics = cfg.policy.name_or_path, [], {}

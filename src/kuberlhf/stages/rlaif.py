@@ -158,7 +158,7 @@ def run(cfg: RlaifConfig) -> dict:
     if cfg.labeling.mode == "pointwise" and not constitution.questions:
         raise ConfigError(f"config key 'labeling.mode': pointwise judging needs the constitution's yes/no 'questions'; "
                           f"{cfg.constitution} has none")
-    run_dir = rundir.prepare_run(cfg.output_dir, "rlaif", cfg.overwrite)
+    run_dir = rundir.prepare_run(cfg.output_dir, "rlaif", cfg.overwrite, cfg=cfg)
     data, _, stats = load_data(cfg.data, "candidates", cfg.labeling.seed)
     rows = with_ids(data, cfg.data.train)
     path = loading.resolve_model_path(cfg.judge.name_or_path, "causal-lm", cfg.labeling.seed)

@@ -62,7 +62,7 @@ def start(cfg: Any, stage: str, kind: str) -> tuple[rundir.RunDir, tuple]:
 
     configure_from(cfg.storage)
     init_deepspeed(cfg.training.deepspeed)
-    run_dir = rundir.prepare_run(cfg.output_dir, stage, cfg.overwrite, is_main=is_world_main())
+    run_dir = rundir.prepare_run(cfg.output_dir, stage, cfg.overwrite, is_main=is_world_main(), cfg=cfg)
     tracking_env(cfg.training, str(run_dir.work_dir))
     return run_dir, load_data(cfg.data, kind, cfg.training.seed)
 
@@ -104,6 +104,7 @@ def trainer_kwargs(training: Any, work_dir: str) -> dict:
         use_cpu=training.use_cpu or not torch.cuda.is_available(),
         ddp_backend="gloo" if not on_gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         save_only_model=False,
+        save_total_limit=None,  # rotation is the seal's (after it, counting sealed checkpoints only)
     )
     from transformers import TrainingArguments
 
@@ -118,7 +119,7 @@ def trainer_kwargs(training: Any, work_dir: str) -> dict:
 _SAME_NAMES = (
     "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
     "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay",
-    "max_grad_norm", "seed", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
+    "max_grad_norm", "seed", "logging_steps", "save_steps", "eval_steps",
     "deepspeed", "run_name", "disable_tqdm", "dataloader_num_workers",
 )
 
@@ -132,7 +133,7 @@ def tracking_env(training: Any, work_dir: str) -> None:
 
     if "wandb" in training.report_to and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_DIR", str(Path(work_dir)))  # a user's own WANDB_DIR stays
+    os.environ.setdefault("WANDB_DIR", str(tracker_dirs(Path(work_dir))["wandb"].parent))  # a user's own stays
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(tracker_dirs(Path(work_dir))["tensorboard"])
 
 

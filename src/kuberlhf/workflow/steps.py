@@ -95,7 +95,7 @@ def _run_here(stage: str, config: str, overrides: list[str]) -> int:
         metrics = run_stage(stage, config, overrides)
     except KuberlhfError as err:
         print(f"kuberlhf {stage}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     if is_world_main():
         print(done_line(stage, metrics))
     return 0
