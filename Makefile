@@ -8,7 +8,7 @@ STAMP := $(VENV)/.kuberlhf-installed
 CONSTRAINTS := requirements/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install label-studio-install label-studio browser-install demo compile test test-unit test-integration lint bench clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
+.PHONY: help install label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ test-unit: install ## unit tests only (seconds)
 
 test-integration: install label-studio-install ## integration tests only (tiny models, real processes, real S3 server)
 	$(BIN)/python -m pytest tests/integration -q
+
+faults: install ## fault trials: 30 kill -9 runs over the stages, 10 object-store outages, 12 corruptions (docs/reliability.md)
+	$(BIN)/python tests/faults.py --kills 30 --outages 10 --seed 0
 
 lint: install ## ruff, and the import layers of docs/architecture.md (import-linter)
 	$(BIN)/ruff check src tests bench

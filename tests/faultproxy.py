@@ -3,7 +3,7 @@
     with FaultProxy(("127.0.0.1", s3_port)) as proxy:    # http://127.0.0.1:{proxy.port} is the endpoint
         proxy.mode = "reset"     # every new and open connection is reset (RST)
         proxy.mode = "stall"     # bytes stop flowing both ways; connections stay open
-        proxy.mode = "down"      # new connections are closed at once (a full outage)
+        proxy.mode = "down"      # a full outage: open connections are cut, new ones closed at once
         proxy.mode = "pass"
         proxy.outage(3.0, "down")  # down for 3 s from now, then pass
 
@@ -39,7 +39,7 @@ class FaultProxy:
     def outage(self, seconds: float, mode: str = "down") -> None:
         """``mode`` for ``seconds`` from now, then back to passing bytes."""
         self.mode, self._until = mode, time.monotonic() + seconds
-        if mode == "reset":
+        if mode in ("reset", "down"):
             self._reset_all()
 
     def _current(self) -> str:
@@ -88,7 +88,7 @@ class FaultProxy:
                 if mode == "stall":
                     time.sleep(0.05)
                     continue
-                if mode == "reset":
+                if mode in ("reset", "down"):
                     break
                 try:
                     data = src.recv(65536)

@@ -68,6 +68,47 @@ def init_deepspeed(config_path: str | None) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+# what DeepSpeed's ZeRO checkpoints hold besides tensors and plain data (deepspeed 0.19, stages 1-3)
+DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
+                          "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                          "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+def restrict_deepspeed_loading(unpickle: bool = False) -> None:
+    """Make DeepSpeed load its checkpoints with ``torch.load(weights_only=True)`` and an allow-list of its own
+    classes (:data:`DEEPSPEED_SAFE_GLOBALS`) instead of a full unpickle (its default), which runs any code a
+    planted file carries. ``unpickle`` (``training.deepspeed_unpickle``) keeps DeepSpeed's default."""
+    import importlib
+    import pickle
+
+    import torch
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from kuberlhf.errors import StorageError
+
+    original = getattr(TorchCheckpointEngine.load, "__wrapped__", TorchCheckpointEngine.load)
+    if unpickle:
+        TorchCheckpointEngine.load = original
+        return
+    allowed = []
+    for path in DEEPSPEED_SAFE_GLOBALS:
+        module, _, name = path.rpartition(".")
+        allowed.append(getattr(importlib.import_module(module), name))
+
+    def load(self, path, map_location=None):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise StorageError(f"{path}: refusing to load this DeepSpeed checkpoint file: it holds objects beyond "
+                               f"tensors, plain data and DeepSpeed's own classes ({first}); set "
+                               "training.deepspeed_unpickle=true only if nobody untrusted can write the store") from err
+
+    load.__wrapped__ = original
+    TorchCheckpointEngine.load = load
+
+
 def init_distributed(deepspeed_config: str | None) -> None:
     """Join the process group before any model is built: through DeepSpeed when a config is named
     (:func:`init_deepspeed`), else through accelerate's state, as the Trainer later does (gloo on CPU)."""

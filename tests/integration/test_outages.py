@@ -41,7 +41,7 @@ def _artifact(root: Path, files: int = 30, size: int = 200_000) -> Path:
 def test_a_publish_rides_out_a_short_outage(proxy: FaultProxy, s3_bucket: str, tmp_path: Path, mode: str) -> None:
     src, uri = _artifact(tmp_path / "a"), f"s3://{s3_bucket}/ride-{mode}"
     storage.configure(_options(budget=60))
-    threading.Timer(0.3, proxy.outage, args=(4.0, mode)).start()
+    threading.Timer(0.1, proxy.outage, args=(4.0, mode)).start()
     started = time.monotonic()
     manifest = storage.publish_dir(src, uri)
     assert time.monotonic() - started > 3.0, "the outage did not hit the upload"
@@ -70,8 +70,8 @@ def test_a_stage_exits_200_when_the_store_stays_away(proxy: FaultProxy, s3_bucke
     monkeypatch.setenv("KUBERLHF_CACHE", str(tmp_path / "cache"))
     proxy.mode = "down"
     code, err = run_cli(sft_args(f"s3://{s3_bucket}/runs/sft", "training.max_steps=1", "storage.max_attempts=1",
-                                 "storage.timeout_s=1"), capture=True)
-    assert code == 200 and "object store unavailable" in err, err[-2000:]
+                                 "storage.timeout_s=1", "storage.retry_budget_s=2"), capture=True)
+    assert code == 200 and "object store unavailable" in err and "gave up" in err, err[-2000:]
 
 
 def test_a_download_cut_mid_way_is_refused_then_completed(proxy: FaultProxy, s3_bucket: str, tmp_path: Path) -> None:

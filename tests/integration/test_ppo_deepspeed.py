@@ -159,3 +159,38 @@ def test_killed_zero3_run_resumes_exactly(tmp_path, trained):
     for x, y in zip(a, b, strict=True):
         for key in ("reward", "kl", "kl_coef", "policy_loss", "value_loss"):
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), (x["step"], key)
+
+
+def test_a_planted_pickle_in_a_deepspeed_checkpoint_is_refused_and_runs_no_code(tmp_path, trained):
+    """DeepSpeed unpickles its checkpoint files in full by default; the stages load them with
+    weights_only=True and an allow-list of DeepSpeed's own classes, so a planted object never runs."""
+    import torch
+
+    from kuberlhf.artifacts import storage
+    from kuberlhf.distributed import restrict_deepspeed_loading
+
+    pytest.importorskip("deepspeed", reason="deepspeed is installed by `make install`")
+    out, marker = tmp_path / "z2", tmp_path / "pwned"
+    common = [_ds("zero2"), "training.save_steps=2"]
+    _torchrun(out, trained, *common, "training.max_steps=2")
+    (out / storage.MANIFEST_NAME).unlink()  # as if killed during its publish: the rerun resumes
+    ckpt = out / "checkpoints/checkpoint-2"
+    shard = ckpt / "zero/state/mp_rank_00_model_states.pt"
+    restrict_deepspeed_loading()
+    state = torch.load(shard, weights_only=False)
+    torch.save({**state, "planted": _Planted(str(marker))}, shard)
+    storage.write_manifest(ckpt)  # a consistent manifest: integrity is not authorship
+    proc = run(torchrun_command(2, *ppo_args(out, trained, *common, "training.max_steps=3")), timeout=500,
+               **EXTENSIONS)
+    assert not marker.exists(), "loading the DeepSpeed checkpoint ran the planted code"
+    assert proc.returncode != 0 and "refusing to load this DeepSpeed checkpoint file" in proc.stderr, proc.stderr[-3000:]
+
+
+class _Planted:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)

@@ -273,3 +273,16 @@ def test_republishing_leaves_exactly_the_new_files(s3_server: Any, s3_bucket: st
     files = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
     assert files == ["manifest.json", "tokenizer/vocab.json"]
     assert storage.verify_local(cache)["files"] == manifest["files"]
+
+
+def test_an_unlisted_object_and_a_missing_one_are_refused_naming_them(s3_server: Any, s3_bucket: str, artifact: Path,
+                                                                     tmp_path: Path) -> None:
+    uri = f"s3://{s3_bucket}/named"
+    storage.upload_dir(artifact, uri)
+    s3_server.client().put_object(Bucket=s3_bucket, Key="named/generation_config.json", Body=b"{}")
+    with pytest.raises(StorageError, match=r"object 'generation_config.json' is not listed in manifest.json"):
+        storage.download_dir(uri, tmp_path / "a")
+    s3_server.client().delete_object(Bucket=s3_bucket, Key="named/generation_config.json")
+    s3_server.client().delete_object(Bucket=s3_bucket, Key="named/tokenizer/vocab.json")
+    with pytest.raises(StorageError, match=r"not found while downloading s3://.*/named/tokenizer/vocab.json"):
+        storage.download_dir(uri, tmp_path / "b")

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 
 from kuberlhf.artifacts import storage
+from kuberlhf.artifacts.failpoints import failpoint
 from kuberlhf.artifacts.rundir import RunDir, _by_step, step_of
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ def seal_checkpoint(run: RunDir, name: str, keep: int) -> None:
     out an outage for ``storage.retry_budget_s``; rotation comes only after the seal.
     """
     run.check_lease()
+    failpoint("seal")
     storage.write_manifest(run.checkpoints / name, extra=run.record())
     if run.remote:
         uri = f"{run.remote_checkpoints()}/{name}"

@@ -109,7 +109,8 @@ class RunDir:
     def check_lease(self) -> None:
         """Before a seal: stop when another run took the ``s3://`` output over; renew the lease."""
         if self._leased:
-            lease.check(self.output_dir, renew=True)
+            storage.retrying(lambda: lease.check(self.output_dir, renew=True),
+                             f"renewing the lease of {self.output_dir}")
 
     def finish(self) -> None:
         """After the publish: give the output back."""
@@ -134,7 +135,7 @@ def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = Tr
     run = RunDir(output_dir, work_dir, stage, run_settings(cfg) if cfg is not None else None,
                  getattr(cfg, "resume", "auto") == "force",
                  cfg.storage.lease_ttl_s if cfg is not None and hasattr(cfg, "storage") else 1800.0)
-    manifest = storage.read_manifest(output_dir)
+    manifest = storage.retrying(lambda: storage.read_manifest(output_dir), f"reading {output_dir}")
     if manifest is not None:
         made = (manifest.get("run") or {}).get("settings")
         changed = changed_keys(made, run.settings) if made is not None and run.settings is not None else None
@@ -151,7 +152,7 @@ def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = Tr
         _refuse_foreign(run, manifest is not None)
         lease.lock_work_dir(work_dir, output_dir)
         if run.remote:
-            lease.acquire(output_dir, run.lease_ttl_s)
+            storage.retrying(lambda: lease.acquire(output_dir, run.lease_ttl_s), f"leasing {output_dir}")
             run._leased = True
         if manifest is not None:
             _discard(run)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from kuberlhf.artifacts.failpoints import failpoint
 from kuberlhf.artifacts.manifest import (  # noqa: F401 (the storage API in one place)
     CHECKPOINTS,
     MANIFEST_FORMAT,
@@ -98,6 +99,7 @@ def upload_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = N
         client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
         for entry in manifest["files"]:
             client.upload_file(str(root / entry["path"]), bucket, _key(prefix, entry["path"]), Config=config)
+            failpoint("upload")
         _delete_unlisted(client, uri, manifest)
         client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
                           Body=json.dumps(manifest, indent=2).encode())
@@ -172,6 +174,10 @@ def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None =
         if manifest is None:
             raise StorageError(f"{uri} is an incomplete artifact: no {MANIFEST_NAME} "
                                "(upload unfinished, or not a kuberlhf artifact)")
+        listed = {f["path"] for f in manifest["files"]} | {MANIFEST_NAME}
+        if stale := [rel for rel in _object_paths(client, uri) if rel not in listed and not is_reserved(rel)]:
+            raise StorageError(f"{uri}: object {stale[0]!r} is not listed in {MANIFEST_NAME} "
+                               "(left over from an earlier artifact?)")
         dest.mkdir(parents=True, exist_ok=True)
         (dest / MANIFEST_NAME).unlink(missing_ok=True)
         for entry in manifest["files"]:
@@ -181,7 +187,8 @@ def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None =
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
             try:
-                client.download_file(bucket, _key(prefix, entry["path"]), str(tmp), Config=config)
+                with _s3_errors(f"{uri.rstrip('/')}/{entry['path']}", "downloading"):
+                    client.download_file(bucket, _key(prefix, entry["path"]), str(tmp), Config=config)
                 if problem := _file_problem(tmp, entry):
                     raise StorageError(f"{uri}: {problem}")
                 os.replace(tmp, target)
@@ -208,6 +215,7 @@ def publish_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = 
     for entry in manifest["files"]:
         (dst / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / entry["path"], dst / entry["path"])
+        failpoint("publish")
     _write_json_atomic(dst / MANIFEST_NAME, manifest)
     return manifest
 

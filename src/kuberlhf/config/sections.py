@@ -103,6 +103,9 @@ class LoopConfig:
     save_total_limit: int = option(2, "checkpoints kept (older ones are deleted, locally and in object storage)")
     use_cpu: bool = option(False, "train on CPU even when a GPU is present")
     deepspeed: str | None = option(None, "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json); needs torchrun")
+    deepspeed_unpickle: bool = option(
+        False, "resume DeepSpeed checkpoints with full unpickling, which runs any code a checkpoint carries: only "
+        "for a store nobody untrusted can write (off: tensors, plain data and DeepSpeed's three own classes)")
     report_to: list[str] = option(
         ["none"], "trackers: none, wandb (offline without WANDB_API_KEY), tensorboard; their logs are published "
         "inside the artifact under logs/"

@@ -150,6 +150,10 @@ def run(cfg: PpoConfig) -> dict:
     from kuberlhf.stages.trainer import tracking_env
 
     configure_from(cfg.storage)
+    if cfg.training.deepspeed:
+        from kuberlhf.distributed import restrict_deepspeed_loading
+
+        restrict_deepspeed_loading(cfg.training.deepspeed_unpickle)
     run_dir = rundir.prepare_run(cfg.output_dir, "ppo", cfg.overwrite, is_main=is_world_main(), cfg=cfg)
     tracking_env(cfg.training, str(run_dir.work_dir))
     loop = PpoLoop(cfg, run_dir)

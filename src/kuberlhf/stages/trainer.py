@@ -62,6 +62,10 @@ def start(cfg: Any, stage: str, kind: str) -> tuple[rundir.RunDir, tuple]:
 
     configure_from(cfg.storage)
     init_deepspeed(cfg.training.deepspeed)
+    if cfg.training.deepspeed:
+        from kuberlhf.distributed import restrict_deepspeed_loading
+
+        restrict_deepspeed_loading(cfg.training.deepspeed_unpickle)
     run_dir = rundir.prepare_run(cfg.output_dir, stage, cfg.overwrite, is_main=is_world_main(), cfg=cfg)
     tracking_env(cfg.training, str(run_dir.work_dir))
     return run_dir, load_data(cfg.data, kind, cfg.training.seed)

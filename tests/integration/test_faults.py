@@ -1,0 +1,27 @@
+"""A handful of the fault trials of ``make faults`` (tests/faults.py): kill -9 at the dangerous moments
+and rerun, one object-store outage during a run, and every kind of corruption, local and on S3."""
+
+from __future__ import annotations
+
+import random
+
+import faults
+
+
+def test_runs_killed_at_the_dangerous_moments_resume_and_verify(tmp_path, trained, monkeypatch):
+    monkeypatch.setenv("KUBERLHF_CACHE", str(tmp_path / "cache"))
+    plan = [("sft", "during-checkpoint-write"), ("ppo", "during-publish"), ("dpo", "between-checkpoints"),
+            ("reward", "before-first-checkpoint")]
+    tally = faults.kill_trials(plan, tmp_path, trained, random.Random(0))
+    assert tally.trials == 4 and (tally.lost, tally.corrupt, tally.diverged) == (0, 0, 0), tally.notes
+    assert tally.resumed >= 2, tally  # the failpoint kills land after a seal: their reruns resume
+
+
+def test_a_run_through_an_outage_rides_it_out_or_exits_200_and_a_rerun_finishes(tmp_path):
+    tally = faults.outage_trials(1, tmp_path, random.Random(1))
+    assert tally.trials == 1 and (tally.lost, tally.corrupt) == (0, 0), tally.notes
+
+
+def test_every_kind_of_corruption_is_refused_naming_the_file(tmp_path, trained):
+    tally = faults.corruption_trials(tmp_path, trained)
+    assert tally.trials == 2 * len(faults.DAMAGE) and tally.lost == 0, tally.notes
