@@ -4,9 +4,12 @@ $ .venv/bin/python tests/faults.py                  # make faults: 30 kill trial
 $ .venv/bin/python tests/faults.py --kills 6 --outages 2 --seed 3
 
 Each kill trial runs a stage (sft, reward, ppo, dpo, rloo, grpo, on the demo task) in its own process
-and kills it (SIGKILL: no cleanup) at one moment: at a random time before its first checkpoint, at a
-random time between checkpoints, inside a checkpoint write (its files written, not its manifest: the
-``seal`` failpoint, :mod:`kuberlhf.artifacts.failpoints`) or inside the final publish (``publish``).
+and kills it (SIGKILL: no cleanup) at one moment: at a random time before its first checkpoint (from
+process start: imports, loading, training); between checkpoints, right after the k-th (random k) is
+sealed and rotated (the ``sealed`` failpoint, :mod:`kuberlhf.artifacts.failpoints`); inside the k-th
+checkpoint write (its files written, not its manifest: ``seal``); or inside the final publish, after
+the j-th file (``publish``). A run of 4 tiny steps trains in well under a second, so timed kills land
+almost only in start-up and publishing: the failpoints put the others where they are meant to be.
 Then every artifact and checkpoint that has a manifest must verify (else it is *corrupt*), and the
 same command, rerun, must finish from the newest sealed checkpoint with an artifact that verifies and
 the full step count (else the trial is *lost*). For PPO the rerun must also end where an
@@ -137,19 +140,12 @@ class Tally:
 
 def _kill_at(proc: subprocess.Popen, moment: str, out: Path, rng: random.Random, deadline: float) -> None:
     """Kill ``proc`` at ``moment`` (the failpoint moments kill themselves: wait for them)."""
-    if moment in ("during-checkpoint-write", "during-publish"):
+    if moment != "before-first-checkpoint":  # a failpoint kills it
         proc.wait(timeout=deadline)
         return
-    start = time.monotonic()
-    if moment == "before-first-checkpoint":
-        delay = rng.uniform(2.0, 12.0)
-        while time.monotonic() - start < delay and proc.poll() is None and not sealed_steps(out):
-            time.sleep(0.05)
-    else:  # between checkpoints: after the k-th seal, a random moment later
-        k = rng.randint(1, STEPS - 1)
-        while proc.poll() is None and max(sealed_steps(out), default=0) < k and time.monotonic() - start < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.5))
+    start, delay = time.monotonic(), rng.uniform(2.0, 12.0)
+    while time.monotonic() - start < delay and proc.poll() is None and not sealed_steps(out):
+        time.sleep(0.05)
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -162,6 +158,8 @@ def kill_trial(stage: str, moment: str, root: Path, models: Path, rng: random.Ra
     env = subprocess_env()
     if moment == "during-checkpoint-write":
         env["KUBERLHF_FAILPOINTS"] = f"seal:{rng.randint(1, STEPS)}"
+    elif moment == "between-checkpoints":
+        env["KUBERLHF_FAILPOINTS"] = f"sealed:{rng.randint(1, STEPS - 1)}"
     elif moment == "during-publish":
         env["KUBERLHF_FAILPOINTS"] = f"publish:{rng.randint(1, 3)}"
     tally.trials += 1
@@ -171,6 +169,7 @@ def kill_trial(stage: str, moment: str, root: Path, models: Path, rng: random.Ra
     killed = proc.returncode == -signal.SIGKILL
     bad = corrupt_artifacts(out)
     newest = max(sealed_steps(out), default=0)
+    done = (out / "manifest.json").read_text() if (out / "manifest.json").is_file() else None  # published already
     if bad:
         tally.corrupt += 1
         tally.notes.append(f"{stage} {moment}: corrupt after the kill: {bad[0]}")
@@ -183,16 +182,21 @@ def kill_trial(stage: str, moment: str, root: Path, models: Path, rng: random.Ra
         tally.notes.append(f"{stage} {moment}: rerun exit {rerun.returncode}: {rerun.stderr.strip()[-300:]}")
         return
     resumed_from = json.loads((out / "metrics.json").read_text()).get("resumed_from_step", 0)
-    if not killed:
-        tally.finished += 1  # it ended before the kill landed (a failpoint past its last hit): the rerun is a no-op
-    elif resumed_from:
+    if not killed or done is not None:  # it had published before the kill landed: the rerun has nothing to do
+        tally.finished += 1
+        if done is not None and (out / "manifest.json").read_text() != done:
+            tally.lost += 1
+            tally.notes.append(f"{stage} {moment}: the rerun of a finished run replaced its artifact")
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    if resumed_from:
         tally.resumed += 1
     else:
         tally.clean += 1
-    if killed and resumed_from != newest:
+    if resumed_from != newest:
         tally.lost += 1
         tally.notes.append(f"{stage} {moment}: resumed from step {resumed_from}, newest sealed was {newest}")
-    if stage == "ppo" and killed and not same_end(last_log(out), reference["ppo"]):
+    if stage == "ppo" and not same_end(last_log(out), reference["ppo"]):
         tally.diverged += 1
         tally.notes.append(f"ppo {moment}: ended at {last_log(out)} not {reference['ppo']}")
     shutil.rmtree(out, ignore_errors=True)

@@ -71,6 +71,7 @@ def init_deepspeed(config_path: str | None) -> None:
 # what DeepSpeed's ZeRO checkpoints hold besides tensors and plain data (deepspeed 0.19, stages 1-3)
 DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
                           "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                          "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",  # fp16's default
                           "deepspeed.utils.tensor_fragment.fragment_address")
 
 

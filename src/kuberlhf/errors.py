@@ -33,6 +33,15 @@ class StorageError(KuberlhfError):
     """An object-store URI, credential or artifact is invalid or incomplete."""
 
 
+class NotFoundError(StorageError):
+    """The object, file or prefix a URI names does not exist."""
+
+
+class IntegrityError(StorageError):
+    """An artifact's files do not match its manifest (missing, resized, changed, unlisted), or the manifest
+    itself is missing or invalid: that artifact is unusable (a resume falls back to an older checkpoint)."""
+
+
 class TransientStorageError(StorageError):
     """The object store could not be reached, reset the connection, timed out or answered 5xx/SlowDown:
     worth retrying later (exit :data:`EXIT_TRANSIENT`)."""

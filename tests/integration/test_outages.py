@@ -111,3 +111,19 @@ def test_a_second_job_on_a_leased_output_dir_is_refused(s3_bucket: str, tmp_path
         a.check_lease()
     monkeypatch.setenv("KUBERLHF_RUN_ID", "job-a")  # the same job's restarted pod may take its own lease back
     lease.release(a.work_dir)
+
+
+def test_the_pods_launcher_keeps_a_workers_retryable_exit_code(s3_bucket: str, tmp_path: Path) -> None:
+    """Plain torchrun exits 1 when a worker fails, which restartPolicy ExitCode reads as permanent; the
+    pods' launcher (``python -m kuberlhf.torchrun``, the PyTorchJob command) exits with the worker's 200."""
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    argv = sft_args(f"s3://{s3_bucket}/runs/down", "training.max_steps=1", "storage.endpoint_url=http://127.0.0.1:9",
+                    "storage.max_attempts=1", "storage.timeout_s=1", "storage.retry_budget_s=1")
+    proc = subprocess.run([sys.executable, "-m", "kuberlhf.torchrun", "--nproc_per_node=2", "-m", "kuberlhf.cli",
+                           *argv], env=subprocess_env(KUBERLHF_CACHE=str(tmp_path / "cache")), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 200, proc.stderr[-2000:]

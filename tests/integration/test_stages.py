@@ -161,3 +161,26 @@ def test_shipped_demo_configs_chain():
     sft = yaml.safe_load((REPO / "configs/sft/demo.yaml").read_text())
     reward = yaml.safe_load((REPO / "configs/reward/demo.yaml").read_text())
     assert sft["output_dir"] == "outputs/demo/sft" and reward["output_dir"] == "outputs/demo/reward"
+
+
+def test_a_run_killed_in_its_publish_reruns_to_the_same_model_without_an_extra_step(tmp_path):
+    """Killed after its last checkpoint, the rerun resumes there and trains nothing more: transformers alone
+    would train one step past training.max_steps (4 steps, 6 batches an epoch)."""
+    import subprocess
+
+    from helpers import cli_command, subprocess_env
+
+    from kuberlhf.artifacts import storage
+
+    out = tmp_path / "sft"
+    argv = sft_args(out, "training.save_steps=1", "training.save_total_limit=2")
+    killed = subprocess.run(cli_command(*argv), env=subprocess_env(KUBERLHF_FAILPOINTS="publish:2"),
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9 and not (out / "manifest.json").exists(), killed.stderr[-2000:]
+    assert run_cli(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 4 and metrics["global_step"] == 4, metrics
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    storage.verify_local(out)
+    assert torch.equal(load_state(out)["model.embed_tokens.weight"],
+                       load_state(out / "checkpoints/checkpoint-4")["model.embed_tokens.weight"])

@@ -103,7 +103,7 @@ def test_every_option_combination_is_a_valid_restricted_pytorchjob(opts):
         assert shm == ([{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}}]
                        if cluster.shm_size else [])
         command = " ".join(c["command"])
-        assert command.startswith({"accelerate": "accelerate launch"}.get(cluster.launcher, "torchrun"))
+        assert command.startswith({"accelerate": "accelerate launch"}.get(cluster.launcher, "python -m kuberlhf.torchrun"))
         assert ("training.deepspeed=configs/deepspeed/" in command) == (cluster.launcher == "deepspeed")
         assert_no_literal_credentials(c["env"])
 
@@ -259,8 +259,9 @@ def test_deepspeed_passes_its_config_to_the_stage_and_needs_a_stage_that_has_it(
     for stage in ("sft", "ppo"):
         _, job = render(stage, f"configs/{stage}/demo.yaml", [], "r", stage, ds)
         command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-        assert command[0] == "torchrun" and "training.deepspeed=configs/deepspeed/zero2.json" in command
-        assert command[command.index("-m") + 1 : command.index("-m") + 3] == ["kuberlhf.cli", stage]
+        assert command[:3] == ["python", "-m", "kuberlhf.torchrun"]
+        assert "training.deepspeed=configs/deepspeed/zero2.json" in command
+        assert command[command.index("kuberlhf.cli") : command.index("kuberlhf.cli") + 2] == ["kuberlhf.cli", stage]
         assert crd_errors(job) == [] and pss_restricted_errors(job) == []
     import dataclasses
 

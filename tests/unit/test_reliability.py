@@ -115,10 +115,33 @@ def test_a_second_process_on_the_same_output_dir_is_refused(tmp_path: Path) -> N
 
 
 def test_a_folder_of_someone_elses_files_is_refused(tmp_path: Path) -> None:
+    """A publish removes what the manifest does not list: a folder that is no kuberlhf run's (a git
+    checkout, a home directory: dot-files are no marker) is refused before anything is written."""
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(KuberlhfError, match=r"holds files \('notes.txt', ...\) but no kuberlhf run"):
+    (tmp_path / ".git").mkdir()
+    with pytest.raises(KuberlhfError, match=r"holds files \('.git', ...\) but no kuberlhf run"):
         rundir.prepare_run(str(tmp_path), "sft", False)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_discards_checkpoints_also_without_a_finished_artifact(tmp_path: Path) -> None:
+    """The refusal of a checkpoint of other settings says overwrite=true starts again: it must."""
+    run = rundir.RunDir(str(tmp_path / "out"), tmp_path / "out")
+    _checkpoint(run, 3, settings={"training.learning_rate": 1.0})
+    run = rundir.prepare_run(run.output_dir, "sft", True)
+    assert not run.checkpoints.exists() and rundir.latest_checkpoint(run) is None
+    run.finish()
+
+
+def test_a_resume_past_damaged_checkpoints_removes_them_so_rotation_keeps_the_good_ones(tmp_path: Path) -> None:
+    run = rundir.RunDir(str(tmp_path / "out"), tmp_path / "out")
+    _checkpoint(run, 1000)
+    damaged = _checkpoint(run, 1500)
+    (damaged / "state.json").write_text("changed")  # no longer what its manifest says
+    assert rundir.resume_point(run).endswith("checkpoint-1000")
+    assert not damaged.exists()
+    checkpoints.seal_checkpoint(run, _checkpoint(run, 1001, sealed=False).name, keep=1)
+    assert rundir.latest_checkpoint(run).endswith("checkpoint-1001")
 
 
 def test_network_failures_are_transient_and_exit_200() -> None:
@@ -128,6 +151,8 @@ def test_network_failures_are_transient_and_exit_200() -> None:
 
     for exc in (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), ReadTimeoutError(endpoint_url="x"),
                 ClientError({"Error": {"Code": "SlowDown"}}, "PutObject"),
+                ClientError({"Error": {"Code": "SlowDownWrite"}}, "PutObject"),
+                ClientError({"Error": {"Code": "Whatever"}, "ResponseMetadata": {"HTTPStatusCode": 429}}, "GetObject"),
                 ClientError({"Error": {"Code": "503"}}, "GetObject")):
         err = _translate(exc, "s3://b/x", "uploading to")
         assert isinstance(err, TransientStorageError) and err.exit_code == EXIT_TRANSIENT == 200, exc

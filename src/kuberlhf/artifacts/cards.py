@@ -113,6 +113,7 @@ def publish(run: RunDir, staging: Path, metrics: dict, card: str) -> dict:
     """Write the card and ``metrics.json`` into the staged artifact, then publish it (manifest last)."""
     (staging / "README.md").write_text(card)
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    run.check_lease()  # a run that lost its output to another does not publish over it
     manifest = storage.publish_dir(staging, run.output_dir, extra=run.record())
     shutil.rmtree(staging, ignore_errors=True)
     run.finish()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from kuberlhf.artifacts import storage
 from kuberlhf.artifacts.failpoints import failpoint
 from kuberlhf.artifacts.rundir import RunDir, _by_step, step_of
+from kuberlhf.errors import KuberlhfError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def seal_checkpoint(run: RunDir, name: str, keep: int) -> None:
         storage.retrying(lambda: _rotate_remote(run, keep), f"rotating the checkpoints of {run.output_dir}")
     _rotate_local(run, keep)
     log.info("checkpoint %s sealed%s", name, f" and uploaded to {run.output_dir}" if run.remote else "")
+    failpoint("sealed")
 
 
 def _rotate(names: list[str], sealed: Callable[[str], bool], keep: int) -> list[str]:
@@ -85,7 +87,7 @@ def seal_checkpoint_collective(run: RunDir, name: str, keep: int) -> None:
             storage.delete_manifest(uri)  # a stale copy of this checkpoint is incomplete until the end
         if dist.is_local_main():
             files = storage.build_manifest(here)["files"] if here.is_dir() else []
-    except storage.StorageError as err:
+    except KuberlhfError as err:  # a lost lease too: every node stops, none waits in the gather below
         error = err
     reports = dist.all_gather_object((files, error))
     _raise_first(name, [e for _, e in reports])
@@ -109,7 +111,7 @@ def seal_checkpoint_collective(run: RunDir, name: str, keep: int) -> None:
 def _raise_first(name: str, errors: list) -> None:
     """Raise the first node's error on every node, keeping its kind (a transient one stays retryable)."""
     if problems := [e for e in errors if e]:
-        kind = type(problems[0]) if isinstance(problems[0], storage.StorageError) else storage.StorageError
+        kind = type(problems[0]) if isinstance(problems[0], KuberlhfError) else storage.StorageError
         raise kind(f"checkpoint {name} could not be uploaded from every node: {problems[0]}")
 
 

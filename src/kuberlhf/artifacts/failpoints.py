@@ -5,6 +5,7 @@ the 2nd time it reaches ``seal`` and the 1st time it reaches ``publish``. Unset,
 environment lookup. The points are the windows a crash must not spoil:
 
 - ``seal``: a checkpoint's files are written, its manifest is not;
+- ``sealed``: a checkpoint is sealed and the old ones rotated; training goes on from here;
 - ``upload``: some of an artifact's files are in the store, the rest and the manifest are not;
 - ``publish``: a local publish has removed the old files and copied some of the new, not the manifest.
 

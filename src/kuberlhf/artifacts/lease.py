@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -109,6 +110,41 @@ def check(output_dir: str, renew: bool = False) -> None:
 
 
 def drop(output_dir: str) -> None:
-    """Give the lease back (after the artifact is published)."""
-    if (lease := _read(output_dir)) and lease.get("run_id") == run_id():
-        storage.delete_object(_uri(output_dir))
+    """Give the lease back (after the publish, or when the run stops on an error); best effort: a lease
+    left behind expires after ``storage.lease_ttl_s``, and the same run takes its own back at once."""
+    _heartbeats.pop(output_dir, threading.Event()).set()
+    try:
+        if (lease := _read(output_dir)) and lease.get("run_id") == run_id():
+            storage.delete_object(_uri(output_dir))
+    except storage.StorageError as err:
+        log.warning("could not give back the lease of %s: %s", output_dir, err)
+
+
+_heartbeats: dict[str, threading.Event] = {}  # output dir -> the stop signal of its renewing thread
+lost: set[str] = set()  # outputs whose lease the heartbeat found taken
+
+
+def heartbeat(output_dir: str, ttl_s: float) -> None:
+    """Renew the lease every ``ttl_s / 3`` from a daemon thread, between the seals too (a run whose
+    checkpoints are further apart than the TTL keeps its output)."""
+    if output_dir in _heartbeats:
+        return
+    stop = _heartbeats[output_dir] = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ttl_s / 3):
+            try:
+                check(output_dir, renew=True)
+            except KuberlhfError as err:  # taken over: the next seal stops the run
+                log.error("%s", err)
+                lost.add(output_dir)
+                return
+            except Exception as err:  # noqa: BLE001 (an outage: the next seal retries within its budget)
+                log.warning("could not renew the lease of %s: %s", output_dir, err)
+
+    threading.Thread(target=renew, name=f"lease {output_dir}", daemon=True).start()
+
+
+def held() -> list[str]:
+    """The outputs this process leases (for :func:`drop` on an error exit)."""
+    return list(_heartbeats)

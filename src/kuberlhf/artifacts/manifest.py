@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from kuberlhf.artifacts.s3 import PathLike, _local_path
-from kuberlhf.errors import StorageError
+from kuberlhf.errors import IntegrityError, StorageError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "kuberlhf-artifact/1"
@@ -139,11 +139,11 @@ def _parse_manifest(raw: bytes | str, where: str) -> dict:
     except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
-        raise StorageError(f"invalid {MANIFEST_NAME} in {where} (expected {MANIFEST_FORMAT})")
+        raise IntegrityError(f"invalid {MANIFEST_NAME} in {where} (expected {MANIFEST_FORMAT})")
     for f in files:
         rel = PurePosixPath(f["path"])
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise StorageError(f"unsafe path {f['path']!r} in {MANIFEST_NAME} of {where}")
+            raise IntegrityError(f"unsafe path {f['path']!r} in {MANIFEST_NAME} of {where}")
     return manifest
 
 
@@ -162,13 +162,13 @@ def verify_local(local_dir: PathLike) -> dict:
     """Check every file listed in the manifest of ``local_dir``, and that it holds no other; return the manifest."""
     root = _local_path(local_dir)
     if not (root / MANIFEST_NAME).is_file():
-        raise StorageError(f"{root} is incomplete: no {MANIFEST_NAME} (unfinished write?)")
+        raise IntegrityError(f"{root} is incomplete: no {MANIFEST_NAME} (unfinished write?)")
     manifest = _parse_manifest((root / MANIFEST_NAME).read_bytes(), str(root))
     for entry in manifest["files"]:
         if problem := _file_problem(root / entry["path"], entry):
-            raise StorageError(f"{root}: {problem}")
+            raise IntegrityError(f"{root}: {problem}")
     if stale := unlisted_files(root, manifest):
-        raise StorageError(f"{root}: file {stale[0]!r} is not listed in {MANIFEST_NAME} "
+        raise IntegrityError(f"{root}: file {stale[0]!r} is not listed in {MANIFEST_NAME} "
                            "(left over from an earlier artifact?)")
     return manifest
 

@@ -26,16 +26,18 @@ from typing import Any
 
 from kuberlhf.artifacts import lease, storage
 from kuberlhf.artifacts.cache import cache_root, fingerprint
-from kuberlhf.errors import AlreadyFinished, ConfigError, KuberlhfError, TransientStorageError
+from kuberlhf.errors import AlreadyFinished, ConfigError, IntegrityError, KuberlhfError
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = storage.CHECKPOINTS
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 # config keys that do not change what a run makes (where it is stored, how it logs and checkpoints)
-IGNORED = ("overwrite", "resume", "storage.", "training.logging_steps", "training.save_steps",
+IGNORED = ("output_dir", "overwrite", "resume", "storage.", "training.logging_steps", "training.save_steps",
            "training.save_total_limit", "training.report_to", "training.run_name", "training.disable_tqdm",
-           "training.dataloader_num_workers")
+           "training.dataloader_num_workers", "training.deepspeed_unpickle")
+# what marks a local folder as a kuberlhf run's (anything else in it would be lost to a publish)
+MARKERS = (storage.MANIFEST_NAME, CHECKPOINTS, ".final", ".logs", lease.LOCK, lease.LEASE)
 # keys a resumed run may change besides: how long it trains and how it is evaluated
 RESUME_MAY_CHANGE = ("training.max_steps", "training.num_train_epochs", "training.eval_steps",
                      "training.per_device_eval_batch_size")
@@ -55,11 +57,16 @@ def run_settings(cfg: Any) -> dict:
 
 
 def content_id(location: str) -> str:
-    """A local file as the sha256 of its bytes, a local artifact as that of its manifest's file list; anything
-    else (hub names, ``s3://``, ``demo://``, plain folders) as it is written."""
+    """A local file as the sha256 of its bytes, a local or ``s3://`` artifact as that of its manifest's file list;
+    anything else (hub names, ``demo://``, plain folders, other ``s3://`` objects) as it is written."""
     import hashlib
     import json
 
+    if storage.is_remote(location):  # an s3:// artifact by its manifest (one request), anything else as written
+        manifest = storage.retrying(lambda: storage.read_manifest(location), f"reading {location}")
+        if manifest is None:
+            return location
+        return f"artifact-sha256:{hashlib.sha256(json.dumps(manifest['files'], sort_keys=True).encode()).hexdigest()}"
     if not location or "://" in location:
         return location
     path = Path(location)
@@ -146,15 +153,15 @@ def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = Tr
             other = f" made with other settings ({', '.join(changed)} changed)" if changed else ""
             raise KuberlhfError(f"{output_dir} already holds a finished {stage} artifact{other}; pass overwrite=true "
                                 "to train again from scratch, or choose another output_dir")
-        if is_main:
-            log.warning("overwrite=true: discarding the finished artifact and checkpoints in %s", output_dir)
     if is_main:
         _refuse_foreign(run, manifest is not None)
         lease.lock_work_dir(work_dir, output_dir)
         if run.remote:
             storage.retrying(lambda: lease.acquire(output_dir, run.lease_ttl_s), f"leasing {output_dir}")
+            lease.heartbeat(output_dir, run.lease_ttl_s)
             run._leased = True
-        if manifest is not None:
+        if overwrite:  # the finished artifact and every checkpoint, also when there is no artifact yet
+            log.warning("overwrite=true: discarding any artifact and checkpoints in %s", output_dir)
             _discard(run)
         shutil.rmtree(run.staging, ignore_errors=True)  # what a killed run staged is no part of this one
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +185,7 @@ def _refuse_foreign(run: RunDir, finished: bool) -> None:
     if run.remote or finished or not root.is_dir():
         return
     entries = [p.name for p in root.iterdir()]
-    if entries and not any(storage.is_reserved(name) for name in entries):
+    if entries and not any(name in MARKERS for name in entries):
         raise KuberlhfError(f"output_dir {root} holds files ({sorted(entries)[0]!r}, ...) but no kuberlhf run or "
                             "artifact; choose an empty or new folder")
 
@@ -192,7 +199,8 @@ def _discard(run: RunDir) -> None:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     else:
         (run.work_dir / storage.MANIFEST_NAME).unlink(missing_ok=True)
-        shutil.rmtree(run.checkpoints, ignore_errors=True)
+        for name in (CHECKPOINTS, ".final", ".logs"):  # the old run's checkpoints, staging and tracker logs
+            shutil.rmtree(run.work_dir / name, ignore_errors=True)
         storage.remove_unlisted(run.work_dir, {"files": []})  # the old artifact's files: none outlives it
 
 
@@ -215,25 +223,42 @@ def latest_checkpoint(run: RunDir) -> str | None:
     return next(sealed_checkpoints(run), None)
 
 
+def resume_point(run: RunDir) -> str | None:
+    """:func:`latest_checkpoint`, and the checkpoints newer than it (cut off, damaged: a timeline the run
+    abandons) deleted, so that rotation, which keeps the newest sealed ones, never counts them."""
+    found = latest_checkpoint(run)
+    step = step_of(found)
+    names = [p.name for p in run.checkpoints.iterdir()] if run.checkpoints.is_dir() else []
+    for newer, name in _by_step(names):
+        if newer > step:
+            log.warning("removing %s, newer than the checkpoint this run resumes from", name)
+            shutil.rmtree(run.checkpoints / name, ignore_errors=True)
+    if run.remote:
+        for newer, name in _by_step(storage.list_subdirs(run.remote_checkpoints())):
+            if newer > step:
+                log.warning("removing %s/%s, newer than the checkpoint this run resumes from", run.output_dir, name)
+                storage.remove_dir(f"{run.remote_checkpoints()}/{name}")
+    return found
+
+
 def sealed_checkpoints(run: RunDir) -> Iterator[str]:
     """Local paths of the complete checkpoints, newest first, each downloaded (when remote) as it is reached.
 
     One whose files do not match its manifest (a missing or corrupt object) is passed over with a
-    warning, for the previous one; one made with other settings stops the run (:func:`_check_settings`).
+    warning, for the previous one; one made with other settings stops the run (:func:`_check_settings`);
+    any other failure (the store unreachable, a permission) stops it too rather than start it over.
     """
     if run.remote:
         for _, name in _by_step(storage.list_subdirs(run.remote_checkpoints())):
             uri = f"{run.remote_checkpoints()}/{name}"
-            manifest = storage.retrying(lambda u=uri: storage.read_manifest(u), f"reading {uri}")
-            if manifest is None:
-                continue
-            _check_settings(run, manifest, name)
             try:
+                manifest = storage.retrying(lambda u=uri: storage.read_manifest(u), f"reading {uri}")
+                if manifest is None:
+                    continue
+                _check_settings(run, manifest, name)
                 path = storage.retrying(lambda u=uri, n=name: storage.download_dir(u, run.checkpoints / n),
                                         f"downloading {uri}")
-            except TransientStorageError:
-                raise
-            except storage.StorageError as err:
+            except IntegrityError as err:  # damaged (a missing or changed object): the one before it
                 log.warning("skipping checkpoint %s, which cannot be restored: %s", name, err)
                 continue
             yield str(path)
@@ -242,7 +267,7 @@ def sealed_checkpoints(run: RunDir) -> Iterator[str]:
     for _, name in _by_step(names):
         try:
             manifest = storage.verify_local(run.checkpoints / name)
-        except storage.StorageError as err:
+        except IntegrityError as err:
             log.warning("skipping incomplete checkpoint: %s", err)
             continue
         _check_settings(run, manifest, name)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kuberlhf.errors import StorageError, TransientStorageError
+from kuberlhf.errors import NotFoundError, StorageError, TransientStorageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,8 +27,10 @@ _CRED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "E
                "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
-_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
-                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
+_TRANSIENT_CODES = {"500", "502", "503", "504", "429", "InternalError", "ServiceUnavailable", "SlowDown",
+                    "SlowDownRead", "SlowDownWrite", "RequestTimeout", "Throttling", "ThrottlingException",
+                    "RequestLimitExceeded", "TooManyRequests", "XMinioServerNotInitialized"}
+_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 _CRED_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / a web identity)"
 
 PathLike = str | os.PathLike[str]
@@ -171,10 +173,22 @@ def _translate(exc: BaseException, uri: str, action: str) -> StorageError:
     if code == "NoSuchBucket":
         return StorageError(f"bucket does not exist while {action} {uri}")
     if code in _MISSING_CODES or (remote_os and isinstance(exc, FileNotFoundError)):
-        return StorageError(f"not found while {action} {uri}")
-    if code in _TRANSIENT_CODES or (code is None and _is_network(exc)):
+        return NotFoundError(f"not found while {action} {uri}")
+    if code in _TRANSIENT_CODES or _http_status(exc) in _TRANSIENT_STATUS or (code is None and _is_network(exc)):
         return TransientStorageError(f"object store unavailable while {action} {uri}: {_one_line(exc)}")
     return StorageError(f"failed while {action} {uri}: {exc}")
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a ClientError (also when wrapped), or None."""
+    from botocore.exceptions import ClientError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ClientError):
+            return seen.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _is_network(exc: BaseException) -> bool:

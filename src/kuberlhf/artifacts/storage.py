@@ -50,7 +50,7 @@ from kuberlhf.artifacts.s3 import (  # noqa: F401
     retrying,
     s3_client,
 )
-from kuberlhf.errors import StorageError
+from kuberlhf.errors import IntegrityError, NotFoundError, StorageError
 
 
 def _remote_manifest(client: Any, uri: str) -> dict | None:
@@ -176,7 +176,7 @@ def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None =
                                "(upload unfinished, or not a kuberlhf artifact)")
         listed = {f["path"] for f in manifest["files"]} | {MANIFEST_NAME}
         if stale := [rel for rel in _object_paths(client, uri) if rel not in listed and not is_reserved(rel)]:
-            raise StorageError(f"{uri}: object {stale[0]!r} is not listed in {MANIFEST_NAME} "
+            raise IntegrityError(f"{uri}: object {stale[0]!r} is not listed in {MANIFEST_NAME} "
                                "(left over from an earlier artifact?)")
         dest.mkdir(parents=True, exist_ok=True)
         (dest / MANIFEST_NAME).unlink(missing_ok=True)
@@ -187,10 +187,13 @@ def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None =
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
             try:
-                with _s3_errors(f"{uri.rstrip('/')}/{entry['path']}", "downloading"):
-                    client.download_file(bucket, _key(prefix, entry["path"]), str(tmp), Config=config)
+                try:
+                    with _s3_errors(f"{uri.rstrip('/')}/{entry['path']}", "downloading"):
+                        client.download_file(bucket, _key(prefix, entry["path"]), str(tmp), Config=config)
+                except NotFoundError as err:  # listed, not there: this artifact is damaged
+                    raise IntegrityError(str(err)) from err
                 if problem := _file_problem(tmp, entry):
-                    raise StorageError(f"{uri}: {problem}")
+                    raise IntegrityError(f"{uri}: {problem}")
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)

@@ -105,7 +105,7 @@ class LoopConfig:
     deepspeed: str | None = option(None, "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json); needs torchrun")
     deepspeed_unpickle: bool = option(
         False, "resume DeepSpeed checkpoints with full unpickling, which runs any code a checkpoint carries: only "
-        "for a store nobody untrusted can write (off: tensors, plain data and DeepSpeed's three own classes)")
+        "for a store nobody untrusted can write (off: tensors, plain data and DeepSpeed's own four classes)")
     report_to: list[str] = option(
         ["none"], "trackers: none, wandb (offline without WANDB_API_KEY), tensorboard; their logs are published "
         "inside the artifact under logs/"

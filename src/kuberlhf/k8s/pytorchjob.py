@@ -51,7 +51,9 @@ def stage_command(stage: str, config: str | None, overrides: list[str], cluster:
             cmd += [f"--num_machines={cluster.nodes}", "--machine_rank=$(PET_NODE_RANK)",
                     "--main_process_ip=$(PET_MASTER_ADDR)", "--main_process_port=$(PET_MASTER_PORT)"]
         return [*cmd, "-m", "kuberlhf.cli", *stage_args]
-    return ["torchrun", f"--nproc_per_node={cluster.procs_per_node}", "-m", "kuberlhf.cli", *stage_args]
+    # kuberlhf.torchrun: torchrun that exits with the failed worker's code (restartPolicy ExitCode reads it)
+    return ["python", "-m", "kuberlhf.torchrun", f"--nproc_per_node={cluster.procs_per_node}", "-m", "kuberlhf.cli",
+            *stage_args]
 
 
 def container_env(cluster: ClusterConfig) -> list[dict]:

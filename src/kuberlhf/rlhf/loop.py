@@ -60,7 +60,7 @@ class PpoLoop:
                 reward_path = modeling.resolve_model_path(
                     cfg.reward_model.name_or_path, "sequence-classification", cfg.training.seed
                 )
-            self.resume = rundir.latest_checkpoint(self.run_dir)  # downloaded on every node
+            self.resume = rundir.resume_point(self.run_dir)  # downloaded on every node
         rundir.check_same_checkpoint(self.resume)
         if self.zero and cfg.eval.every_steps and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
             raise ConfigError("config key 'eval.every_steps': not under ZeRO-3 (sharded weights generate only "

@@ -131,7 +131,8 @@ def load_stage_config(stage: str, config: str | None, overrides: list[str]) -> A
 def run_stage(stage: str, config: str | None, overrides: list[str]) -> dict:
     """Load the stage's config and run it; returns its metrics (those of the finished artifact already
     in ``output_dir`` when it was made with this very config: a rerun has nothing to do)."""
-    from kuberlhf.errors import AlreadyFinished
+    from kuberlhf.artifacts import lease
+    from kuberlhf.errors import AlreadyFinished, KuberlhfError
 
     try:
         return get_stage(stage).run(load_stage_config(stage, config, overrides))
@@ -140,6 +141,10 @@ def run_stage(stage: str, config: str | None, overrides: list[str]) -> dict:
 
         logging.getLogger(__name__).info("%s", done)
         return done.metrics
+    except KuberlhfError:  # stopped on an error: give the output back (a kill leaves it to the TTL)
+        for output_dir in lease.held():
+            lease.drop(output_dir)
+        raise
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

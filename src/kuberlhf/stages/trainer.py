@@ -76,6 +76,14 @@ def train(trainer: Any, resume: str | None, finetune: str, stats: DataStats) -> 
     rundir.check_same_checkpoint(resume)
     if resume:
         log.info("resuming from %s", resume)
+    max_steps = trainer.args.max_steps
+    if resume and 0 < max_steps <= rundir.step_of(resume) and hasattr(trainer, "_run_epoch"):
+        # The run was killed after its last checkpoint (during its publish). Resuming there, transformers
+        # fast-forwards the epoch to the checkpoint's batch and then trains one step past max_steps when
+        # max_steps is not at an epoch's end; with nothing left to train, the epochs are skipped: the
+        # checkpoint (weights, optimizer, DeepSpeed engine) is restored and training ends at once.
+        log.info("%s is at training.max_steps=%d: nothing left to train", resume, max_steps)
+        trainer._run_epoch = lambda *args, **kwargs: None
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = {
         "train_loss": result.metrics["train_loss"],
@@ -169,11 +177,14 @@ def run_trainer_stage(cfg: Any, stage: str, kind: str, hooks: TrainerHooks, *, m
     run_dir, (train_ds, eval_ds, stats) = start(cfg, stage, kind)
     args = hooks.args(cfg, {"output_dir": str(run_dir.checkpoints),
                             **trainer_kwargs(cfg.training, str(run_dir.work_dir))})
+    from kuberlhf.distributed import barrier
+
+    barrier()  # the world main's discard (overwrite=true) is done before any node looks for a checkpoint
     # Downloads happen once per node; loading is collective (ZeRO-3 partitions weights as they load).
     with args.main_process_first(local=True, desc="fetch models and checkpoint"):
         paths = {role: loading.resolve_model_path(name, task, seed)
                  for role, (name, task, seed) in hooks.models(cfg).items()}
-        resume = rundir.latest_checkpoint(run_dir)
+        resume = rundir.resume_point(run_dir)
     run = StageRun(run_dir, train_ds, eval_ds, stats, paths, resume)
     callbacks = [checkpoint_callback(run_dir, cfg.training.save_total_limit)]
     trainer = hooks.trainer(cfg, args, run, callbacks)
