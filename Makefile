@@ -58,7 +58,7 @@ compile: install ## compile the Kubeflow pipelines to outputs/pipelines/*.yaml (
 	$(BIN)/kuberlhf pipeline compile --pipeline all --out outputs/pipelines
 
 test: install label-studio-install browser-install ## run every test (unit + integration; S3 server and Label Studio started by the suite)
-	$(BIN)/python -m pytest tests -q --durations=20
+	$(BIN)/python -m pytest tests -q -m "not faults" --durations=20
 
 test-unit: install ## unit tests only (seconds)
 	$(BIN)/python -m pytest tests/unit -q
@@ -66,8 +66,9 @@ test-unit: install ## unit tests only (seconds)
 test-integration: install label-studio-install ## integration tests only (tiny models, real processes, real S3 server)
 	$(BIN)/python -m pytest tests/integration -q
 
-faults: install ## fault trials: 30 kill -9 runs over the stages, 10 object-store outages, 12 corruptions (docs/reliability.md)
+faults: install ## fault trials: 30 kill -9 runs over the stages, 10 object-store outages, 12 corruptions (docs/reliability.md), and the suite's slow kill-and-resume tests
 	$(BIN)/python tests/faults.py --kills 30 --outages 10 --seed 0
+	$(BIN)/python -m pytest tests -q -m faults
 
 lint: install ## ruff, and the import layers of docs/architecture.md (import-linter)
 	$(BIN)/ruff check src tests bench

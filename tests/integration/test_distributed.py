@@ -85,6 +85,7 @@ def _kill_after_first_checkpoint(cmd: list[str], sealed, timeout: float = 240) -
         proc.wait()
 
 
+@pytest.mark.faults
 def test_killed_sft_run_resumes_from_its_newest_checkpoint(tmp_path):
     out = tmp_path / "sft"
     argv = sft_args(out, "training.max_steps=300", "training.save_steps=5", "training.save_total_limit=2")

@@ -130,7 +130,7 @@ def _kill_all_after(cmd: list[str], sealed, log, timeout: float = 400) -> None:
         proc.wait()
 
 
-@pytest.mark.slow
+@pytest.mark.faults
 def test_killed_zero3_run_resumes_exactly(tmp_path, trained):
     """A ZeRO-3 run killed after step 2 and resumed logs the same steps 1-4 as one that was not.
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 
+import pytest
 from helpers import cli_command, run, run_cli, sft_args, subprocess_env
 from test_distributed import _kill_after_first_checkpoint
 
@@ -35,6 +36,7 @@ def test_sft_writes_a_complete_artifact_to_s3_and_reward_reads_data_from_s3(s3_b
     assert storage.is_complete(out2)
 
 
+@pytest.mark.faults
 def test_killed_s3_run_resumes_on_a_fresh_machine(s3_bucket, tmp_path, monkeypatch):
     from kuberlhf.artifacts import storage
 
