@@ -27,6 +27,7 @@ it must be refused with a message naming the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -71,7 +72,6 @@ def stage_args(stage: str, out: Path, models: Path) -> list[str]:
 
 def build_models(root: Path) -> Path:
     """The SFT policy and reward model the later stages start from (briefly trained demo models)."""
-    import contextlib
     import io
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -226,13 +226,20 @@ def kill_trials(plan: list[tuple[str, str]], root: Path, models: Path, rng: rand
 # ------------------------------------------------------------------------------------------- outages
 
 
-def outage_trials(count: int, root: Path, rng: random.Random) -> Tally:
+@contextlib.contextmanager
+def _environment_kept():
+    """The trials point this process at their own S3 servers: the caller's environment comes back after."""
     saved = dict(os.environ)
     try:
-        return _outage_trials(count, root, rng)
+        yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def outage_trials(count: int, root: Path, rng: random.Random) -> Tally:
+    with _environment_kept():
+        return _outage_trials(count, root, rng)
 
 
 def _outage_trials(count: int, root: Path, rng: random.Random) -> Tally:
@@ -315,12 +322,8 @@ def damage(root: Path, how: str) -> str:
 
 
 def corruption_trials(root: Path, models: Path, s3: bool = True) -> Tally:
-    saved = dict(os.environ)
-    try:
+    with _environment_kept():
         return _corruption_trials(root, models, s3)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _corruption_trials(root: Path, models: Path, s3: bool) -> Tally:
