@@ -121,7 +121,9 @@ class S3Server:
                 "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}",
                 f"-s3.port={s3}", f"-s3.port.grpc={s3g}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 f"-master.port={m}", f"-master.port.grpc={mg}", "-master.telemetry=false",
-                f"-volume.port={v}", f"-volume.port.grpc={vg}",
+                # every bucket is a collection with volumes of its own: the default limit (free disk /
+                # 128 MB) runs out after a few dozen buckets on a small disk; volumes are sparse files
+                f"-volume.port={v}", f"-volume.port.grpc={vg}", "-volume.max=4000",
                 f"-filer.port={f}", f"-filer.port.grpc={fg}",
                 f"-admin.port={a}", f"-admin.port.grpc={ag}", "-admin.ui=false",
                 f"-debug.port={dbg}", "-webdav=false",
