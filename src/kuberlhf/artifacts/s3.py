@@ -144,16 +144,22 @@ def _transfer_config(o: StorageOptions) -> Any:
                           max_concurrency=o.max_concurrency, use_threads=True)
 
 
-def _client_code(exc: BaseException) -> str | None:
-    """The S3 error code of a ClientError, also when wrapped (boto3's S3UploadFailedError)."""
+def _client_error(exc: BaseException):
+    """The botocore ClientError behind ``exc``, also when wrapped (boto3's S3UploadFailedError), or None."""
     from botocore.exceptions import ClientError
 
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ClientError):
-            return str(seen.response.get("Error", {}).get("Code", ""))
+            return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _client_code(exc: BaseException) -> str | None:
+    """The S3 error code of a ClientError, also when wrapped."""
+    found = _client_error(exc)
+    return str(found.response.get("Error", {}).get("Code", "")) if found is not None else None
 
 
 def _translate(exc: BaseException, uri: str, action: str) -> StorageError:
@@ -181,14 +187,8 @@ def _translate(exc: BaseException, uri: str, action: str) -> StorageError:
 
 def _http_status(exc: BaseException) -> int | None:
     """The HTTP status of a ClientError (also when wrapped), or None."""
-    from botocore.exceptions import ClientError
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ClientError):
-            return seen.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        seen = seen.__cause__ or seen.__context__
-    return None
+    found = _client_error(exc)
+    return found.response.get("ResponseMetadata", {}).get("HTTPStatusCode") if found is not None else None
 
 
 def _is_network(exc: BaseException) -> bool:
