@@ -1,6 +1,7 @@
 """Checks every Kubernetes object kuberlhf renders must pass (launcher, chart, manifests).
 
-- ``crd_errors``: a custom resource (PyTorchJob, TrainJob) against its CRD's openAPIV3Schema,
+- ``crd_errors``: a custom resource (PyTorchJob; Trainer v2.3's TrainJob, TrainingRuntime,
+  ClusterTrainingRuntime) against its CRD's openAPIV3Schema,
   strictly: an object that declares its properties admits no others (the API server prunes
   unknown fields silently, which hides typos such as ``restartPolicy`` at the wrong level).
 - ``builtin_errors``: built-in kinds with ``kubernetes-validate --strict`` for one Kubernetes version.
@@ -24,8 +25,13 @@ CRD_DIR = Path(__file__).resolve().parent / "fixtures" / "crds"
 SHARED_CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "crds"
 CRD_FILES = {
     ("kubeflow.org", "PyTorchJob"): "kubeflow.org_pytorchjobs.yaml",
-    ("trainer.kubeflow.org", "TrainJob"): "trainer.kubeflow.org_trainjobs.yaml",
+    # Kubeflow Trainer v2.3: what the trainjob backend and the chart's runtimes are checked against
+    ("trainer.kubeflow.org", "TrainJob"): "trainer-v2.3/trainer.kubeflow.org_trainjobs.yaml",
+    ("trainer.kubeflow.org", "TrainingRuntime"): "trainer-v2.3/trainer.kubeflow.org_trainingruntimes.yaml",
+    ("trainer.kubeflow.org", "ClusterTrainingRuntime"): "trainer-v2.3/trainer.kubeflow.org_clustertrainingruntimes.yaml",
 }
+# vendored beside them, unchanged, and compared with the reference copies too
+OTHER_CRD_FILES = ("trainer.kubeflow.org_trainjobs.yaml", "trainer-v2.3/example-runtime-torch-distributed.yaml")
 # the oldest and newest Kubernetes versions kuberlhf supports (kubernetes-validate bundles 1.25-1.37)
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -72,7 +78,7 @@ def crd_schema(group: str, kind: str, version: str) -> dict:
 
 
 def crd_errors(obj: dict) -> list[str]:
-    """Strict CRD-schema errors of a PyTorchJob or TrainJob, plus the name rules the operator needs."""
+    """Strict CRD-schema errors of a custom resource, plus the name rules its controller needs."""
     import jsonschema
 
     group, _, version = obj.get("apiVersion", "").rpartition("/")
@@ -140,7 +146,8 @@ def pss_restricted_errors(obj: dict) -> list[str]:
     """Violations of the restricted Pod Security Standard (v1.29+) in every pod spec of ``obj``."""
     errors = []
     specs = list(pod_specs(obj))
-    if obj.get("kind") in {"Pod", "Deployment", "StatefulSet", "Job", "DaemonSet", "PyTorchJob"} and not specs:
+    if obj.get("kind") in {"Pod", "Deployment", "StatefulSet", "Job", "DaemonSet", "PyTorchJob", "TrainingRuntime",
+                           "ClusterTrainingRuntime"} and not specs:
         errors.append(f"{obj.get('kind')}: no pod spec found")
     for where, spec in specs:
         pod_sc = spec.get("securityContext") or {}

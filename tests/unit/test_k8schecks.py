@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from k8schecks import CRD_DIR, CRD_FILES, SHARED_CRD_DIR, crd_errors, pss_restricted_errors, validate_all
+from k8schecks import (
+    CRD_DIR,
+    CRD_FILES,
+    OTHER_CRD_FILES,
+    SHARED_CRD_DIR,
+    crd_errors,
+    pss_restricted_errors,
+    validate_all,
+)
 
 
-@pytest.mark.parametrize("name", sorted(CRD_FILES.values()))
+@pytest.mark.parametrize("name", sorted({*CRD_FILES.values(), *OTHER_CRD_FILES}))
 def test_vendored_crds_are_the_reference_copies(name):
     if not (SHARED_CRD_DIR / name).is_file():
         pytest.skip(f"no reference copy at {SHARED_CRD_DIR} to compare with")

@@ -1,6 +1,8 @@
-"""``kuberlhf launch``: run a stage on Kubernetes as a PyTorchJob and wait for it.
+"""``kuberlhf launch``: run a stage on Kubernetes as a PyTorchJob or a TrainJob and wait for it.
 
 $ kuberlhf launch ppo --dry-run                                   # print the PyTorchJob, touch nothing
+$ kuberlhf launch ppo --backend trainjob --dry-run                # the Trainer v2 TrainJob instead
+$ kuberlhf launch --runtimes --cluster configs/cluster/a100.yaml  # the TrainingRuntimes those settings need
 $ kuberlhf launch ppo --help-cluster                              # every cluster key, its default and help
 $ kuberlhf launch sft --config configs/sft/opt-1.3b-qlora.yaml --cluster configs/cluster/a100.yaml \\
       output_dir=s3://bucket/runs/sft cluster.nodes=2
@@ -38,6 +40,7 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def add_parser(verbs) -> None:
+    from kuberlhf.k8s.spec import BACKENDS
     from kuberlhf.stages.registry import STAGES
 
     doc = (__doc__ or "").strip().splitlines()[0].removeprefix("``kuberlhf launch``: ")
@@ -46,14 +49,18 @@ def add_parser(verbs) -> None:
         p = verbs.add_parser("launch", help=doc, description=doc)
     finally:
         verbs._parser_class = parser_class
-    p.add_argument("stage", choices=list(STAGES), metavar="STAGE", help=f"stage to run: {', '.join(STAGES)}")
+    p.add_argument("stage", nargs="?", choices=list(STAGES), metavar="STAGE", help=f"stage to run: {', '.join(STAGES)}")
     p.add_argument("--config", help="stage config as the pod sees it (default: configs/STAGE/demo.yaml)")
     p.add_argument("--cluster", help="cluster settings YAML (configs/cluster/*.yaml)")
     p.add_argument("--name", help="job name (DNS-1035, <= 44 chars; a retry after a failure appends -a2, -a3, ...); "
                    "default: derived from the run id and stage")
     p.add_argument("--run-id", help="run the job belongs to; default: a hash of the resolved stage and cluster configs")
-    p.add_argument("--dry-run", action="store_true", help="print the PyTorchJob YAML and exit; no cluster needed")
-    p.add_argument("--backend", default="pytorchjob", choices=["pytorchjob"], help="job kind (PyTorchJob)")
+    p.add_argument("--dry-run", action="store_true", help="print the job's YAML and exit; no cluster needed")
+    p.add_argument("--backend", choices=list(BACKENDS),
+                   help="job kind: pytorchjob (Training Operator v1) or trainjob (Kubeflow Trainer v2); "
+                   "default: cluster.backend (pytorchjob)")
+    p.add_argument("--runtimes", action="store_true",
+                   help="print the TrainingRuntimes (one per stage image) the cluster settings need, and exit")
     p.add_argument("--manifest-out", help="also write the rendered job YAML to this file")
     p.add_argument("--help-cluster", action="store_true", help="list every cluster key, its default and help; exit")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -71,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
         for key, default, text in describe(ClusterConfig, "cluster."):
             print(f"{key} = {default}\n    {text}")
         return 0
+    if args.runtimes:
+        return _print_runtimes(args)
+    if not args.stage:
+        print("kuberlhf launch: STAGE is required (or --runtimes, --help-cluster)", file=sys.stderr)
+        return 2
     config = args.config or f"configs/{args.stage}/demo.yaml"
     run_id = args.run_id or ""  # "": a hash of the resolved configs (launcher.content_run_id)
     if args.dry_run:
@@ -88,3 +100,21 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(result))
     return 0
 
+
+
+def _print_runtimes(args: argparse.Namespace) -> int:
+    """The runtimes of every training image for ``--cluster`` and ``cluster.*`` overrides, as YAML documents."""
+    from kuberlhf.k8s import trainjob
+    from kuberlhf.k8s.pytorchjob import to_yaml
+    from kuberlhf.k8s.spec import load_cluster, split_overrides
+
+    stage_overrides, cluster_overrides = split_overrides(args.overrides)
+    if stage_overrides:
+        print(f"kuberlhf launch --runtimes: only cluster.* overrides apply, got {' '.join(stage_overrides)}",
+              file=sys.stderr)
+        return 2
+    cluster = load_cluster(args.cluster, cluster_overrides)
+    docs = [to_yaml(trainjob.build_runtime(image, cluster, cluster.runtime_kind))
+            for image in trainjob.training_images()]
+    sys.stdout.write("---\n".join(docs))
+    return 0

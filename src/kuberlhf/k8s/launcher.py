@@ -1,8 +1,14 @@
-"""Run a stage as a PyTorchJob and wait for it: idempotent, so a retried launcher re-attaches.
+"""Run a stage as a PyTorchJob or a TrainJob and wait for it: idempotent, so a retried launcher re-attaches.
 
     from kuberlhf.k8s.launcher import launch_stage
     launch_stage(stage="ppo", config="configs/ppo/demo.yaml", overrides=["output_dir=s3://b/x"],
-                 run_id="<kfp run id>", task="ppo", manifest_out="job.yaml")
+                 run_id="<kfp run id>", task="ppo", manifest_out="job.yaml", backend="trainjob")
+
+Two backends (``cluster.backend``, or ``backend=``): ``pytorchjob`` (Training Operator v1, the
+default) and ``trainjob`` (Kubeflow Trainer v2: a TrainJob on the stage's TrainingRuntime
+``kuberlhf-<image>``, which the launcher first reads and compares with the cluster settings). Both
+behave the same way here; they differ only in the kind, how a job reports its end (``Succeeded`` or
+``Complete``; ``Failed``) and where its first node's pod is.
 
 The job's name is a function of (run id, task) and the attempt: ``<name>`` first, then
 ``<name>-a2``, ``<name>-a3`` (at most ``cluster.max_attempts``). A launcher reads the newest attempt
@@ -36,21 +42,11 @@ from typing import Any
 
 from kuberlhf.config import to_dict
 from kuberlhf.errors import ConfigError, KuberlhfError
-from kuberlhf.k8s.pytorchjob import (
-    ANNOTATION_PREFIX,
-    GROUP,
-    PLURAL,
-    VERSION,
-    build_pytorchjob,
-    primary_pod,
-    spec_hash,
-    to_yaml,
-)
-from kuberlhf.k8s.spec import ClusterConfig, load_cluster, split_overrides
+from kuberlhf.k8s import pytorchjob, trainjob
+from kuberlhf.k8s.pytorchjob import ANNOTATION_PREFIX, spec_hash, to_yaml
+from kuberlhf.k8s.spec import BACKENDS, ClusterConfig, load_cluster, split_overrides
 
 log = logging.getLogger(__name__)
-BACKENDS = ("pytorchjob",)
-TERMINAL = ("Succeeded", "Failed")
 # job names leave room for the operator's pod and service names, <job>-worker-<index>, within 63
 MAX_NAME = 47
 ATTEMPTS = 9  # the most cluster.max_attempts allows: the suffix -a<n> is 3 characters
@@ -66,12 +62,37 @@ class LaunchError(KuberlhfError):
         super().__init__(message + (f"\n{log_tail}" if log_tail else ""))
 
 
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A job kind the launcher creates and watches."""
+
+    name: str
+    kind: str
+    group: str
+    version: str
+    plural: str
+    succeeded: str  # the condition that means success (Failed means failure for both)
+    container: str  # the training container, whose log explains a failure
+
+    @property
+    def terminal(self) -> tuple[str, str]:
+        return self.succeeded, "Failed"
+
+
+BACKEND = {
+    "pytorchjob": Backend("pytorchjob", pytorchjob.KIND, pytorchjob.GROUP, pytorchjob.VERSION, pytorchjob.PLURAL,
+                          "Succeeded", pytorchjob.CONTAINER),
+    "trainjob": Backend("trainjob", trainjob.KIND, trainjob.GROUP, trainjob.VERSION, trainjob.PLURAL, "Complete",
+                        trainjob.NODE),
+}
+
+
 @dataclasses.dataclass
 class KubeApis:
     """The Kubernetes clients the launcher uses, and its clock (tests pass fakes)."""
 
-    custom: Any  # CustomObjectsApi: create/get/list/delete_namespaced_custom_object
-    core: Any  # CoreV1Api: read_namespaced_pod_log
+    custom: Any  # CustomObjectsApi: create/get/list/delete_namespaced_custom_object (get_cluster_custom_object)
+    core: Any  # CoreV1Api: read_namespaced_pod_log, list_namespaced_pod
     watch: Callable[[], Any]  # -> kubernetes.watch.Watch()
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
@@ -158,37 +179,49 @@ def validate_stage_config(stage: str, config: str | None, overrides: list[str], 
 
 def render(stage: str, config: str | None, overrides: list[str] | None, run_id: str, task: str,
            cluster: ClusterConfig | str | Path | dict | None = None, name: str | None = None,
-           backend: str = "pytorchjob") -> tuple[ClusterConfig, dict]:
+           backend: str | None = None) -> tuple[ClusterConfig, dict]:
     """Check everything, then build the job's first attempt: (cluster settings, manifest). No API call.
 
-    An empty ``run_id`` is derived from the resolved configs (:func:`content_run_id`)."""
-    if backend not in BACKENDS:
+    ``backend`` (pytorchjob, trainjob) overrides ``cluster.backend``. An empty ``run_id`` is derived from the
+    resolved configs (:func:`content_run_id`)."""
+    if backend is not None and backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
     check_no_expansion(config, list(overrides or []))
     stage_overrides, cluster_overrides = split_overrides(overrides)
+    if backend:
+        cluster_overrides = [*cluster_overrides, f"cluster.backend={backend}"]
     cluster_cfg = load_cluster(cluster, cluster_overrides)
+    if cluster_cfg.backend == "trainjob":
+        trainjob.check_backend(cluster_cfg)
     stage_cfg = validate_stage_config(stage, config, stage_overrides, cluster_cfg)
     run_id = run_id or content_run_id(stage, stage_cfg, cluster_cfg)
     name = check_job_name(name) if name else job_name(run_id, task)
-    job = build_pytorchjob(stage, config, stage_overrides, cluster_cfg, name,
-                           annotations={"run-id": run_id, "task": task})
+    annotations = {"run-id": run_id, "task": task}
+    if cluster_cfg.backend == "trainjob":
+        job = trainjob.build_trainjob(stage, config, stage_overrides, cluster_cfg, name, annotations,
+                                      runtime_kind=cluster_cfg.runtime_kind)
+    else:
+        job = pytorchjob.build_pytorchjob(stage, config, stage_overrides, cluster_cfg, name, annotations)
     return cluster_cfg, job
 
 
 def launch_stage(stage: str, config: str | None, overrides: list[str] | None, run_id: str, task: str,
                  cluster: ClusterConfig | str | Path | dict | None = None, manifest_out: str | Path | None = None,
-                 backend: str = "pytorchjob", apis: KubeApis | None = None, name: str | None = None) -> dict:
-    """Create (or re-attach to) the stage's PyTorchJob and wait for it to succeed.
+                 backend: str | None = None, apis: KubeApis | None = None, name: str | None = None) -> dict:
+    """Create (or re-attach to) the stage's PyTorchJob or TrainJob and wait for it to succeed.
 
-    Returns ``{"name", "namespace", "state": "Succeeded", "created", "attempt"}``; raises
+    Returns ``{"name", "namespace", "kind", "state": "Succeeded", "created", "attempt"}``; raises
     :class:`LaunchError` when the job fails, times out (the job is then deleted), its attempts are
-    spent, or the API refuses the launcher.
+    spent, its TrainingRuntime is missing or differs from the cluster settings, or the API refuses
+    the launcher.
     """
     cluster_cfg, job = render(stage, config, overrides, run_id, task, cluster, name, backend)
     run_id = job["metadata"]["annotations"][f"{ANNOTATION_PREFIX}run-id"]
     _write_manifest(manifest_out, job)
     apis = apis or default_apis()
-    launcher = _Launcher(apis, cluster_cfg, job)
+    launcher = _Launcher(apis, cluster_cfg, job, BACKEND[cluster_cfg.backend])
+    if cluster_cfg.backend == "trainjob":
+        launcher.check_runtime(stage)
     obj, created = launcher.attach_or_start(run_id)
     if launcher.attempt > 1:
         _write_manifest(manifest_out, launcher.job)
@@ -196,8 +229,8 @@ def launch_stage(stage: str, config: str | None, overrides: list[str] | None, ru
     if final is None:
         launcher.delete_after_timeout()
     launcher.raise_if_failed(final)
-    return {"name": launcher.name, "namespace": launcher.namespace, "state": "Succeeded", "created": created,
-            "attempt": launcher.attempt}
+    return {"name": launcher.name, "namespace": launcher.namespace, "kind": launcher.backend.kind,
+            "state": "Succeeded", "created": created, "attempt": launcher.attempt}
 
 
 def _write_manifest(path: str | Path | None, job: dict) -> None:
@@ -206,18 +239,19 @@ def _write_manifest(path: str | Path | None, job: dict) -> None:
         Path(path).write_text(to_yaml(job))
 
 
-def job_state(obj: dict) -> tuple[str, dict]:
-    """(state, condition): the newest true condition; Succeeded/Failed win over the others."""
+def job_state(obj: dict, terminal: tuple[str, ...] = ("Succeeded", "Complete", "Failed")) -> tuple[str, dict]:
+    """(state, condition): the newest true condition; the terminal ones win over the others."""
     conditions = [c for c in ((obj.get("status") or {}).get("conditions") or []) if c.get("status") == "True"]
     for cond in reversed(conditions):
-        if cond.get("type") in TERMINAL:
+        if cond.get("type") in terminal:
             return cond["type"], cond
     return (conditions[-1]["type"], conditions[-1]) if conditions else ("Pending", {})
 
 
 class _Launcher:
-    def __init__(self, apis: KubeApis, cluster: ClusterConfig, job: dict) -> None:
-        self.apis, self.cluster, self.first = apis, cluster, job
+    def __init__(self, apis: KubeApis, cluster: ClusterConfig, job: dict, backend: Backend) -> None:
+        self.apis, self.cluster, self.first, self.backend = apis, cluster, job, backend
+        self.group, self.version, self.plural = backend.group, backend.version, backend.plural
         self.base, self.namespace = job["metadata"]["name"], job["metadata"]["namespace"]
         self.errors, self.backoff = 0, cluster.retry_backoff_s
         self._use(1)
@@ -225,7 +259,7 @@ class _Launcher:
     def _use(self, attempt: int) -> None:
         """Aim at attempt ``attempt``: its name, and the manifest that creates it."""
         self.attempt, self.name = attempt, attempt_name(self.base, attempt)
-        self.where = f"PyTorchJob {self.namespace}/{self.name}"
+        self.where = f"{self.backend.kind} {self.namespace}/{self.name}"
         self.job = copy.deepcopy(self.first)
         self.job["metadata"]["name"] = self.name
         if attempt > 1:
@@ -275,7 +309,7 @@ class _Launcher:
 
         try:
             return self._call("get", lambda: self.apis.custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name))
+                self.group, self.version, self.namespace, self.plural, name))
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -284,6 +318,41 @@ class _Launcher:
     def _refused(self, what: str, err: Any) -> LaunchError:
         return LaunchError(f"{self.where}: {what} refused: HTTP {err.status} {err.reason}: {_body_message(err)}",
                            reason=str(err.reason or err.status))
+
+    def state(self, obj: dict) -> tuple[str, dict]:
+        return job_state(obj, self.backend.terminal)
+
+    # ---------------------------------------------------------------- the TrainJob's runtime
+    def check_runtime(self, stage: str) -> None:
+        """The stage's TrainingRuntime exists and fixes what the cluster settings say (account, Secrets, ...)."""
+        from kubernetes.client.exceptions import ApiException
+
+        kind = self.cluster.runtime_kind
+        name = trainjob.stage_runtime(stage)
+        image = name.removeprefix("kuberlhf-")
+        where = f"{kind} {name}" if kind == "ClusterTrainingRuntime" else f"{kind} {self.namespace}/{name}"
+        plural = trainjob.RUNTIME_KINDS[kind]
+        if kind == "ClusterTrainingRuntime":
+            def read():
+                return self.apis.custom.get_cluster_custom_object(trainjob.GROUP, trainjob.VERSION, plural, name)
+        else:
+            def read():
+                return self.apis.custom.get_namespaced_custom_object(trainjob.GROUP, trainjob.VERSION,
+                                                                     self.namespace, plural, name)
+        try:
+            live = self._call(f"get {kind}", read)
+        except ApiException as err:
+            if err.status == 404:
+                raise LaunchError(f"{where} not found: install Kubeflow Trainer v2 and the chart's runtimes "
+                                  "(trainer.runtimes=true), or use backend pytorchjob", reason="RuntimeNotFound") from None
+            raise LaunchError(f"{where}: get refused: HTTP {err.status} {err.reason}: {_body_message(err)}",
+                              reason=str(err.reason or err.status)) from None
+        differences = trainjob.runtime_differences(trainjob.build_runtime(image, self.cluster, kind), live)
+        if differences:
+            raise LaunchError(f"{where} does not match the cluster settings (upgrade the chart with the same "
+                              f"cluster values, or use backend pytorchjob): {'; '.join(differences)}",
+                              reason="RuntimeMismatch")
+        self._progress()
 
     # ---------------------------------------------------------------- create or re-attach
     def attach_or_start(self, run_id: str) -> tuple[dict, bool]:
@@ -298,11 +367,11 @@ class _Launcher:
         attempt, obj = newest
         self._use(attempt)
         self._check_owner(obj, run_id)
-        if job_state(obj)[0] != "Failed":
+        if self.state(obj)[0] != "Failed":
             return self._reattach(obj), False
         if attempt >= self.cluster.max_attempts:
             self.raise_if_failed(obj, spent=True)
-        log.warning("%s failed (%s): starting attempt %d of %d", self.where, job_state(obj)[1].get("reason"),
+        log.warning("%s failed (%s): starting attempt %d of %d", self.where, self.state(obj)[1].get("reason"),
                     attempt + 1, self.cluster.max_attempts)
         self._use(attempt + 1)
         return self.get_or_create(run_id)
@@ -317,7 +386,7 @@ class _Launcher:
         annotations = obj.get("metadata", {}).get("annotations") or {}
         if annotations.get(f"{ANNOTATION_PREFIX}spec-hash") != spec_hash(self.job["spec"]):
             log.warning("%s: re-attaching to a job whose spec differs from the one rendered now", self.where)
-        log.info("%s exists (state %s): re-attaching", self.where, job_state(obj)[0])
+        log.info("%s exists (state %s): re-attaching", self.where, self.state(obj)[0])
         self._progress()
         return obj
 
@@ -332,7 +401,7 @@ class _Launcher:
 
         try:
             obj = self._call("create", lambda: self.apis.custom.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.job))
+                self.group, self.version, self.namespace, self.plural, self.job))
             log.info("%s created", self.where)
             self._progress()
             return obj, True
@@ -349,14 +418,14 @@ class _Launcher:
         from kubernetes.client.exceptions import ApiException
 
         state = self._report(obj, None)
-        while state not in TERMINAL:
+        while state not in self.backend.terminal:
             remaining = deadline - self.apis.clock()
             if remaining <= 0:
                 return None
             started, events = self.apis.clock(), 0
             try:
                 stream = self.apis.watch().stream(
-                    self.apis.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                    self.apis.custom.list_namespaced_custom_object, self.group, self.version, self.namespace, self.plural,
                     field_selector=f"metadata.name={self.name}",
                     resource_version=obj.get("metadata", {}).get("resourceVersion"),
                     timeout_seconds=max(1, int(min(self.cluster.watch_timeout_s, remaining))))
@@ -368,7 +437,7 @@ class _Launcher:
                             obj, events = event["object"], events + 1
                             state = self._report(obj, state)
                             self._progress()
-                            if state in TERMINAL or self.apis.clock() >= deadline:
+                            if state in self.backend.terminal or self.apis.clock() >= deadline:
                                 break
                 finally:
                     getattr(stream, "close", lambda: None)()  # ends the HTTP request of a stream left early
@@ -385,34 +454,50 @@ class _Launcher:
                     raise self._refused("watch", err) from None
             except _network_errors() as err:
                 self._retry("watch", f"{type(err).__name__}: {err}")
-            if state not in TERMINAL:  # a window ended or the stream broke: re-list, a transition may be missed
+            if state not in self.backend.terminal:  # a window ended or the stream broke: re-list, a transition may be missed
                 obj = self._get()
                 state = self._report(obj, state)
         return obj
 
     def _report(self, obj: dict, previous: str | None) -> str:
-        state, cond = job_state(obj)
+        state, cond = self.state(obj)
         if state != previous:
             log.info("%s: %s%s", self.where, state, f" ({cond.get('reason')})" if cond.get("reason") else "")
         return state
 
     # ---------------------------------------------------------------- endings
     def raise_if_failed(self, obj: dict, spent: bool = False) -> None:
-        state, cond = job_state(obj)
-        if state == "Succeeded":
+        state, cond = self.state(obj)
+        if state == self.backend.succeeded:
             return
         reason, message = cond.get("reason") or "Failed", cond.get("message") or ""
-        pod = primary_pod(obj if obj.get("spec") else self.job)
         text = f"{self.where} failed: {reason}: {message}".rstrip(": ")
         if spent:
             text += f"; all {self.attempt} attempts of cluster.max_attempts={self.cluster.max_attempts} are spent"
             reason = "AttemptsSpent"
-        raise LaunchError(text, reason=reason, log_tail=self.log_tail(pod))
+        raise LaunchError(text, reason=reason, log_tail=self.log_tail(obj))
 
-    def log_tail(self, pod: str) -> str:
+    def primary_pod(self, obj: dict) -> str:
+        """The pod whose log explains a failure: a PyTorchJob's master-0 (worker-0 when elastic); a TrainJob's
+        newest node-0 pod (Job pods have generated names: found by JobSet's labels)."""
+        if self.backend.name == "pytorchjob":
+            return pytorchjob.primary_pod(obj if obj.get("spec") else self.job)
+        pods = self._call("list pods", lambda: self.apis.core.list_namespaced_pod(
+            self.namespace, label_selector=trainjob.trainer_pod_selector(self.name)))
+        items = [p.to_dict() if hasattr(p, "to_dict") else p for p in (getattr(pods, "items", None) or [])]
+        if not items:
+            raise LaunchError(f"{self.where}: no pod of its node 0 is left", reason="NoPod")
+        newest = max(items, key=lambda p: str((p.get("metadata") or {}).get("creation_timestamp")
+                                              or (p.get("metadata") or {}).get("creationTimestamp") or ""))
+        return newest["metadata"]["name"]
+
+    def log_tail(self, obj: dict) -> str:
         lines = self.cluster.log_tail_lines
+        pod = "(unknown)"
         try:
-            text = self.apis.core.read_namespaced_pod_log(pod, self.namespace, container="pytorch", tail_lines=lines)
+            pod = self.primary_pod(obj)
+            text = self.apis.core.read_namespaced_pod_log(pod, self.namespace, container=self.backend.container,
+                                                          tail_lines=lines)
         except Exception as err:  # the log only explains the failure; any error here must not hide it
             return f"(log of pod {pod} unavailable: {getattr(err, 'status', '')} {getattr(err, 'reason', err)})"
         return f"--- last {lines} lines of pod {pod} ---\n{(text or '').rstrip()}"
@@ -423,7 +508,7 @@ class _Launcher:
         outcome = "the job was deleted"
         try:
             self._call("delete", lambda: self.apis.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name, propagation_policy="Background"))
+                self.group, self.version, self.namespace, self.plural, self.name, propagation_policy="Background"))
         except ApiException as err:
             if err.status != 404:
                 outcome = f"deleting the job failed (HTTP {err.status} {err.reason}): delete it by hand"
@@ -464,4 +549,4 @@ def _body_message(err: Any) -> str:
 
 
 __all__ = ["launch_stage", "render", "job_name", "attempt_name", "content_run_id", "LaunchError", "KubeApis",
-           "job_state"]
+           "job_state", "Backend", "BACKEND"]

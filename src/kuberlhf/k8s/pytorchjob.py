@@ -34,6 +34,7 @@ CONTAINER = "pytorch"  # the operator finds the training container by this name
 PORT_NAME, PORT = "pytorchjob-port", 23456  # the operator's defaults, set explicitly
 CONFIG_MOUNT = "/etc/kuberlhf"
 ANNOTATION_PREFIX = "kuberlhf.io/"
+SHM_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
 POD_LABELS = {"kuberlhf.io/role": "train"}  # selected by the chart's kuberlhf-training NetworkPolicy
 
 
@@ -58,6 +59,10 @@ def stage_command(stage: str, config: str | None, overrides: list[str], cluster:
 
 def container_env(cluster: ClusterConfig) -> list[dict]:
     """Plain settings, then credentials from Secrets; ``cluster.env`` replaces a default of the same name."""
+    return plain_env(cluster) + secret_env(cluster)
+
+
+def plain_env(cluster: ClusterConfig) -> list[dict]:
     plain = {"HOME": "/tmp"}  # any UID can write there (an emptyDir): caches of HF, torch, triton
     if cluster.gpus_per_node:
         plain["NCCL_DEBUG"] = "WARN"
@@ -65,7 +70,12 @@ def container_env(cluster: ClusterConfig) -> list[dict]:
     if cluster.storage_endpoint:
         plain["AWS_ENDPOINT_URL_S3"] = cluster.storage_endpoint
     plain.update(cluster.env)
-    env = [{"name": k, "value": v} for k, v in plain.items()]
+    return [{"name": k, "value": v} for k, v in plain.items()]
+
+
+def secret_env(cluster: ClusterConfig) -> list[dict]:
+    """Credentials, only as ``secretKeyRef``: the object store's and, optionally, W&B's."""
+    env = []
     if cluster.storage_secret:
         env += [_secret_env(key, cluster.storage_secret, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
     if cluster.wandb_secret:  # optional: without it W&B runs offline
@@ -103,16 +113,61 @@ def container_security_context(cluster: ClusterConfig) -> dict:
     }
 
 
-def pod_spec(stage: str, config: str | None, overrides: list[str], cluster: ClusterConfig, image: str) -> dict:
-    # the images write only under /tmp and /data (caches, run work dirs): node-local scratch space
+def volumes(cluster: ClusterConfig) -> tuple[list[dict], list[dict]]:
+    """(volumes, volume mounts): the images write only under /tmp and /data (caches, run work dirs), node-local
+    scratch space; a memory-backed /dev/shm; the kuberlhf-config ConfigMap read-only at /etc/kuberlhf."""
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR}]
-    volumes: list[dict] = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+    vols: list[dict] = [{"name": "tmp", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
     if cluster.shm_size:
-        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}})
+        mounts.append(dict(SHM_MOUNT))
+        vols.append(shm_volume(cluster))
     if cluster.config_map:  # stage configs and cluster.yaml of the deployment; optional
         mounts.append({"name": "kuberlhf-config", "mountPath": CONFIG_MOUNT, "readOnly": True})
-        volumes.append({"name": "kuberlhf-config", "configMap": {"name": cluster.config_map, "optional": True}})
+        vols.append({"name": "kuberlhf-config", "configMap": {"name": cluster.config_map, "optional": True}})
+    return vols, mounts
+
+
+def shm_volume(cluster: ClusterConfig) -> dict:
+    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}}
+
+
+def pod_security_context(cluster: ClusterConfig) -> dict:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": cluster.run_as_user,
+        "runAsGroup": cluster.run_as_user,
+        "fsGroup": cluster.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def placement(cluster: ClusterConfig) -> dict:
+    """``nodeSelector`` and ``tolerations`` of the pods (each only when there is one)."""
+    selector = dict(cluster.node_selector)
+    tolerations = [dict(t) for t in cluster.tolerations]
+    if cluster.gpu_product:
+        selector = {"nvidia.com/gpu.product": GPU_PRODUCTS[cluster.gpu_product], **selector}
+    if cluster.gpus_per_node:
+        tolerations.insert(0, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    return {k: v for k, v in (("nodeSelector", selector), ("tolerations", tolerations)) if v}
+
+
+def deployment_pod_spec(cluster: ClusterConfig) -> dict:
+    """The pod fields the deployment decides: account, no API token, security context, priority, pull Secret."""
+    spec: dict[str, Any] = {
+        "serviceAccountName": cluster.service_account,
+        "automountServiceAccountToken": False,  # training pods talk to object storage, never to the API
+        "securityContext": pod_security_context(cluster),
+    }
+    if cluster.priority_class:
+        spec["priorityClassName"] = cluster.priority_class
+    if cluster.image_pull_secret:
+        spec["imagePullSecrets"] = [{"name": cluster.image_pull_secret}]
+    return spec
+
+
+def pod_spec(stage: str, config: str | None, overrides: list[str], cluster: ClusterConfig, image: str) -> dict:
+    vols, mounts = volumes(cluster)
     container = {
         "name": CONTAINER,
         "image": image,
@@ -124,34 +179,20 @@ def pod_spec(stage: str, config: str | None, overrides: list[str], cluster: Clus
         "securityContext": container_security_context(cluster),
         "volumeMounts": mounts,
     }
-    spec: dict[str, Any] = {
-        "serviceAccountName": cluster.service_account,
-        "automountServiceAccountToken": False,  # training pods talk to object storage, never to the API
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": cluster.run_as_user,
-            "runAsGroup": cluster.run_as_user,
-            "fsGroup": cluster.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": volumes,
-    }
-    selector = dict(cluster.node_selector)
-    tolerations = [dict(t) for t in cluster.tolerations]
-    if cluster.gpu_product:
-        selector = {"nvidia.com/gpu.product": GPU_PRODUCTS[cluster.gpu_product], **selector}
-    if cluster.gpus_per_node:
-        tolerations.insert(0, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
-    if selector:
-        spec["nodeSelector"] = selector
-    if tolerations:
-        spec["tolerations"] = tolerations
-    if cluster.priority_class:
-        spec["priorityClassName"] = cluster.priority_class
-    if cluster.image_pull_secret:
-        spec["imagePullSecrets"] = [{"name": cluster.image_pull_secret}]
+    spec = deployment_pod_spec(cluster)
+    spec.update(containers=[container], volumes=vols)
+    where = placement(cluster)
+    spec.update(where)
+    # keep the order of earlier releases: placement before priority and pull Secret
+    for key in ("priorityClassName", "imagePullSecrets"):
+        if key in spec:
+            spec[key] = spec.pop(key)
     return spec
+
+
+def stage_labels(stage: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "kuberlhf", "app.kubernetes.io/component": stage,
+            "app.kubernetes.io/managed-by": "kuberlhf", "kuberlhf.io/stage": stage}
 
 
 def build_pytorchjob(stage: str, config: str | None, overrides: list[str] | None, cluster: ClusterConfig,
@@ -161,8 +202,7 @@ def build_pytorchjob(stage: str, config: str | None, overrides: list[str] | None
 
     overrides = list(overrides or [])
     image = cluster.image or image_ref(stage)
-    labels = {"app.kubernetes.io/name": "kuberlhf", "app.kubernetes.io/component": stage,
-              "app.kubernetes.io/managed-by": "kuberlhf", "kuberlhf.io/stage": stage}
+    labels = stage_labels(stage)
     template = {
         # Istio sidecars (Kubeflow profile namespaces) would keep a finished pod running
         "metadata": {"labels": {**labels, **POD_LABELS}, "annotations": {"sidecar.istio.io/inject": "false"}},
@@ -225,9 +265,18 @@ def primary_pod(job: dict) -> str:
 
 
 def to_yaml(job: dict) -> str:
+    """Block-style YAML in the builder's key order; a list of numbers (exit codes) on one line."""
     import yaml
 
-    return yaml.safe_dump(job, sort_keys=False, default_flow_style=False, width=1000)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def numbers(dumper, data):
+        flow = bool(data) and all(isinstance(v, int) and not isinstance(v, bool) for v in data)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow or None)
+
+    Dumper.add_representer(list, numbers)
+    return yaml.dump(job, Dumper=Dumper, sort_keys=False, default_flow_style=False, width=1000)
 
 
 __all__ = ["build_pytorchjob", "stage_command", "primary_pod", "to_yaml", "GROUP", "VERSION", "PLURAL"]

@@ -36,11 +36,14 @@ CREDENTIAL_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|ACCESS_KEY|CREDENTI
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 # what a run's cluster.* overrides may set: the size, placement and duration of its job; the rest only from files
 RUN_KEYS = frozenset({
-    "nodes", "procs_per_node", "gpus_per_node", "gpu_product", "node_selector", "tolerations",
+    "backend", "nodes", "procs_per_node", "gpus_per_node", "gpu_product", "node_selector", "tolerations",
     "cpu", "memory", "cpu_limit", "memory_limit", "shm_size",
     "launcher", "deepspeed_config", "elastic_min_nodes", "elastic_max_nodes", "elastic_max_restarts",
     "timeout_s", "active_deadline_seconds", "backoff_limit",
 })
+
+# job kinds the launcher creates: Training Operator v1 PyTorchJobs, Kubeflow Trainer v2 TrainJobs
+BACKENDS = ("pytorchjob", "trainjob")
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -51,7 +54,15 @@ _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|m|k|M|G|T
 
 @dataclass
 class ClusterConfig:
-    namespace: str = option("kuberlhf", "namespace of the PyTorchJob")
+    backend: Literal["pytorchjob", "trainjob"] = option(
+        "pytorchjob", "job kind: pytorchjob (Training Operator v1) or trainjob (Kubeflow Trainer v2, on the stage's "
+        "TrainingRuntime kuberlhf-<image>)"
+    )
+    runtime_kind: Literal["TrainingRuntime", "ClusterTrainingRuntime"] = option(
+        "TrainingRuntime", "kind of the runtimes TrainJobs reference (backend trainjob): the namespace's "
+        "TrainingRuntime or a ClusterTrainingRuntime"
+    )
+    namespace: str = option("kuberlhf", "namespace of the job")
     image: str = option("", "training image; '' = the stage's release image (kuberlhf.images.image_ref)")
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = option("IfNotPresent", "image pull policy")
     image_pull_secret: str = option("", "Secret of type dockerconfigjson for a private registry; '' = none")
@@ -226,4 +237,4 @@ def split_overrides(overrides: list[str] | None) -> tuple[list[str], list[str]]:
     return stage, cluster
 
 
-__all__ = ["ClusterConfig", "GPU_PRODUCTS", "RUN_KEYS", "load_cluster", "split_overrides"]
+__all__ = ["BACKENDS", "ClusterConfig", "GPU_PRODUCTS", "RUN_KEYS", "load_cluster", "split_overrides"]
