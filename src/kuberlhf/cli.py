@@ -19,6 +19,7 @@ from kuberlhf.stages.registry import STAGES, configure_logging, done_line, get_s
 # verbs beyond the stages -> module with ``add_parser(verbs)`` and ``run(args) -> int`` (import-light)
 TOOLS = {
     "launch": "kuberlhf.k8s.cli",
+    "runtimes": "kuberlhf.k8s.cli",
     "feedback": "kuberlhf.feedback.cli",
     "pipeline": "kuberlhf.workflow.cli",
 }
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--output", required=True, help="where the merged model goes: local dir or s3:// URI")
     merge.add_argument("--base", help="base model to merge into (default: the one in the artifact's card)")
     merge.add_argument("--overwrite", action="store_true", help="replace a finished artifact in --output")
-    for module in TOOLS.values():
+    for module in dict.fromkeys(TOOLS.values()):  # a module may add several verbs
         importlib.import_module(module).add_parser(verbs)
     return parser
 

@@ -196,7 +196,7 @@ def test_run_parameters_are_checked_against_the_pipeline():
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_params("rlhf-ppo", ["procs"])
     # values the steps refuse are refused before a run starts
-    with pytest.raises(ConfigError, match="mode: must be one of local, pytorchjob, got 'bogus'"):
+    with pytest.raises(ConfigError, match="mode: must be one of local, pytorchjob, trainjob, got 'bogus'"):
         parse_params("rlhf-dpo", ["mode=bogus"])
     with pytest.raises(ConfigError, match="procs: must be at least 1, got 0"):
         parse_params("rlhf-ppo", ["procs=0"])
@@ -353,8 +353,10 @@ def fake_artifact(path: Path, metrics: dict) -> None:
     storage.write_manifest(path)
 
 
-def test_pytorchjob_mode_launches_the_stage_once_and_reports_its_metrics(tmp_path, monkeypatch):
-    """The launcher gets the inputs' and output's object-store URIs; a retried step does not launch again."""
+@pytest.mark.parametrize("mode", ["pytorchjob", "trainjob"])
+def test_cluster_modes_launch_the_stage_once_and_report_its_metrics(tmp_path, monkeypatch, mode):
+    """The launcher gets the inputs' and output's object-store URIs and the mode as its backend; a retried step
+    does not launch again."""
     from kuberlhf.workflow.steps import run_stage
 
     launched = []
@@ -367,21 +369,21 @@ def test_pytorchjob_mode_launches_the_stage_once_and_reports_its_metrics(tmp_pat
 
     monkeypatch.setitem(sys.modules, "kuberlhf.k8s.launcher", SimpleNamespace(launch_stage=launch_stage))
     out = tmp_path / "ppo-out"
-    kwargs = dict(mode="pytorchjob", config=str(REPO / "configs/ppo/demo.yaml"), overrides=["ppo.kl_coef=0.1"],
+    kwargs = dict(mode=mode, config=str(REPO / "configs/ppo/demo.yaml"), overrides=["ppo.kl_coef=0.1"],
                   inputs={"policy": "minio://mlpipeline/run/merge/merged", "reward_model": "s3://b/reward"},
                   output_path=str(tmp_path / "local-model"), output_uri=f"file://{out}",
                   manifest_path=str(tmp_path / "job.yaml"), run_id="run-1", task="ppo")
     metrics = run_stage("ppo", **kwargs)
     assert metrics["kl"] == 1.25
     ((stage, config, overrides, run_id, task, cluster, backend),) = launched
-    assert (stage, run_id, task, cluster, backend) == ("ppo", "run-1", "ppo", None, "pytorchjob")
+    assert (stage, run_id, task, cluster, backend) == ("ppo", "run-1", "ppo", None, mode)
     assert overrides == ["training.disable_tqdm=true", "ppo.kl_coef=0.1", "policy.name_or_path=s3://mlpipeline/run/merge/merged",
                          "reward_model.name_or_path=s3://b/reward", f"output_dir={out}"]
     assert (tmp_path / "job.yaml").read_text() == "kind: PyTorchJob\n"
     assert (tmp_path / "local-model").is_dir()  # KFP uploads this folder after the step: it must exist
     run_stage("ppo", **kwargs)  # a retry after the stage published
     assert len(launched) == 1
-    with pytest.raises(ConfigError, match="mode: must be one of local, pytorchjob"):
+    with pytest.raises(ConfigError, match="mode: must be one of local, pytorchjob, trainjob"):
         run_stage("ppo", **{**kwargs, "mode": "cluster"})
 
 

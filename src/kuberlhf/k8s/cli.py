@@ -2,7 +2,7 @@
 
 $ kuberlhf launch ppo --dry-run                                   # print the PyTorchJob, touch nothing
 $ kuberlhf launch ppo --backend trainjob --dry-run                # the Trainer v2 TrainJob instead
-$ kuberlhf launch --runtimes --cluster configs/cluster/a100.yaml  # the TrainingRuntimes those settings need
+$ kuberlhf runtimes --cluster configs/cluster/a100.yaml          # the TrainingRuntimes those settings need
 $ kuberlhf launch ppo --help-cluster                              # every cluster key, its default and help
 $ kuberlhf launch sft --config configs/sft/opt-1.3b-qlora.yaml --cluster configs/cluster/a100.yaml \\
       output_dir=s3://bucket/runs/sft cluster.nodes=2
@@ -49,7 +49,7 @@ def add_parser(verbs) -> None:
         p = verbs.add_parser("launch", help=doc, description=doc)
     finally:
         verbs._parser_class = parser_class
-    p.add_argument("stage", nargs="?", choices=list(STAGES), metavar="STAGE", help=f"stage to run: {', '.join(STAGES)}")
+    p.add_argument("stage", choices=list(STAGES), metavar="STAGE", help=f"stage to run: {', '.join(STAGES)}")
     p.add_argument("--config", help="stage config as the pod sees it (default: configs/STAGE/demo.yaml)")
     p.add_argument("--cluster", help="cluster settings YAML (configs/cluster/*.yaml)")
     p.add_argument("--name", help="job name (DNS-1035, <= 44 chars; a retry after a failure appends -a2, -a3, ...); "
@@ -59,15 +59,19 @@ def add_parser(verbs) -> None:
     p.add_argument("--backend", choices=list(BACKENDS),
                    help="job kind: pytorchjob (Training Operator v1) or trainjob (Kubeflow Trainer v2); "
                    "default: cluster.backend (pytorchjob)")
-    p.add_argument("--runtimes", action="store_true",
-                   help="print the TrainingRuntimes (one per stage image) the cluster settings need, and exit")
     p.add_argument("--manifest-out", help="also write the rendered job YAML to this file")
     p.add_argument("--help-cluster", action="store_true", help="list every cluster key, its default and help; exit")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="stage overrides (training.max_steps=10) and cluster.* overrides (cluster.nodes=2)")
+    doc = "print the Kubeflow Trainer v2 runtimes (one per stage image) that TrainJobs of these cluster settings use"
+    r = verbs.add_parser("runtimes", help=doc, description=doc + "; the chart installs the same ones")
+    r.add_argument("--cluster", help="cluster settings YAML (configs/cluster/*.yaml)")
+    r.add_argument("overrides", nargs="*", metavar="cluster.key=value", help="cluster.* overrides")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.verb == "runtimes":
+        return _print_runtimes(args)
     from kuberlhf.k8s import launcher
     from kuberlhf.k8s.pytorchjob import to_yaml
 
@@ -78,11 +82,6 @@ def run(args: argparse.Namespace) -> int:
         for key, default, text in describe(ClusterConfig, "cluster."):
             print(f"{key} = {default}\n    {text}")
         return 0
-    if args.runtimes:
-        return _print_runtimes(args)
-    if not args.stage:
-        print("kuberlhf launch: STAGE is required (or --runtimes, --help-cluster)", file=sys.stderr)
-        return 2
     config = args.config or f"configs/{args.stage}/demo.yaml"
     run_id = args.run_id or ""  # "": a hash of the resolved configs (launcher.content_run_id)
     if args.dry_run:
@@ -110,8 +109,7 @@ def _print_runtimes(args: argparse.Namespace) -> int:
 
     stage_overrides, cluster_overrides = split_overrides(args.overrides)
     if stage_overrides:
-        print(f"kuberlhf launch --runtimes: only cluster.* overrides apply, got {' '.join(stage_overrides)}",
-              file=sys.stderr)
+        print(f"kuberlhf runtimes: only cluster.* overrides apply, got {' '.join(stage_overrides)}", file=sys.stderr)
         return 2
     cluster = load_cluster(args.cluster, cluster_overrides)
     docs = [to_yaml(trainjob.build_runtime(image, cluster, cluster.runtime_kind))

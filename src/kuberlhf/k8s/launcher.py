@@ -344,7 +344,8 @@ class _Launcher:
         except ApiException as err:
             if err.status == 404:
                 raise LaunchError(f"{where} not found: install Kubeflow Trainer v2 and the chart's runtimes "
-                                  "(trainer.runtimes=true), or use backend pytorchjob", reason="RuntimeNotFound") from None
+                                  "(trainer.runtimes=true), or use backend pytorchjob",
+                                  reason="RuntimeNotFound") from None
             raise LaunchError(f"{where}: get refused: HTTP {err.status} {err.reason}: {_body_message(err)}",
                               reason=str(err.reason or err.status)) from None
         differences = trainjob.runtime_differences(trainjob.build_runtime(image, self.cluster, kind), live)
@@ -425,7 +426,8 @@ class _Launcher:
             started, events = self.apis.clock(), 0
             try:
                 stream = self.apis.watch().stream(
-                    self.apis.custom.list_namespaced_custom_object, self.group, self.version, self.namespace, self.plural,
+                    self.apis.custom.list_namespaced_custom_object, self.group, self.version, self.namespace,
+                    self.plural,
                     field_selector=f"metadata.name={self.name}",
                     resource_version=obj.get("metadata", {}).get("resourceVersion"),
                     timeout_seconds=max(1, int(min(self.cluster.watch_timeout_s, remaining))))
@@ -454,7 +456,8 @@ class _Launcher:
                     raise self._refused("watch", err) from None
             except _network_errors() as err:
                 self._retry("watch", f"{type(err).__name__}: {err}")
-            if state not in self.backend.terminal:  # a window ended or the stream broke: re-list, a transition may be missed
+            # a window ended or the stream broke: re-list, a transition may be missed
+            if state not in self.backend.terminal:
                 obj = self._get()
                 state = self._report(obj, state)
         return obj
@@ -477,7 +480,7 @@ class _Launcher:
             reason = "AttemptsSpent"
         raise LaunchError(text, reason=reason, log_tail=self.log_tail(obj))
 
-    def primary_pod(self, obj: dict) -> str:
+    def primary_pod(self, obj: dict) -> str | None:
         """The pod whose log explains a failure: a PyTorchJob's master-0 (worker-0 when elastic); a TrainJob's
         newest node-0 pod (Job pods have generated names: found by JobSet's labels)."""
         if self.backend.name == "pytorchjob":
@@ -486,7 +489,7 @@ class _Launcher:
             self.namespace, label_selector=trainjob.trainer_pod_selector(self.name)))
         items = [p.to_dict() if hasattr(p, "to_dict") else p for p in (getattr(pods, "items", None) or [])]
         if not items:
-            raise LaunchError(f"{self.where}: no pod of its node 0 is left", reason="NoPod")
+            return None
         newest = max(items, key=lambda p: str((p.get("metadata") or {}).get("creation_timestamp")
                                               or (p.get("metadata") or {}).get("creationTimestamp") or ""))
         return newest["metadata"]["name"]
@@ -496,6 +499,8 @@ class _Launcher:
         pod = "(unknown)"
         try:
             pod = self.primary_pod(obj)
+            if pod is None:
+                return "(no pod of node 0 is left to show a log)"
             text = self.apis.core.read_namespaced_pod_log(pod, self.namespace, container=self.backend.container,
                                                           tail_lines=lines)
         except Exception as err:  # the log only explains the failure; any error here must not hide it

@@ -86,6 +86,10 @@ def check_backend(cluster: ClusterConfig) -> None:
     if cluster.elastic:
         raise ConfigError("config key 'cluster.elastic_max_nodes': the trainjob backend has no elastic training "
                           "(Trainer v2.3's torch policy); use backend pytorchjob or set elastic_* to 0")
+    reserved = sorted(set(cluster.env) & set(RESERVED_ENV))
+    if reserved:
+        raise ConfigError(f"config key 'cluster.env': {', '.join(reserved)} is set by Kubeflow Trainer's torch policy "
+                          "in every TrainJob pod; remove it")
 
 
 # ---------------------------------------------------------------- the runtime (the platform's part)

@@ -1,4 +1,4 @@
-"""What a pipeline step runs: one training stage, in the step's own process or as a PyTorchJob.
+"""What a pipeline step runs: one training stage, in the step's own process, as a PyTorchJob or as a TrainJob.
 
 The KFP components (``components/``) are thin shells around :func:`run_stage_step`:
 
@@ -9,10 +9,12 @@ The KFP components (``components/``) are thin shells around :func:`run_stage_ste
   (:func:`kuberlhf.k8s.launcher.launch_stage`), creates it and waits; the training pods
   write straight to the object-store URI KFP assigned to the output model, and the rendered
   job manifest is saved as an output artifact.
+* ``mode=trainjob``: the same, with a Kubeflow Trainer v2 TrainJob on the stage's
+  TrainingRuntime (``kuberlhf-<image>``, installed by the chart) instead of a PyTorchJob.
 
 Inputs of a stage (the SFT policy, the reward model, the training data of a ``data`` step:
 :mod:`kuberlhf.workflow.data`) are handed over as config overrides: local paths in ``local``
-mode, ``s3://`` URIs in ``pytorchjob`` mode.
+mode, ``s3://`` URIs in the cluster modes (``pytorchjob``, ``trainjob``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from kuberlhf.workflow.data import artifact_uri, data_overrides, dataset_has_eva
 
 log = logging.getLogger(__name__)
 
-MODES = ("local", "pytorchjob")
-LOCAL_MODE_NOTE = "# mode=local: the stage ran in the step's own process; no PyTorchJob was created.\n"
+MODES = ("local", "pytorchjob", "trainjob")  # the cluster modes are the launcher's backends
+LOCAL_MODE_NOTE = "# mode=local: the stage ran in the step's own process; no job was created.\n"
 
 
 def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, str], output_dir: str,
@@ -152,7 +154,7 @@ def run_stage(
     """Run one pipeline step of ``stage``; returns the stage's ``metrics.json``.
 
     ``inputs`` maps the component's input names to where the stage reads them: local paths in
-    local mode, the artifacts' URIs in pytorchjob mode; so does ``train_data``, the folder of a data
+    local mode, the artifacts' URIs in the cluster modes; so does ``train_data``, the folder of a data
     step's ``Dataset`` (``train_data_eval``: it holds eval data too; None: it is another stage's artifact, read as
     a folder; empty: the config's own data). A
     step whose output already holds a finished artifact (a retry after the stage published) reports it
@@ -164,9 +166,9 @@ def run_stage(
         raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
     config = resolve_config(config)
     output_dir = output_path if mode == "local" else artifact_uri(output_uri)
-    if mode == "pytorchjob":
+    if mode != "local":
         inputs = {name: artifact_uri(uri) for name, uri in inputs.items()}
-    else:  # cluster.* keys shape the PyTorchJob: the same parameters also run locally
+    else:  # cluster.* keys shape the job: the same parameters also run locally
         skipped = [o for o in overrides or [] if o.startswith("cluster.")]
         if skipped:
             log.info("mode=local: ignoring cluster overrides %s", " ".join(skipped))
@@ -178,7 +180,7 @@ def run_stage(
     else:
         data = []
     args = stage_overrides(stage, overrides, inputs, output_dir, data)
-    if mode == "pytorchjob":
+    if mode != "local":
         _cluster_storage_env()
     if storage.is_complete(output_dir):
         log.info("%s already holds a finished %s artifact (a retried step): not training again", output_dir, stage)
@@ -189,7 +191,7 @@ def run_stage(
 
         Path(output_path).mkdir(parents=True, exist_ok=True)  # KFP uploads this (empty) folder afterwards
         result = launch_stage(stage, config, args, run_id=run_id, task=task, cluster=None,
-                              manifest_out=manifest_path, backend="pytorchjob")
+                              manifest_out=manifest_path, backend=mode)
         log.info("%s finished: %s", stage, result)
     if mode == "local":
         Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ Each module has ``build(registry=None, tag=None)`` returning the ``@dsl.pipeline
 with its components' images resolved by :func:`kuberlhf.images.image_ref`. The same
 definition runs locally (``kuberlhf pipeline run --local``, ``kfp.local``) and on Kubeflow
 (``kuberlhf pipeline compile|submit|upload``); its ``mode`` parameter picks whether the
-training stages run inside the step (``local``) or as PyTorchJobs (``pytorchjob``).
+training stages run inside the step (``local``), as PyTorchJobs (``pytorchjob``) or as TrainJobs
+(``trainjob``).
 """
 
 # pipeline name -> module

@@ -75,8 +75,8 @@ def build(registry: str | None = None, tag: str | None = None):
         """RLHF from AI feedback: SFT, candidates, AI labels under a constitution, reward model, PPO, report.
 
         Args:
-            mode: Where the training stages run. local runs each stage inside its pipeline step (torchrun when procs > 1); pytorchjob makes each step launch a PyTorchJob for its stage and wait for it.
-            procs: Processes per training stage in local mode (torchrun --nproc_per_node); in pytorchjob mode the cluster settings decide.
+            mode: Where the training stages run. local runs each stage inside its pipeline step (torchrun when procs > 1); pytorchjob makes each step launch a PyTorchJob for its stage and wait for it; trainjob the same with a Kubeflow Trainer v2 TrainJob.
+            procs: Processes per training stage in local mode (torchrun --nproc_per_node); in the pytorchjob and trainjob modes the cluster settings decide.
             sft_config: SFT config file (a path in the image, e.g. configs/sft/opt-1.3b-qlora.yaml, or a file of the kuberlhf-config ConfigMap).
             sft_overrides: SFT key=value overrides, e.g. ["training.max_steps=500", "finetune=lora"].
             sft_data: SFT training data (any data source); empty = the SFT config's data.train.
