@@ -106,3 +106,18 @@ def test_gpu_e2e_installs_runs_and_always_uninstalls():
     cleanup = [s for s in runs if "helm uninstall" in s["run"]]
     assert cleanup and all(s.get("if") == "always()" for s in cleanup), "uninstall must run even after a failure"
     assert (REPO / "tests" / "e2e").is_dir()
+
+
+def test_gpu_e2e_runs_either_backend():
+    doc = load("gpu-e2e.yml")
+    trigger = doc.get("on") or doc.get(True)  # YAML 1.1 reads the key `on` as true
+    backend = trigger["workflow_dispatch"]["inputs"]["backend"]
+    assert backend["options"] == ["pytorchjob", "trainjob"] and backend["default"] == "pytorchjob"
+    (job,) = doc["jobs"].values()
+    assert "trainjob" in job["strategy"]["matrix"]["backend"]  # the nightly run does both
+    text = "\n".join(s.get("run", "") for s in job["steps"])
+    assert '--set cluster.backend="$BACKEND"' in text and "trainer.runtimes" in text
+    e2e = next(s for s in job["steps"] if "tests/e2e" in s.get("run", ""))
+    assert e2e["env"]["KUBERLHF_E2E_BACKEND"] == "${{ matrix.backend }}"
+    source = (REPO / "tests" / "e2e" / "test_rlhf_ppo_cluster.py").read_text()
+    assert '"mode": BACKEND' in source
