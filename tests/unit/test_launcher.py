@@ -589,6 +589,9 @@ def test_the_runtime_check_retries_transient_errors_and_stops_on_refusal():
 
     api.runtimes = Flaky()
     assert launch(api)["state"] == "Succeeded" and api.sleeps == [2.0]
+    reads = len(api.runtime_reads)
+    api.runtimes = {}  # the runtime is gone meanwhile: a re-attach to the job does not need it
+    assert launch(api)["created"] is False and len(api.runtime_reads) == reads
     denied = FakeApi("trainjob", runtimes=ApiException(status=403, reason="Forbidden"))
     with pytest.raises(LaunchError, match="TrainingRuntime kuberlhf/kuberlhf-ppo: get refused: HTTP 403 Forbidden"):
         launch(denied)

@@ -220,8 +220,6 @@ def launch_stage(stage: str, config: str | None, overrides: list[str] | None, ru
     _write_manifest(manifest_out, job)
     apis = apis or default_apis()
     launcher = _Launcher(apis, cluster_cfg, job, BACKEND[cluster_cfg.backend])
-    if cluster_cfg.backend == "trainjob":
-        launcher.check_runtime(stage)
     obj, created = launcher.attach_or_start(run_id)
     if launcher.attempt > 1:
         _write_manifest(manifest_out, launcher.job)
@@ -324,7 +322,8 @@ class _Launcher:
 
     # ---------------------------------------------------------------- the TrainJob's runtime
     def check_runtime(self, stage: str) -> None:
-        """The stage's TrainingRuntime exists and fixes what the cluster settings say (account, Secrets, ...)."""
+        """The stage's TrainingRuntime exists and fixes what the cluster settings say (account, Secrets, ...);
+        else :class:`LaunchError` naming the keys, before anything is created."""
         from kubernetes.client.exceptions import ApiException
 
         kind = self.cluster.runtime_kind
@@ -400,6 +399,8 @@ class _Launcher:
     def get_or_create(self, run_id: str) -> tuple[dict, bool]:
         from kubernetes.client.exceptions import ApiException
 
+        if self.backend.name == "trainjob":  # before a TrainJob is created; a re-attach does not need it
+            self.check_runtime(self.first["metadata"]["labels"]["kuberlhf.io/stage"])
         try:
             obj = self._call("create", lambda: self.apis.custom.create_namespaced_custom_object(
                 self.group, self.version, self.namespace, self.plural, self.job))
