@@ -615,3 +615,20 @@ def test_a_suspended_trainjob_waits_for_kueue():
     api = FakeApi("trainjob", watches=[[("state", NAME, "Suspended", "Suspended", "waiting for quota"), ("sleep", 600),
                                         ("state", NAME, "Complete")]])
     assert launch(api)["state"] == "Succeeded"
+
+
+def test_a_reattach_warns_when_the_spec_differs_but_not_for_kueues_suspend(backend, caplog):
+    api = FakeApi(backend, watches=[[("state", NAME, "Running"), ("raise", KeyboardInterrupt())]])
+    with pytest.raises(KeyboardInterrupt):
+        launch(api, cluster={"kueue_queue": "team-a"})
+    if backend == "trainjob":  # Kueue admitted the job: it unsuspended it
+        assert api.jobs[NAME]["spec"]["suspend"] is True
+        api.jobs[NAME]["spec"]["suspend"] = False
+    api.watches = [[("state", NAME, done(backend))]]
+    with caplog.at_level("WARNING", logger="kuberlhf.k8s.launcher"):
+        assert launch(api, cluster={"kueue_queue": "team-a"})["created"] is False
+    assert "spec differs" not in caplog.text
+    api.jobs[NAME]["metadata"]["annotations"]["kuberlhf.io/spec-hash"] = "0" * 16  # rendered by other settings
+    with caplog.at_level("WARNING", logger="kuberlhf.k8s.launcher"):
+        launch(api, cluster={"kueue_queue": "team-a"})
+    assert "re-attaching to a job whose spec differs from the one rendered now" in caplog.text

@@ -43,7 +43,7 @@ from typing import Any
 from kuberlhf.config import to_dict
 from kuberlhf.errors import ConfigError, KuberlhfError
 from kuberlhf.k8s import pytorchjob, trainjob
-from kuberlhf.k8s.pytorchjob import ANNOTATION_PREFIX, spec_hash, to_yaml
+from kuberlhf.k8s.pytorchjob import ANNOTATION_PREFIX, to_yaml
 from kuberlhf.k8s.spec import BACKENDS, ClusterConfig, load_cluster, split_overrides
 
 log = logging.getLogger(__name__)
@@ -384,7 +384,8 @@ class _Launcher:
 
     def _reattach(self, obj: dict) -> dict:
         annotations = obj.get("metadata", {}).get("annotations") or {}
-        if annotations.get(f"{ANNOTATION_PREFIX}spec-hash") != spec_hash(self.job["spec"]):
+        key = f"{ANNOTATION_PREFIX}spec-hash"  # the builder's digest (a TrainJob's leaves out Kueue's suspend)
+        if annotations.get(key) != self.job["metadata"]["annotations"][key]:
             log.warning("%s: re-attaching to a job whose spec differs from the one rendered now", self.where)
         log.info("%s exists (state %s): re-attaching", self.where, self.state(obj)[0])
         self._progress()
