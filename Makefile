@@ -80,7 +80,7 @@ helm-lint: install ## Helm chart: lint --strict, render each ci/*-values.yaml, v
 manifests-check: install ## kustomize manifests: build each overlay, validate objects, in sync with the chart
 	$(BIN)/python tests/deploy_check.py manifests-check
 
-chart-sync: install ## copy configs/ and the chart's cluster.yaml into manifests/ (after changing either)
+chart-sync: install ## copy configs/, the chart's cluster.yaml and Trainer runtimes into manifests/ (after changing either)
 	$(BIN)/python tests/deploy_check.py sync
 
 images: install ## build the stage images (docker, podman or buildah; IMAGES_ALLOW_UNPINNED=1 allows an unpinned base)

@@ -4,7 +4,8 @@ $ python tests/deploy_check.py helm-lint          # lint --strict and render wit
                                                   # ci/*-values.yaml, validate every object, bad values refused
 $ python tests/deploy_check.py helm-lint --values my-values.yaml   # the same for more values files
 $ python tests/deploy_check.py manifests-check    # kubectl kustomize each overlay, validate every object
-$ python tests/deploy_check.py sync               # copy configs/ and the chart's cluster.yaml into manifests/
+$ python tests/deploy_check.py sync               # copy configs/, the chart's cluster.yaml and its Trainer
+                                                  # runtimes into manifests/
 
 Every object must pass ``k8schecks.validate_all`` (kubernetes-validate --strict for the oldest and
 newest supported Kubernetes; custom resources against their CRD) and the restricted Pod Security
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import re
 import shutil
 import subprocess
@@ -36,11 +38,15 @@ CHART = ROOT / "charts" / "kuberlhf"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 MANIFESTS = ROOT / "manifests"
 # kustomize directory -> the chart values file it is equivalent to (None: the chart's defaults)
-OVERLAYS = {"base": None, "overlays/dev": "ci/dev-values.yaml", "overlays/gpu": "ci/gpu-values.yaml"}
+OVERLAYS = {"base": None, "overlays/dev": "ci/dev-values.yaml", "overlays/gpu": "ci/gpu-values.yaml",
+            "overlays/trainjob": "ci/trainjob-values.yaml"}
 STAGE_CONFIGS = "configs/*/*.yaml"
 # objects an overlay takes from the chart's render as they are (`make chart-sync` writes them): the dev
 # store's lifecycle Job carries files/s3-lifecycle.py in its args
 GENERATED_OBJECTS = {"overlays/dev": {"devstore-lifecycle-job.yaml": ("Job", "kuberlhf-s3-lifecycle")}}
+# overlays that ship the chart's Kubeflow Trainer runtimes (one file, every runtime the values render)
+GENERATED_RUNTIMES = {"overlays/trainjob": "trainingruntimes.yaml"}
+RUNTIME_KINDS = ("TrainingRuntime", "ClusterTrainingRuntime")
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                     "app.kubernetes.io/managed-by")
 RELEASE = {"name": "kuberlhf", "namespace": "kuberlhf"}
@@ -73,6 +79,9 @@ BAD_VALUES = [
     ({"image": {"digest": "sha256:abc"}}, "/image/digest"),
     ({"devStore": {"abortIncompleteMultipartUploadDays": -1}}, "/devStore/abortIncompleteMultipartUploadDays"),
     ({"networkPolicy": {"objectStore": {"cidrs": ["s3.amazonaws.com"]}}}, "/networkPolicy/objectStore/cidrs"),
+    ({"cluster": {"backend": "mpijob"}}, "/cluster/backend"),
+    ({"trainer": {"runtimes": "yes"}}, "/trainer/runtimes"),
+    ({"trainer": {"runtimeKind": "Cluster"}}, "/trainer/runtimeKind"),
 ]
 
 
@@ -94,11 +103,22 @@ def read_values(path: str | Path | None) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def render(values: dict | None = None) -> dict[str, str]:
-    """{template path: rendered text} with Helm's own engine (raises HelmValuesError, HelmRenderError)."""
+def render(values: dict | None = None, api_versions: tuple[str, ...] = ()) -> dict[str, str]:
+    """{template path: rendered text} with Helm's own engine (raises HelmValuesError, HelmRenderError).
+
+    ``api_versions`` are what the cluster serves (``.Capabilities.APIVersions``, `helm template --api-versions`),
+    e.g. ``trainer.kubeflow.org/v1alpha1/TrainingRuntime``; none by default, as in an offline `helm template`.
+    """
     helm = _helm()
     with helm.Chart.load(CHART) as chart:
-        return chart.render(values or {}, **RELEASE)
+        if not api_versions:
+            return chart.render(values or {}, **RELEASE)
+        # Chart.render has no argument for them; the library's render options have (api_versions)
+        from helm_python import _native
+
+        options = {**RELEASE, "api_versions": list(api_versions)}
+        return json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values or {}),
+                                              json.dumps(options)))
 
 
 def objects(rendered: dict[str, str], with_tests: bool = True) -> list[dict]:
@@ -219,6 +239,31 @@ def generated_object(values_file: str | None, kind: str, name: str) -> str:
     raise RuntimeError(f"the chart rendered no {kind} {name} with {values_file}")
 
 
+def without_helm_labels(obj: dict) -> dict:
+    """An object without the labels Helm writes on its metadata (the rest as it is, annotations included)."""
+    obj = json.loads(json.dumps(obj))
+    labels = obj["metadata"].get("labels") or {}
+    for key in HELM_ONLY_LABELS:
+        labels.pop(key, None)
+    return obj
+
+
+def generated_runtimes(values_file: str | None) -> str:
+    """The chart's Trainer runtimes for a values file as an overlay ships them: without Helm's labels and the
+    namespace (the kustomization sets it), every other field as kuberlhf.k8s.trainjob.build_runtime renders it."""
+    docs = []
+    for obj in objects(render(read_values(values_file))):
+        if obj["kind"] in RUNTIME_KINDS:
+            obj = without_helm_labels(obj)
+            obj["metadata"].pop("namespace", None)
+            docs.append(yaml.safe_dump(obj, sort_keys=False, width=120))
+    if not docs:
+        raise RuntimeError(f"the chart rendered no Trainer runtime with {values_file} (set trainer.runtimes: true)")
+    head = (f"# Generated by `make chart-sync` from the chart's Trainer runtimes with {values_file}: do not edit.\n"
+            "# The launcher compares each with the cluster settings (cluster.yaml) before it creates a TrainJob.\n")
+    return head + "---\n".join(docs)
+
+
 def config_kustomization(configs: list[Path]) -> str:
     lines = ["# Generated by `make chart-sync` from configs/ and the chart's cluster.yaml: do not edit.",
              "# kuberlhf-config: cluster.yaml and each configs/<stage>/<name>.yaml as key <stage>.<name>.yaml",
@@ -243,6 +288,8 @@ def expected_files() -> dict[Path, str]:
         files[target / "cluster.yaml"] = cluster_yaml(values_file)
         for file_name, (kind, name) in GENERATED_OBJECTS.get(directory, {}).items():
             files[target / file_name] = generated_object(values_file, kind, name)
+        if directory in GENERATED_RUNTIMES:
+            files[target / GENERATED_RUNTIMES[directory]] = generated_runtimes(values_file)
     return files
 
 
@@ -321,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     lint = sub.add_parser("helm-lint", help="lint, render and validate the chart; bad values refused")
     lint.add_argument("--values", action="append", default=[], help="more values files to check")
     sub.add_parser("manifests-check", help="build and validate each kustomize overlay")
-    sub.add_parser("sync", help="copy configs/ and the chart's cluster.yaml into manifests/")
+    sub.add_parser("sync", help="copy configs/, the chart's cluster.yaml and runtimes into manifests/")
     args = parser.parse_args(argv)
     if args.command == "helm-lint":
         return 0 if helm_lint(args.values) else 1

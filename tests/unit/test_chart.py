@@ -3,14 +3,17 @@
 Every render (defaults and each ci/*-values.yaml) passes ``helm lint --strict``, strict schema
 validation for the oldest and newest supported Kubernetes, and the restricted Pod Security
 Standard; the launcher's Role holds exactly the contract's verbs; values that break the schema
-are refused with a message naming the key.
+are refused with a message naming the key; the Kubeflow Trainer runtimes are exactly what
+``kuberlhf.k8s.trainjob.build_runtime`` renders from the chart's own cluster.yaml.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -31,12 +34,19 @@ from deploy_check import (
     render,
     schema_refusal,
     undocumented_values,
+    without_helm_labels,
 )
 from k8schecks import pss_restricted_errors, validate_all
 
 CASES = [None, *[f"ci/{p.name}" for p in CI_VALUES]]
-LAUNCHER_RULES = {("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "delete"},
+# the cases that render the Kubeflow Trainer runtimes (trainer.runtimes: true)
+RUNTIME_CASES = [case for case in CASES if read_values(case).get("trainer", {}).get("runtimes") is True]
+JOB_VERBS = {"create", "get", "list", "watch", "delete"}
+LAUNCHER_RULES = {("kubeflow.org", "pytorchjobs"): JOB_VERBS, ("trainer.kubeflow.org", "trainjobs"): JOB_VERBS,
+                  ("trainer.kubeflow.org", "trainingruntimes"): {"get"},
                   ("", "pods"): {"get", "list"}, ("", "pods/log"): {"get", "list"}, ("", "events"): {"list"}}
+RUNTIME_KINDS = ("TrainingRuntime", "ClusterTrainingRuntime")
+TRAINER_API = "trainer.kubeflow.org/v1alpha1"
 CREDENTIAL = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|ACCESS_KEY)", re.IGNORECASE)
 
 
@@ -111,7 +121,22 @@ def test_launcher_role_has_exactly_the_contract_verbs(case):
     (binding,) = find(items, "RoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kuberlhf-launcher"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kuberlhf-launcher", "namespace": "kuberlhf"}]
-    assert find(items, "ClusterRole") == [] and find(items, "ClusterRoleBinding") == []
+    if read_values(case).get("trainer", {}).get("runtimeKind") != "ClusterTrainingRuntime":
+        assert find(items, "ClusterRole") == [] and find(items, "ClusterRoleBinding") == []
+        return
+    # ClusterTrainingRuntimes: get of the four runtimes by name, for this namespace's launcher only
+    from kuberlhf.k8s.trainjob import runtime_name, training_images
+
+    (cluster_role,) = find(items, "ClusterRole")
+    assert cluster_role["metadata"]["name"] == "kuberlhf-launcher-kuberlhf"
+    assert cluster_role["rules"] == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["clustertrainingruntimes"],
+                                      "resourceNames": sorted(runtime_name(i) for i in training_images()),
+                                      "verbs": ["get"]}]
+    (cluster_binding,) = find(items, "ClusterRoleBinding")
+    assert cluster_binding["metadata"]["name"] == "kuberlhf-launcher-kuberlhf"
+    assert cluster_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                          "name": "kuberlhf-launcher-kuberlhf"}
+    assert cluster_binding["subjects"] == binding["subjects"]
 
 
 def test_service_accounts():
@@ -257,6 +282,7 @@ def test_cluster_values_map_to_cluster_config_keys():
 
 def test_images_agree_with_kuberlhf_images(monkeypatch):
     from kuberlhf import __version__, images
+    from kuberlhf.k8s import trainjob
 
     monkeypatch.delenv("KUBERLHF_IMAGE_REGISTRY", raising=False)
     monkeypatch.delenv("KUBERLHF_IMAGE_TAG", raising=False)
@@ -267,7 +293,8 @@ def test_images_agree_with_kuberlhf_images(monkeypatch):
     launcher = images.image_ref("launcher")
     assert launcher == f"ghcr.io/kuberlhf/kuberlhf-launcher:{__version__}"
     used = {c["image"] for case in CASES for o in objs(case) for c in containers(o)}
-    assert used == {launcher, f"chrislusf/seaweedfs:{values['devStore']['image']['tag']}",
+    training = {images.image_ref(image) for image in trainjob.training_images()}  # the Trainer runtimes'
+    assert used == {launcher, *training, f"chrislusf/seaweedfs:{values['devStore']['image']['tag']}",
                     f"heartexlabs/label-studio:{values['devLabelStudio']['image']['tag']}"}
     # the dev Label Studio is the version the tests run
     assert f"label-studio=={values['devLabelStudio']['image']['tag']}" in (ROOT / "requirements/label-studio.txt").read_text()
@@ -335,12 +362,41 @@ def test_helm_test_script_checks_the_rendered_role():
     script = _helm_test_script()
     (role,) = find(objs(None), "Role")
     assert script.rbac_failures(_allowed_by(role)) == []
+    def rule(r: dict, resource: str) -> dict:
+        return next(x for x in r["rules"] if resource in x["resources"])
+
     wider = copy.deepcopy(role)
-    wider["rules"][1]["verbs"].append("delete")  # pods: delete
-    assert script.rbac_failures(_allowed_by(wider)) == ["delete pods: allowed, expected refused"]
+    rule(wider, "pods")["verbs"].append("delete")
+    rule(wider, "trainingruntimes")["verbs"].append("list")
+    assert script.rbac_failures(_allowed_by(wider)) == ["list trainingruntimes.trainer.kubeflow.org: allowed, expected "
+                                                        "refused", "delete pods: allowed, expected refused"]
     narrower = copy.deepcopy(role)
-    narrower["rules"][0]["verbs"].remove("watch")
-    assert script.rbac_failures(_allowed_by(narrower)) == ["watch pytorchjobs.kubeflow.org: refused, expected allowed"]
+    rule(narrower, "pytorchjobs")["verbs"].remove("watch")
+    rule(narrower, "trainjobs")["verbs"].remove("create")
+    assert script.rbac_failures(_allowed_by(narrower)) == [
+        "watch pytorchjobs.kubeflow.org: refused, expected allowed",
+        "create trainjobs.trainer.kubeflow.org: refused, expected allowed"]
+
+
+def test_helm_test_script_checks_the_cluster_role_of_cluster_runtimes():
+    script = _helm_test_script()
+    (pod,) = [o for o in objs("ci/trainjob-cluster-values.yaml") if o["kind"] == "Pod"]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["RUNTIME_KIND"] == "ClusterTrainingRuntime"
+    (role,) = find(objs("ci/trainjob-cluster-values.yaml"), "ClusterRole")
+
+    def allowed_by(cluster_role):
+        def allowed(name, verb):
+            return any("clustertrainingruntimes" in r["resources"] and verb in r["verbs"]
+                       and (not r.get("resourceNames") or name in r["resourceNames"]) for r in cluster_role["rules"])
+        return allowed
+
+    assert script.cluster_runtime_failures(allowed_by(role)) == []
+    assert list(script.RUNTIMES) == role["rules"][0]["resourceNames"]
+    any_name = copy.deepcopy(role)
+    del any_name["rules"][0]["resourceNames"]
+    assert script.cluster_runtime_failures(allowed_by(any_name)) == [
+        "get clustertrainingruntimes.trainer.kubeflow.org/torch-distributed: allowed, expected refused"]
 
 
 def test_helm_test_script_checks_the_object_store(s3_server, monkeypatch, tmp_path):
@@ -571,3 +627,132 @@ def test_dev_store_gets_a_rule_aborting_incomplete_multipart_uploads():
     off["devStore"] = {**off["devStore"], "abortIncompleteMultipartUploadDays": 0}
     assert not find(objects(render(off)), "Job")
     assert not find(objs(None), "Job")
+
+
+# ---------------------------------------------------------------- Kubeflow Trainer runtimes
+def chart_runtimes(items: list[dict]) -> dict[str, dict]:
+    """The chart's runtimes by name, without the labels Helm writes on their metadata."""
+    return {o["metadata"]["name"]: without_helm_labels(o) for o in items if o["kind"] in RUNTIME_KINDS}
+
+
+def chart_cluster(case: str | None, tmp_path: Path, monkeypatch):
+    """The ClusterConfig the launcher reads from the chart's cluster.yaml (the ConfigMap's, as a file), with the
+    image registry and tag of the chart's values (what kuberlhf.images reads from the environment)."""
+    from kuberlhf.k8s.spec import load_cluster
+
+    image = {**read_values(CHART / "values.yaml")["image"], **read_values(case).get("image", {})}
+    monkeypatch.setenv("KUBERLHF_IMAGE_REGISTRY", image["registry"])
+    monkeypatch.setenv("KUBERLHF_IMAGE_TAG", image["tag"])
+    monkeypatch.setenv("KUBERLHF_CLUSTER_CONFIG", str(tmp_path / "absent.yaml"))
+    (cm,) = find(objs(case), "ConfigMap", "kuberlhf-config")
+    path = tmp_path / "cluster.yaml"
+    path.write_text(cm["data"]["cluster.yaml"])
+    return load_cluster(path)
+
+
+def python_runtimes(cluster) -> dict[str, dict]:
+    from kuberlhf.k8s.trainjob import build_runtime, runtime_name, training_images
+
+    return {runtime_name(image): build_runtime(image, cluster, cluster.runtime_kind) for image in training_images()}
+
+
+def test_some_cases_render_each_runtime_kind():
+    kinds = {read_values(case).get("trainer", {}).get("runtimeKind", "TrainingRuntime") for case in RUNTIME_CASES}
+    assert kinds == set(RUNTIME_KINDS)
+
+
+@pytest.mark.parametrize("case", RUNTIME_CASES)
+def test_runtimes_are_what_build_runtime_renders_from_the_charts_cluster_yaml(case, tmp_path, monkeypatch):
+    from kuberlhf.k8s.trainjob import runtime_differences
+
+    ours = chart_runtimes(objs(case))
+    expected = python_runtimes(chart_cluster(case, tmp_path, monkeypatch))
+    assert sorted(ours) == sorted(expected)
+    for name, runtime in expected.items():
+        diff = difflib.unified_diff(json.dumps(runtime, indent=1, sort_keys=True).splitlines(),
+                                    json.dumps(ours[name], indent=1, sort_keys=True).splitlines(),
+                                    "build_runtime", "chart", lineterm="", n=1)
+        assert ours[name] == runtime, f"{name} differs:\n" + "\n".join(diff)
+        assert runtime_differences(runtime, ours[name]) == []  # what the launcher checks before a TrainJob
+
+
+def test_runtime_comparison_sees_a_changed_field(tmp_path, monkeypatch):
+    from kuberlhf.k8s.trainjob import runtime_differences, runtime_pod
+
+    case = "ci/trainjob-values.yaml"
+    expected = python_runtimes(chart_cluster(case, tmp_path, monkeypatch))["kuberlhf-ppo"]
+    ours = chart_runtimes(objs(case))["kuberlhf-ppo"]
+    assert ours == expected
+    pull = copy.deepcopy(ours)
+    runtime_pod(pull)["spec"]["containers"][0]["imagePullPolicy"] = "Always"
+    assert pull != expected
+    assert runtime_differences(expected, pull) == [
+        "image_pull_policy: the runtime has 'Always', the cluster settings want 'IfNotPresent'"]
+    codes = copy.deepcopy(ours)
+    job = codes["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]
+    job["podFailurePolicy"]["rules"][1]["onExitCodes"]["values"].remove(127)
+    assert codes != expected
+    labelled = copy.deepcopy(ours)
+    labelled["metadata"]["labels"]["app.kubernetes.io/part-of"] = "kuberlhf"  # not a label Helm writes
+    assert labelled != expected
+
+
+def test_runtimes_only_when_asked_or_when_the_cluster_serves_them():
+    served = (f"{TRAINER_API}/TrainingRuntime", f"{TRAINER_API}/ClusterTrainingRuntime")
+
+    def kinds(values, api_versions=()):
+        return sorted((o["kind"], o["metadata"]["name"]) for o in objects(render(values, api_versions))
+                      if o["kind"] in RUNTIME_KINDS)
+
+    four = [("TrainingRuntime", f"kuberlhf-{i}") for i in ("dpo", "ppo", "reward", "sft")]
+    assert kinds({}) == []  # "auto" on a cluster without Kubeflow Trainer v2 (and in an offline helm template)
+    assert kinds({"trainer": {"runtimes": True}}) == four
+    assert kinds({}, served) == four  # "auto" where the cluster serves trainer.kubeflow.org/v1alpha1 runtimes
+    assert kinds({}, ("trainer.kubeflow.org/v1alpha1",)) == []  # the group version alone: not the kind
+    assert kinds({"trainer": {"runtimes": False}}, served) == []
+    assert kinds({"trainer": {"runtimeKind": "ClusterTrainingRuntime"}}, served[1:]) == [
+        ("ClusterTrainingRuntime", name) for _, name in four]
+    assert kinds({"trainer": {"runtimeKind": "ClusterTrainingRuntime"}}, served[:1]) == []
+
+
+def test_runtime_values_reach_cluster_yaml():
+    cm = find(objs("ci/trainjob-cluster-values.yaml"), "ConfigMap", "kuberlhf-config")[0]
+    cluster = yaml.safe_load(cm["data"]["cluster.yaml"])
+    assert (cluster["backend"], cluster["runtime_kind"]) == ("trainjob", "ClusterTrainingRuntime")
+    default = yaml.safe_load(find(objs(None), "ConfigMap", "kuberlhf-config")[0]["data"]["cluster.yaml"])
+    assert (default["backend"], default["runtime_kind"]) == ("pytorchjob", "TrainingRuntime")
+
+
+def test_elastic_training_is_refused_with_the_trainjob_backend():
+    import helm_python
+
+    with pytest.raises(helm_python.HelmRenderError, match="cluster.elasticMaxNodes"):
+        render({"cluster": {"backend": "trainjob", "nodes": 2, "elasticMinNodes": 1, "elasticMaxNodes": 4}})
+
+
+def test_trainjob_pods_are_training_pods_to_the_network_policies(tmp_path, monkeypatch):
+    """A TrainJob's pod (the runtime's template with the TrainJob's patches, plus JobSet's labels) gets the
+    training pods' policy, not the chart pods' one."""
+    from k8schecks import endpoint, network_allows, selector_matches
+
+    from kuberlhf.k8s.trainjob import build_trainjob, effective_pod
+
+    case = "ci/trainjob-values.yaml"
+    cluster = chart_cluster(case, tmp_path, monkeypatch)
+    job = build_trainjob("sft", "configs/sft/demo.yaml", [], cluster, "sft-run-1")
+    items = objs(case)
+    pod = effective_pod(find(items, "TrainingRuntime", "kuberlhf-sft")[0], job)
+
+    def node(index: int) -> dict:
+        return endpoint(NS, {**pod["metadata"]["labels"], "jobset.sigs.k8s.io/jobset-name": "sft-run-1",
+                             "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                             "batch.kubernetes.io/job-completion-index": str(index)})
+
+    pols = find(items, "NetworkPolicy")
+    (chart_pods,) = find(items, "NetworkPolicy", "kuberlhf")
+    assert not selector_matches(chart_pods["spec"]["podSelector"], node(0)["labels"])
+    assert network_allows(pols, node(1), node(0), 29500)  # Trainer's torch port (PET_MASTER_PORT) on node 0
+    for other in (step_pod(launches=True), endpoint(NS, {"app": "jupyter"}), training_pod(namespace="team-b")):
+        assert not network_allows(pols, other, node(0), 29500), other
+    assert network_allows(pols, node(0), dns_pod(), 53, "UDP")
+    assert not network_allows(pols, node(0), endpoint(ip="10.96.0.1"), 443)

@@ -2,8 +2,10 @@
 
 Each build passes the same checks as the chart (strict schemas for the oldest and newest
 supported Kubernetes, the restricted Pod Security Standard, the launcher's exact verbs) and holds
-the same objects as the chart rendered with the matching values (base: the defaults; dev and gpu:
-ci/dev-values.yaml and ci/gpu-values.yaml), down to every field but Helm's own labels.
+the same objects as the chart rendered with the matching values (base: the defaults; dev, gpu and
+trainjob: ci/dev-values.yaml, ci/gpu-values.yaml and ci/trainjob-values.yaml), down to every field
+but Helm's own labels. The trainjob overlay's TrainingRuntimes are, field for field, what
+``kuberlhf.k8s.trainjob.build_runtime`` renders from the overlay's own cluster.yaml.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ def test_base_has_no_secret_and_the_exact_launcher_role():
     (role,) = [o for o in objs if o["kind"] == "Role"]
     assert role["rules"] == [
         {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["create", "get", "list", "watch", "delete"]},
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
+         "verbs": ["create", "get", "list", "watch", "delete"]},
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainingruntimes"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}]
 
@@ -124,6 +129,35 @@ def test_overlays_set_their_cluster_defaults():
     assert (gpu["gpu_product"], gpu["gpus_per_node"], gpu["kueue_queue"]) == ("h100", 8, "kuberlhf-gpu")
     (queue,) = [o for o in built("overlays/gpu") if o["kind"] == "LocalQueue"]
     assert queue["metadata"]["name"] == gpu["kueue_queue"]
+    trainjob = cluster("overlays/trainjob")
+    assert (trainjob["backend"], trainjob["runtime_kind"], trainjob["gpu_product"]) == ("trainjob", "TrainingRuntime",
+                                                                                          "a100")
+
+
+def test_only_the_trainjob_overlay_needs_kubeflow_trainer():
+    for directory in OVERLAYS:
+        kinds = {o["kind"] for o in built(directory) if o["apiVersion"].startswith("trainer.kubeflow.org/")}
+        assert kinds == ({"TrainingRuntime"} if directory == "overlays/trainjob" else set()), directory
+
+
+def test_trainjob_overlay_runtimes_are_what_build_runtime_renders(tmp_path, monkeypatch):
+    """Exactly, annotations and pod template labels included (``normalize`` strips those on both sides)."""
+    from kuberlhf.k8s.spec import load_cluster
+    from kuberlhf.k8s.trainjob import build_runtime, runtime_differences, runtime_name, training_images
+
+    values = {**read_values(ROOT / "charts/kuberlhf/values.yaml")["image"],
+              **read_values(OVERLAYS["overlays/trainjob"]).get("image", {})}
+    monkeypatch.setenv("KUBERLHF_IMAGE_REGISTRY", values["registry"])
+    monkeypatch.setenv("KUBERLHF_IMAGE_TAG", values["tag"])
+    monkeypatch.setenv("KUBERLHF_CLUSTER_CONFIG", str(tmp_path / "absent.yaml"))
+    objs = built("overlays/trainjob")
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap"]
+    (tmp_path / "cluster.yaml").write_text(cm["data"]["cluster.yaml"])
+    cluster = load_cluster(tmp_path / "cluster.yaml")
+    ours = {o["metadata"]["name"]: o for o in objs if o["kind"] == "TrainingRuntime"}
+    expected = {runtime_name(i): build_runtime(i, cluster, cluster.runtime_kind) for i in training_images()}
+    assert ours == expected
+    assert all(runtime_differences(expected[name], ours[name]) == [] for name in expected)
 
 
 def test_manifests_are_in_sync_with_configs_and_the_chart(monkeypatch):

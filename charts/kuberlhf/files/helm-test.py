@@ -1,19 +1,30 @@
 """`helm test` for kuberlhf, run in the launcher image as ServiceAccount kuberlhf-launcher.
 
 Checks, one line each, exit status 1 when one fails:
-- the ServiceAccount may do what the launcher needs and nothing more (SelfSubjectAccessReview);
+- the ServiceAccount may do what the launcher needs and nothing more (SelfSubjectAccessReview), and with
+  ClusterTrainingRuntimes (RUNTIME_KIND) read those four and no other;
 - the object store answers and accepts the credentials of the storage Secret.
 """
 
 import os
 import sys
 
-# (API group, resource, subresource, verb)
-ALLOWED = [("kubeflow.org", "pytorchjobs", "", verb) for verb in ("create", "get", "list", "watch", "delete")] + [
+# (API group, resource, subresource, verb) in the release namespace
+JOB_VERBS = ("create", "get", "list", "watch", "delete")
+ALLOWED = [("kubeflow.org", "pytorchjobs", "", verb) for verb in JOB_VERBS] + [
+    ("trainer.kubeflow.org", "trainjobs", "", verb) for verb in JOB_VERBS] + [
+    ("trainer.kubeflow.org", "trainingruntimes", "", "get")] + [
     ("", resource, sub, verb) for resource, sub in (("pods", ""), ("pods", "log")) for verb in ("get", "list")] + [
     ("", "events", "", "list")]
-DENIED = [("kubeflow.org", "pytorchjobs", "", "update"), ("", "pods", "", "create"), ("", "pods", "", "delete"),
-          ("", "secrets", "", "get"), ("", "configmaps", "", "list"), ("", "events", "", "create")]
+DENIED = [("kubeflow.org", "pytorchjobs", "", "update"), ("trainer.kubeflow.org", "trainjobs", "", "update"),
+          ("trainer.kubeflow.org", "trainingruntimes", "", "update"),
+          ("trainer.kubeflow.org", "trainingruntimes", "", "list"), ("", "pods", "", "create"),
+          ("", "pods", "", "delete"), ("", "secrets", "", "get"), ("", "configmaps", "", "list"),
+          ("", "events", "", "create")]
+# ClusterTrainingRuntimes (cluster-wide) the launcher reads by name: (name, verb)
+RUNTIMES = ("kuberlhf-dpo", "kuberlhf-ppo", "kuberlhf-reward", "kuberlhf-sft")
+CLUSTER_ALLOWED = [(name, "get") for name in RUNTIMES]
+CLUSTER_DENIED = [("torch-distributed", "get"), ("", "list"), ("kuberlhf-sft", "update")]
 
 
 def rbac_failures(allowed) -> list[str]:
@@ -24,6 +35,18 @@ def rbac_failures(allowed) -> list[str]:
         if allowed(*access) != want:
             group, resource, sub, verb = access
             what = f"{verb} {resource}{'/' + sub if sub else ''}{'.' + group if group else ''}"
+            failures.append(f"{what}: {'refused' if want else 'allowed'}, expected {'allowed' if want else 'refused'}")
+    return failures
+
+
+def cluster_runtime_failures(allowed) -> list[str]:
+    """``allowed(name, verb) -> bool`` of clustertrainingruntimes.trainer.kubeflow.org for each expected and
+    each refused access."""
+    failures = []
+    for name, verb in CLUSTER_ALLOWED + CLUSTER_DENIED:
+        want = (name, verb) in CLUSTER_ALLOWED
+        if allowed(name, verb) != want:
+            what = f"{verb} clustertrainingruntimes.trainer.kubeflow.org{'/' + name if name else ''}"
             failures.append(f"{what}: {'refused' if want else 'allowed'}, expected {'allowed' if want else 'refused'}")
     return failures
 
@@ -62,7 +85,15 @@ def main() -> int:
         review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attrs))
         return bool(api.create_self_subject_access_review(review).status.allowed)
 
+    def cluster_allowed(name, verb):
+        attrs = client.V1ResourceAttributes(group="trainer.kubeflow.org", resource="clustertrainingruntimes",
+                                            name=name or None, verb=verb)
+        review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attrs))
+        return bool(api.create_self_subject_access_review(review).status.allowed)
+
     failures = rbac_failures(allowed)
+    if os.environ.get("RUNTIME_KIND") == "ClusterTrainingRuntime":
+        failures += cluster_runtime_failures(cluster_allowed)
     print("launcher RBAC:", "ok" if not failures else "; ".join(failures))
     store = s3_failure()
     print("object store:", store or "ok")

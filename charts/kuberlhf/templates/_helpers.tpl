@@ -162,3 +162,68 @@ and networkPolicy.extraEgress.
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+cluster.yaml of the kuberlhf-config ConfigMap (snake_case keys of kuberlhf.k8s.spec.ClusterConfig): the
+cluster defaults of every run, and what the Trainer runtimes are rendered from. The keys a runtime fixes
+that have no value here are written as kuberlhf's defaults: config_map (the chart's ConfigMap), run_as_user
+(the images' user) and gang_scheduling, so that the launcher compares the runtimes with the same settings.
+*/}}
+{{- define "kuberlhf.clusterConfig" -}}
+{{- $c := .Values.cluster -}}
+{{- $cluster := dict
+  "backend" $c.backend
+  "runtime_kind" .Values.trainer.runtimeKind
+  "namespace" .Release.Namespace
+  "image" $c.image
+  "image_pull_policy" $c.imagePullPolicy
+  "image_pull_secret" $c.imagePullSecret
+  "service_account" "kuberlhf-train"
+  "config_map" "kuberlhf-config"
+  "run_as_user" 10001
+  "launcher" $c.launcher
+  "deepspeed_config" $c.deepspeedConfig
+  "nodes" $c.nodes
+  "procs_per_node" $c.procsPerNode
+  "gpus_per_node" $c.gpusPerNode
+  "gpu_product" $c.gpuProduct
+  "node_selector" $c.nodeSelector
+  "tolerations" $c.tolerations
+  "cpu" $c.cpu
+  "memory" $c.memory
+  "cpu_limit" $c.cpuLimit
+  "memory_limit" $c.memoryLimit
+  "shm_size" $c.shmSize
+  "restart_policy" $c.restartPolicy
+  "backoff_limit" $c.backoffLimit
+  "ttl_seconds_after_finished" $c.ttlSecondsAfterFinished
+  "active_deadline_seconds" $c.activeDeadlineSeconds
+  "clean_pod_policy" $c.cleanPodPolicy
+  "elastic_min_nodes" $c.elasticMinNodes
+  "elastic_max_nodes" $c.elasticMaxNodes
+  "kueue_queue" $c.kueueQueue
+  "priority_class" $c.priorityClass
+  "gang_scheduling" false
+  "storage_secret" (include "kuberlhf.s3SecretName" .)
+  "storage_endpoint" (include "kuberlhf.s3Endpoint" .)
+  "wandb_secret" (include "kuberlhf.wandbSecretName" .)
+  "env" $c.env
+  "timeout_s" $c.timeoutS
+-}}
+{{- toYaml $cluster }}
+{{- end }}
+
+{{/*
+"true" when the Trainer runtimes are rendered: trainer.runtimes true, or "auto" and the cluster serves the
+runtime kind (Kubeflow Trainer v2 installed); "" otherwise.
+*/}}
+{{- define "kuberlhf.trainerRuntimes" -}}
+{{- $want := .Values.trainer.runtimes -}}
+{{- if kindIs "string" $want -}}
+{{- if .Capabilities.APIVersions.Has (printf "trainer.kubeflow.org/v1alpha1/%s" .Values.trainer.runtimeKind) -}}
+true
+{{- end -}}
+{{- else if $want -}}
+true
+{{- end -}}
+{{- end }}
