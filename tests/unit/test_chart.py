@@ -721,6 +721,11 @@ def test_runtime_values_reach_cluster_yaml():
     assert (cluster["backend"], cluster["runtime_kind"]) == ("trainjob", "ClusterTrainingRuntime")
     default = yaml.safe_load(find(objs(None), "ConfigMap", "kuberlhf-config")[0]["data"]["cluster.yaml"])
     assert (default["backend"], default["runtime_kind"]) == ("pytorchjob", "TrainingRuntime")
+    # the keys the chart fixes (no value sets them) are kuberlhf's defaults: the images' UID, the chart's ConfigMap
+    from kuberlhf.k8s.spec import ClusterConfig
+
+    fixed = ("service_account", "config_map", "run_as_user", "gang_scheduling")
+    assert {k: default[k] for k in fixed} == {k: getattr(ClusterConfig(), k) for k in fixed}
 
 
 def test_elastic_training_is_refused_with_the_trainjob_backend():
