@@ -8,7 +8,7 @@ STAMP := $(VENV)/.kuberlhf-installed
 CONSTRAINTS := requirements/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
+.PHONY: help install label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ images-check: install ## Dockerfiles pass hadolint; locks hashed, agree with pyp
 
 bench: install ## throughput benchmarks; results go to docs/benchmarks.md by hand
 	$(BIN)/python bench/sft_throughput.py --repeats 3
+
+bench-gpu: install ## one-GPU benchmark of real shapes (SFT MFU, reward model, PPO), about 5 minutes
+	$(BIN)/python bench/gpu.py
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
