@@ -23,6 +23,7 @@ metadata:
     trainer.kubeflow.org/framework: torch
     app.kubernetes.io/name: {{ include "kuberlhf.name" $ctx }}
     app.kubernetes.io/component: runtime
+    app.kubernetes.io/part-of: kuberlhf
     kuberlhf.io/image: {{ .image }}
     helm.sh/chart: {{ include "kuberlhf.chart" $ctx }}
     app.kubernetes.io/instance: {{ $ctx.Release.Name }}

@@ -140,7 +140,8 @@ def build_runtime(image: str, cluster: ClusterConfig, kind: str = "TrainingRunti
     if kind == "TrainingRuntime":
         metadata["namespace"] = cluster.namespace
     metadata["labels"] = {"trainer.kubeflow.org/framework": "torch", "app.kubernetes.io/name": "kuberlhf",
-                          "app.kubernetes.io/component": "runtime", "kuberlhf.io/image": image}
+                          "app.kubernetes.io/component": "runtime", "app.kubernetes.io/part-of": "kuberlhf",
+                          "kuberlhf.io/image": image}
     return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
 
 
