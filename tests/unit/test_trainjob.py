@@ -11,11 +11,11 @@ import itertools
 import os
 from pathlib import Path
 
+import helpers
 import pytest
 import yaml
 from k8schecks import K8S_VERSIONS, builtin_errors, crd_errors, load_documents, pss_restricted_errors
 
-from kuberlhf.cli import main
 from kuberlhf.errors import ConfigError
 from kuberlhf.k8s import trainjob
 from kuberlhf.k8s.launcher import render
@@ -212,10 +212,11 @@ def trainjob_yaml(obj: dict) -> str:
 
 
 def run_cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
+    """(exit code, stdout, stderr) of ``kuberlhf ARGV`` in this process."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code, err = helpers.run_cli(list(argv), capture=True)
+    return code, out.getvalue(), err
 
 
 def test_launch_dry_run_prints_a_trainjob_and_runtimes_prints_the_runtimes(tmp_path):

@@ -238,14 +238,20 @@ def build_pytorchjob(stage: str, config: str | None, overrides: list[str] | None
     if cluster.elastic:
         spec["elasticPolicy"] = {"rdzvBackend": "c10d", "minReplicas": cluster.elastic_min_nodes,
                                  "maxReplicas": cluster.elastic_max_nodes, "maxRestarts": cluster.elastic_max_restarts}
+    return job_object(API_VERSION, KIND, name, cluster, labels, annotations, spec, spec_hash(spec))
+
+
+def job_object(api_version: str, kind: str, name: str, cluster: ClusterConfig, labels: dict[str, str],
+               annotations: dict[str, str] | None, spec: dict, digest: str) -> dict:
+    """A job: its labels (and Kueue's queue label), the ``kuberlhf.io/`` annotations with the spec's digest."""
     job_labels = dict(labels)
     if cluster.kueue_queue:
         job_labels["kueue.x-k8s.io/queue-name"] = cluster.kueue_queue
     meta_annotations = {f"{ANNOTATION_PREFIX}{k}": str(v) for k, v in (annotations or {}).items()}
-    meta_annotations[f"{ANNOTATION_PREFIX}spec-hash"] = spec_hash(spec)
+    meta_annotations[f"{ANNOTATION_PREFIX}spec-hash"] = digest
     return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": {"name": name, "namespace": cluster.namespace, "labels": job_labels,
                      "annotations": meta_annotations},
         "spec": spec,

@@ -33,11 +33,11 @@ from typing import Any
 
 from kuberlhf.errors import ConfigError
 from kuberlhf.k8s.pytorchjob import (
-    ANNOTATION_PREFIX,
     POD_LABELS,
     SHM_MOUNT,
     container_security_context,
     deployment_pod_spec,
+    job_object,
     placement,
     plain_env,
     resources,
@@ -227,19 +227,10 @@ def build_trainjob(stage: str, config: str | None, overrides: list[str] | None, 
     }
     if cluster.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = cluster.active_deadline_seconds
-    job_labels = dict(labels)
     if cluster.kueue_queue:  # Kueue admits the job by unsuspending it, all nodes at once
-        job_labels["kueue.x-k8s.io/queue-name"] = cluster.kueue_queue
         spec["suspend"] = True
-    meta_annotations = {f"{ANNOTATION_PREFIX}{k}": str(v) for k, v in (annotations or {}).items()}
-    meta_annotations[f"{ANNOTATION_PREFIX}spec-hash"] = spec_hash({k: v for k, v in spec.items() if k != "suspend"})
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": name, "namespace": cluster.namespace, "labels": job_labels,
-                     "annotations": meta_annotations},
-        "spec": spec,
-    }
+    digest = spec_hash({k: v for k, v in spec.items() if k != "suspend"})  # Kueue changes suspend
+    return job_object(API_VERSION, KIND, name, cluster, labels, annotations, spec, digest)
 
 
 def effective_pod(runtime: dict, trainjob: dict) -> dict:
