@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from kuberlhf.models.generation import entropy_from_logits, logprobs_from_logits, truncate_after_eos
+from kuberlhf.models.generation import (
+    entropy_from_logits,
+    logprobs_from_logits,
+    response_logprobs,
+    truncate_after_eos,
+)
 from kuberlhf.rlhf.ppo_core import (
     AdaptiveKLController,
     FixedKLController,
@@ -123,6 +128,23 @@ def test_entropy_from_logits():
     assert h.tolist() == approx_list([1.5 * LN2, 2 * LN2, LN2, 0.0], abs_=1e-5)
     h.sum().backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_response_logprobs_from_the_response_positions_only():
+    """A row of T = 5 tokens whose response starts at 3: tokens 3 (id 1) and 4 (id 0) are scored by the logits at
+    positions 2 and 3. Given all five positions' logits or only the last T - start + 1 = 3 (logits_to_keep), the
+    same log-probs: logits (0, ln 3) at position 2 give id 1 log(3/4) = -0.287682, logits (0, 0) at position 3
+    give id 0 log(1/2) = -0.693147; entropies -(1/4 ln 1/4 + 3/4 ln 3/4) = 0.562335 and ln 2. The prompt's
+    positions and the last one are never read (NaN there). Without entropy asked, None."""
+    ids = torch.tensor([[0, 0, 0, 1, 0]])
+    logits = torch.full((1, 5, 2), float("nan"))  # the prompt's positions are never read
+    logits[0, 2] = t([0.0, math.log(3.0)])
+    logits[0, 3] = t([0.0, 0.0])
+    full, h = response_logprobs(logits, ids, start=3)
+    kept, none = response_logprobs(logits[:, -3:], ids, start=3, entropy=False)
+    assert full[0].tolist() == approx_list([math.log(0.75), -LN2])
+    assert kept[0].tolist() == full[0].tolist() and none is None
+    assert h[0].tolist() == approx_list([-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), LN2])
 
 
 # ---------------------------------------------------------------- KL

@@ -8,6 +8,7 @@ tested against hand-computed numbers in ``tests/unit/test_ppo_core.py``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,26 +59,50 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: int, temperature: float = 1.0):
+def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, start: int, temperature: float = 1.0,
+                      entropy: bool = True):
     """Log-probs and entropies (float32) of the tokens from position ``start`` on, from a causal LM's logits.
 
-    Both are of ``softmax(logits / temperature)``: the distribution the tokens were sampled from.
-    The entropy is a statistic: it carries no autograd graph.
+    ``logits`` are of every position, or of the last ``T - start + 1`` only (``logits_to_keep``): the
+    response's tokens are scored by the positions before them. Both are of ``softmax(logits / temperature)``:
+    the distribution the tokens were sampled from. The entropy is a statistic: it carries no autograd graph
+    (None when not asked for).
     """
-    logits = logits[:, start - 1 : -1].float()
+    response = input_ids.shape[1] - start
+    logits = logits[:, -(response + 1) : -1].float()
     if temperature != 1.0:
         logits = logits / temperature
-    with torch.no_grad():
-        entropy = entropy_from_logits(logits.detach())
-    return logprobs_from_logits(logits, input_ids[:, start:]), entropy
+    entropies = None
+    if entropy:
+        with torch.no_grad():
+            entropies = entropy_from_logits(logits.detach())
+    return logprobs_from_logits(logits, input_ids[:, start:]), entropies
+
+
+def logits_to_keep_kwargs(model: nn.Module, keep: int) -> dict:
+    """``{"logits_to_keep": keep}`` when ``model``'s forward takes it (most Hugging Face causal LMs; a PEFT
+    model passes it on to its base model), else ``{}``: the LM head then runs on the last ``keep``
+    positions only, and the prompt's positions (rows x prompt x vocabulary floats) are never computed."""
+    if keep <= 0:
+        return {}
+    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    if "logits_to_keep" in inspect.signature(base.forward).parameters:
+        return {"logits_to_keep": keep}
+    return {}
 
 
 def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int,
-                      temperature: float = 1.0):
-    """Log-probs and entropies of the tokens from position ``start`` on (float32), at ``temperature``."""
+                      temperature: float = 1.0, entropy: bool = True):
+    """Log-probs and entropies of the tokens from position ``start`` on (float32), at ``temperature``.
+
+    Only the response's positions get logits (``logits_to_keep`` where the model takes it); entropy None
+    when not asked for.
+    """
     pos = position_ids(attention_mask)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits
-    return response_logprobs(logits, input_ids, start, temperature)
+    keep = logits_to_keep_kwargs(model, input_ids.shape[1] - start + 1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, **keep).logits
+    return response_logprobs(logits, input_ids, start, temperature, entropy)
 
 
 @dataclass
