@@ -10,12 +10,17 @@ Two interchangeable learners behind one interface:
   one schedule); DeepSpeed clips the gradient norm of both together. Checkpoints go
   through DeepSpeed's own (sharded) checkpoint API; under ZeRO-3 the sharded policy is
   gathered into a whole copy for the final artifact and for evaluation.
+
+Both accumulate gradients over the micro-batches of a mini-batch (``ppo.gradient_accumulation_steps``):
+:meth:`backward` of each micro-batch's (already weighted) loss, ``sync`` on the last one only (DDP's
+all-reduce, DeepSpeed's accumulation boundary), then one :meth:`step`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,7 @@ def _trackers(training: Any) -> dict:
     return {"log_with": targets, "project_dir": os.environ.get("TENSORBOARD_LOGGING_DIR") or None}
 
 
-def make_accelerator(training: Any, micro_batch: int) -> Any:
+def make_accelerator(training: Any, micro_batch: int, accumulation: int = 1) -> Any:
     """The run's Accelerator: DeepSpeed when ``training.deepspeed`` names a config, else DDP/one process.
 
     On CPU, accelerate only takes the DeepSpeed path with ``cpu=False``; the gloo backend
@@ -71,7 +76,8 @@ def make_accelerator(training: Any, micro_batch: int) -> Any:
     if training.use_cpu and torch.cuda.is_available():
         raise ConfigError("config key 'training.use_cpu': DeepSpeed runs on the GPUs present; unset training.deepspeed")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    ds_config = deepspeed_config(training.deepspeed, micro_batch, world, training.max_grad_norm, precision)
+    ds_config = deepspeed_config(training.deepspeed, micro_batch, world, training.max_grad_norm, precision,
+                                 accumulation)
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     plugin = DeepSpeedPlugin(hf_ds_config=ds_config, zero3_init_flag=False)
@@ -85,11 +91,13 @@ def make_accelerator(training: Any, micro_batch: int) -> Any:
 
 
 def deepspeed_config(path: str, micro_batch: int, world: int, max_grad_norm: float,
-                     precision: str = "fp32") -> dict:
+                     precision: str = "fp32", accumulation: int = 1) -> dict:
     """The DeepSpeed JSON at ``path`` with its "auto" values filled from the PPO config.
 
-    One optimizer step per PPO mini-batch: micro-batch = rollout.batch_size / ppo.num_mini_batches
-    per process, no gradient accumulation. Mixed precision left "auto" follows ``training.precision``
+    One optimizer step per PPO mini-batch of ``accumulation`` micro-batches (``ppo.gradient_accumulation_steps``):
+    micro-batch = rollout.batch_size / ppo.num_mini_batches / accumulation rows per process. The loop
+    weights each micro-batch's loss itself (DeepSpeed's own 1/accumulation is not applied: see
+    :meth:`ZeroLearner.backward`). Mixed precision left "auto" follows ``training.precision``
     (made concrete: bf16, fp16 or fp32). Under ZeRO-3 the 16-bit weights are gathered on save (the artifact).
     """
     key = "training.deepspeed"
@@ -100,15 +108,16 @@ def deepspeed_config(path: str, micro_batch: int, world: int, max_grad_norm: flo
     require(isinstance(cfg, dict), key, f"{path} must hold a JSON object")
     for section in ("optimizer", "scheduler"):
         require(section not in cfg, key, f"{path} sets '{section}'; PPO builds its own AdamW and schedule")
-    fills = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
-             "train_batch_size": micro_batch * world, "gradient_clipping": max_grad_norm}
+    fills = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": accumulation,
+             "train_batch_size": micro_batch * accumulation * world, "gradient_clipping": max_grad_norm}
     for name, value in fills.items():
         given = cfg.get(name, "auto")
         if name == "gradient_clipping" and given != "auto":
             continue
         require(given in ("auto", value), key,
                 f"{name} in {path} is {given!r}; PPO needs 'auto' or {value} (rollout.batch_size / "
-                "ppo.num_mini_batches per process, one optimizer step per mini-batch)")
+                "ppo.num_mini_batches / ppo.gradient_accumulation_steps rows per process and micro-batch, "
+                "ppo.gradient_accumulation_steps micro-batches per optimizer step)")
         cfg[name] = value
     for kind in ("bf16", "fp16"):
         if cfg.get(kind, {}).get("enabled") == "auto":
@@ -127,8 +136,12 @@ class ActorCritic(nn.Module):
         self.policy, self.value = policy, value
         self.config = policy.config  # DeepSpeed's "auto" bucket sizes are read from the hidden size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                logits_to_keep: int = 0):
+        """(the policy's logits, of the last ``logits_to_keep`` positions where given, the values)."""
+        kwargs = rl.logits_to_keep_kwargs(self.policy, logits_to_keep)
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             **kwargs).logits
         return logits, self.value(input_ids, attention_mask)
 
 
@@ -166,8 +179,6 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
 class SeparateLearner:
     """Policy and value model trained side by side (one process or DDP)."""
 
-    synced_gpus = False
-
     def __init__(self, acc: Any, policy: nn.Module, value: nn.Module, training: Any, temperature: float = 1.0):
         from transformers import get_scheduler
 
@@ -198,8 +209,22 @@ class SeparateLearner:
         logprobs, entropy = rl.sequence_logprobs(self.policy_model, ids, attn, start, self.temperature)
         return logprobs, entropy, self.value_model(ids, attn)[:, start - 1 : -1].float()
 
-    def step(self, loss: torch.Tensor) -> None:
-        self.acc.backward(loss)
+    @contextlib.contextmanager
+    def generating(self, gather: bool) -> Iterator[bool]:
+        """The policy is whole on every process: generation needs nothing (yields ``synced_gpus`` False)."""
+        yield False
+
+    def backward(self, loss: torch.Tensor, sync: bool) -> None:
+        """Add ``loss``'s gradients to the accumulated ones; DDP all-reduces them only when ``sync`` (the
+        mini-batch's last micro-batch: its all-reduce carries the earlier ones' gradients too)."""
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                stack.enter_context(self.acc.no_sync(self.policy_model))
+                stack.enter_context(self.acc.no_sync(self.value_model))
+            self.acc.backward(loss)
+
+    def step(self) -> None:
+        """Clip each model's accumulated gradients, one AdamW step each, zero the gradients."""
         self.acc.clip_grad_norm_(self.policy_model.parameters(), self.max_grad_norm)
         self.acc.clip_grad_norm_(self.value_model.parameters(), self.max_grad_norm)
         for opt in (self.opt_p, self.opt_v):
@@ -254,7 +279,6 @@ class ZeroLearner:
             base = base.optimizer
         self.sched = get_scheduler(t.lr_scheduler_type, base, t.warmup_steps, t.max_steps)
         self.stage = int(acc.state.deepspeed_plugin.zero_stage)
-        self.synced_gpus = self.stage == 3
 
     @property
     def policy(self) -> Any:
@@ -269,12 +293,55 @@ class ZeroLearner:
         self.engine.train(checkpointing)
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor, start: int):
-        logits, values = self.engine(input_ids=ids, attention_mask=attn, position_ids=rl.position_ids(attn))
+        logits, values = self.engine(input_ids=ids, attention_mask=attn, position_ids=rl.position_ids(attn),
+                                     logits_to_keep=ids.shape[1] - start + 1)
         logprobs, entropy = rl.response_logprobs(logits, ids, start, self.temperature)
         return logprobs, entropy, values[:, start - 1 : -1].float()
 
-    def step(self, loss: torch.Tensor) -> None:
-        self.acc.backward(loss)  # engine.backward + engine.step: clip, AdamW step, zero the gradients
+    @contextlib.contextmanager
+    def generating(self, gather: bool) -> Iterator[bool]:
+        """The policy's weights for one rollout's generation; yields ``synced_gpus``.
+
+        Under ZeRO-3 each forward gathers the sharded weights of each layer from all processes, so
+        every process must keep running forwards until all are done (``synced_gpus``), one gather per
+        layer and token. With ``gather`` the policy's weights are gathered whole once
+        (``deepspeed.zero.GatheredParameters``) and ZeRO-3's fetch/release hooks are set aside
+        meanwhile (as TRL's ``unwrap_model_for_generation`` does), so the tokens run on local weights
+        and each process stops on its own; on exit the hooks are registered again and the weights
+        re-partitioned. The whole policy is then in memory on every process during generation.
+        """
+        if self.stage < 3:
+            yield False
+            return
+        if not gather:
+            yield True
+            return
+        import deepspeed
+
+        offload = self.engine.optimizer.parameter_offload
+        with deepspeed.zero.GatheredParameters(list(self.policy.parameters())):
+            params = [p for _, p in offload.module.named_parameters(recurse=True)]
+            params += [p for _, p in offload.module.ds_external_parameters()]
+            for param in params:
+                param.ds_active_sub_modules.clear()
+            for hook in [*offload.forward_hooks, *offload.backward_hooks]:
+                hook.remove()
+            offload.forward_hooks, offload.backward_hooks = [], []
+            try:
+                yield False
+            finally:
+                offload._register_deepspeed_module(offload.module)  # also invalidates the prefetch trace
+
+    def backward(self, loss: torch.Tensor, sync: bool) -> None:
+        """Add ``loss``'s gradients to the engine's accumulated ones; ``sync`` marks the mini-batch's last
+        micro-batch (DeepSpeed's accumulation boundary). The loss is already weighted by the loop, so
+        DeepSpeed's own 1/gradient_accumulation_steps scaling is off (``scale_wrt_gas=False``)."""
+        self.engine.set_gradient_accumulation_boundary(sync)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> None:
+        """engine.step at the boundary: clip the accumulated gradients, AdamW step, zero the gradients."""
+        self.engine.step()
 
     def end_step(self) -> None:
         self.sched.step()

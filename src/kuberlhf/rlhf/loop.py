@@ -43,8 +43,9 @@ class PpoLoop:
 
     def _setup_accelerator(self) -> None:
         """The Accelerator (DDP or a DeepSpeed engine), and the seed of the new weights (value head, LoRA)."""
-        t = self.cfg.training
-        self.accelerator = learners.make_accelerator(t, self.cfg.rollout.batch_size // self.cfg.ppo.num_mini_batches)
+        t, a = self.cfg.training, self.cfg.ppo
+        micro_batch = self.cfg.rollout.batch_size // a.num_mini_batches // a.gradient_accumulation_steps
+        self.accelerator = learners.make_accelerator(t, micro_batch, a.gradient_accumulation_steps)
         self.device = self.accelerator.device
         torch.manual_seed(t.seed)  # the same new weights (value head, LoRA) on every process
         self.accelerator.wait_for_everyone()  # the main process has checked (or, on overwrite, cleared) output_dir
@@ -180,33 +181,38 @@ class PpoLoop:
         return out
 
     def rollout(self, prompts: list[str]) -> generation.Samples:
+        """This process's samples for ``prompts``; under ZeRO-3 the policy's weights are gathered once for
+        them (``rollout.gather_for_generation``), else each token gathers them layer by layer."""
         r = self.cfg.rollout
-        return generation.sample(
-            self.learner.policy,
-            self.tokenizer,
-            prompts,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            top_k=r.top_k,
-            top_p=r.top_p,
-            stop_at_eos=r.stop_at_eos,
-            synced_gpus=self.learner.synced_gpus,
-            max_prompt_length=r.max_prompt_length,
-        )
+        with self.learner.generating(r.gather_for_generation) as synced_gpus:
+            return generation.sample(
+                self.learner.policy,
+                self.tokenizer,
+                prompts,
+                max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                top_k=r.top_k,
+                top_p=r.top_p,
+                stop_at_eos=r.stop_at_eos,
+                synced_gpus=synced_gpus,
+                max_prompt_length=r.max_prompt_length,
+            )
 
     @torch.no_grad()
     def score(self, samples: generation.Samples) -> rl.RolloutBatch:
         """Old log-probs, reference log-probs, values, scores, rewards and advantages of ``samples``.
 
-        Every forward pass runs ``rollout.forward_batch_size`` rows at a time; log-probs are at the
-        sampling temperature, for the policy and the reference alike.
+        Every forward pass (old log-probs, reference log-probs, values, reward model) runs
+        ``rollout.forward_batch_size`` rows at a time; log-probs are at the sampling temperature, for
+        the policy and the reference alike; no entropies (the update logs them).
         """
         a, r = self.cfg.ppo, self.cfg.rollout
         mask, start, size = samples.mask, samples.start, r.forward_batch_size
         policy = self.learner.policy
 
         def logprobs_of(model: Any):
-            return lambda ids, attn: generation.sequence_logprobs(model, ids, attn, start, r.temperature)[0]
+            return lambda ids, attn: generation.sequence_logprobs(model, ids, attn, start, r.temperature,
+                                                                  entropy=False)[0]
 
         logprobs = rl.in_chunks(logprobs_of(policy), samples, size)
         if self.reference is not None:
@@ -242,40 +248,78 @@ class PpoLoop:
     # ------------------------------------------------------------------ update
 
     def update(self, batch: rl.RolloutBatch) -> dict:
+        """``ppo.num_ppo_epochs`` passes over the batch in ``ppo.num_mini_batches`` mini-batches, one optimizer
+        step each, every mini-batch in ``ppo.gradient_accumulation_steps`` micro-batches whose gradients add up.
+
+        A micro-batch's loss is its masked means times its share of the mini-batch's response tokens
+        (:func:`micro_batch_weight`), so the accumulated gradient is the mini-batch's own: the update and the
+        logged losses are those of one forward-backward over the whole mini-batch.
+        """
         a, samples = self.cfg.ppo, batch.samples
         lr = self.learner.learning_rate()  # the policy's, for this step
         # no dropout anywhere in PPO (as in TRL): ratio 1 at the first mini-batch
         self.learner.update_mode(self.cfg.training.gradient_checkpointing)
         size = batch.size
         mb = size // a.num_mini_batches
+        micro = mb // a.gradient_accumulation_steps
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "entropy")}
         skipped = 0
         for _ in range(a.num_ppo_epochs):
             order = torch.randperm(size, generator=self.generator)
             for i in range(0, size, mb):
-                idx = order[i : i + mb].to(self.device)
-                ids, attn, mask = samples.input_ids[idx], samples.attention_mask[idx], samples.mask[idx]
-                # values[t] = V(state before response token t): the value head at position start + t - 1
-                logprobs, entropy, new_values = self.learner.forward(ids, attn, samples.start)
-                pg, pstats = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask,
-                                              a.clip_range)
-                ratio_max = all_gather(torch.as_tensor(float(pstats["ratio_max"]), device=self.device)).max()
-                if ratio_max > a.ratio_threshold:  # decided on every process alike, so DDP stays in step
-                    skipped += 1
-                    continue
-                vf, _ = core.value_loss(new_values, batch.values[idx], batch.returns[idx], mask, a.clip_range_value)
-                loss = pg + a.vf_coef * vf
-                rl.check_finite_everywhere("loss", loss)
-                self.learner.step(loss)
-                stats["policy_loss"].append(pg.item())
-                stats["value_loss"].append(vf.item())
-                stats["clip_fraction"].append(float(pstats["clip_fraction"]))
-                stats["entropy"].append(core.masked_mean(entropy, mask).item())
+                mini = order[i : i + mb].to(self.device)
+                tokens = samples.mask[mini].sum()
+                sums = dict.fromkeys(stats, 0.0)
+                applied = 0.0  # the share of the mini-batch's tokens whose loss went into the gradients
+                for j in range(0, mb, micro):
+                    idx = mini[j : j + micro]
+                    last = j + micro >= mb
+                    skip, weight, micro_stats = self._micro_batch(batch, idx, tokens, sync=last, pending=applied > 0)
+                    if skip:
+                        skipped += 1
+                        continue
+                    applied += weight
+                    for k, v in micro_stats.items():
+                        sums[k] += weight * v
+                if applied > 0:
+                    self.learner.step()
+                    for k in stats:
+                        stats[k].append(sums[k] / applied)
         self.learner.end_step()
         out = {k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()}
         out["skipped_minibatches"] = skipped
         out["learning_rate"] = lr
         return out
+
+    def _micro_batch(self, batch: rl.RolloutBatch, idx: torch.Tensor, tokens: torch.Tensor, *, sync: bool,
+                     pending: bool) -> tuple[bool, float, dict[str, float]]:
+        """Forward and backward of the rows ``idx`` of a mini-batch of ``tokens`` response tokens; ``sync`` on its
+        last micro-batch. Returns (skipped, weight, its unweighted stats).
+
+        A micro-batch whose ratio exceeds ``ppo.ratio_threshold`` (on any process: all decide alike) is left
+        out. Left out as the last one while earlier ones are ``pending``, it still runs a backward of a zero
+        loss with ``sync``: DDP's all-reduce and DeepSpeed's accumulation boundary come with the last backward.
+        """
+        a, samples = self.cfg.ppo, batch.samples
+        ids, attn, mask = samples.input_ids[idx], samples.attention_mask[idx], samples.mask[idx]
+        # values[t] = V(state before response token t): the value head at position start + t - 1
+        logprobs, entropy, new_values = self.learner.forward(ids, attn, samples.start)
+        pg, pstats = core.policy_loss(logprobs, batch.logprobs[idx], batch.advantages[idx], mask, a.clip_range)
+        ratio_max = all_gather(torch.as_tensor(float(pstats["ratio_max"]), device=self.device)).max()
+        if ratio_max > a.ratio_threshold:  # decided on every process alike, so DDP stays in step
+            if sync and pending:
+                zero = 0.0 * (core.masked_mean(logprobs, mask) + core.masked_mean(new_values, mask))
+                rl.check_finite_everywhere("loss", zero)
+                self.learner.backward(zero, sync=True)
+            return True, 0.0, {}
+        vf, _ = core.value_loss(new_values, batch.values[idx], batch.returns[idx], mask, a.clip_range_value)
+        weight = micro_batch_weight(mask, tokens)
+        loss = (pg + a.vf_coef * vf) * weight
+        rl.check_finite_everywhere("loss", loss)
+        self.learner.backward(loss, sync=sync)
+        return False, weight, {"policy_loss": pg.item(), "value_loss": vf.item(),
+                               "clip_fraction": float(pstats["clip_fraction"]),
+                               "entropy": core.masked_mean(entropy, mask).item()}
 
     # ------------------------------------------------------------------ the loop
 
@@ -425,6 +469,16 @@ class PpoLoop:
                 torch.cuda.set_rng_state_all(rng["cuda"])
             self.generator.set_state(rng["generator"])
 
+
+
+def micro_batch_weight(mask: torch.Tensor, tokens: torch.Tensor) -> float:
+    """A micro-batch's share of its mini-batch's response tokens: ``sum(mask) / tokens``.
+
+    The losses are masked means over tokens, so the mini-batch's loss is the sum over its micro-batches of
+    each one's masked mean times this share (``sum_i n_i / N * (S_i / n_i) = sum_i S_i / N``); an equal
+    1/k per micro-batch would be a different loss wherever their response lengths differ.
+    """
+    return float(mask.sum() / tokens)
 
 
 def load_plain(path: Path) -> Any:

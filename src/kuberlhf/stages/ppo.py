@@ -16,6 +16,11 @@ Under DeepSpeed (``training.deepspeed``) policy and value model share one ZeRO e
 one AdamW with two learning rates (:mod:`kuberlhf.rlhf.learner`); checkpoints are
 DeepSpeed's sharded ones, the final artifact a whole Hugging Face model.
 The math lives in :mod:`kuberlhf.rlhf.ppo_core`.
+
+Memory at real sizes: ``rollout.forward_batch_size`` bounds the scoring pass,
+``ppo.gradient_accumulation_steps`` the update (micro-batches, one optimizer step per
+mini-batch), and ``rollout.gather_for_generation`` trades ZeRO-3's per-token weight
+gathering for one gather per rollout (bench/ppo_memory.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -39,7 +44,13 @@ class RolloutConfig:
     reward_max_length: int = option(512, "reward-model tokens per scored text (longer ones lose their beginning)")
     max_prompt_length: int | None = option(512, "policy tokens kept of a prompt (its end); None = no limit")
     forward_batch_size: int | None = option(
-        None, "rows per forward pass when scoring a rollout (policy, reference, value, reward); None = all at once"
+        None, "rows per forward pass when scoring a rollout (old log-probs, reference, value, reward model); None = "
+        "all at once. Bounds the scoring pass's activations (and its logits, rows x response x vocabulary)"
+    )
+    gather_for_generation: bool = option(
+        True, "under DeepSpeed ZeRO-3, gather the policy's sharded weights once per rollout and generate with them "
+        "whole (needs the whole policy in memory on every process); false: every generated token gathers them "
+        "layer by layer (slower, the memory of one layer). No effect without ZeRO-3"
     )
 
     def __post_init__(self) -> None:
@@ -54,7 +65,13 @@ class RolloutConfig:
 @dataclass
 class PpoAlgoConfig:
     num_ppo_epochs: int = option(4, "passes over each rollout batch")
-    num_mini_batches: int = option(4, "mini-batches per pass")
+    num_mini_batches: int = option(4, "mini-batches per pass (one optimizer step each)")
+    gradient_accumulation_steps: int = option(
+        1, "micro-batches per mini-batch: each runs forward and backward on rollout.batch_size / num_mini_batches / "
+        "this rows and the gradients add up before the mini-batch's one optimizer step (each micro-batch's loss is "
+        "weighted by its share of the mini-batch's response tokens, so the update equals the un-accumulated one). "
+        "Bounds the update's activations"
+    )
     clip_range: float = option(0.2, "policy ratio clip (epsilon)")
     clip_range_value: float = option(0.2, "value clip around the rollout's values")
     vf_coef: float = option(0.5, "weight of the value loss")
@@ -68,10 +85,14 @@ class PpoAlgoConfig:
     whiten_rewards: bool = option(False, "whiten per-token rewards over each batch")
     reward_clip: float | None = option(10.0, "clip scores to [-reward_clip, reward_clip]")
     max_kl: float = option(20.0, "stop early once the mean KL per sequence exceeds this")
-    ratio_threshold: float = option(10.0, "skip a mini-batch whose probability ratio exceeds this")
+    ratio_threshold: float = option(
+        10.0, "leave out a mini-batch (a micro-batch, under gradient accumulation) whose largest probability ratio "
+        "exceeds this"
+    )
 
     def __post_init__(self) -> None:
         require(self.num_mini_batches > 0, "ppo.num_mini_batches", "must be positive")
+        require(self.gradient_accumulation_steps > 0, "ppo.gradient_accumulation_steps", "must be positive")
         require(0 < self.clip_range < 1, "ppo.clip_range", "must be in (0, 1)")
         require(self.max_kl > 0, "ppo.max_kl", "must be positive")
 
@@ -137,6 +158,12 @@ class PpoConfig(StageConfig):
             self.rollout.batch_size % self.ppo.num_mini_batches == 0,
             "rollout.batch_size",
             f"must be a multiple of ppo.num_mini_batches ({self.ppo.num_mini_batches})",
+        )
+        mini_batch = self.rollout.batch_size // self.ppo.num_mini_batches
+        require(
+            mini_batch % self.ppo.gradient_accumulation_steps == 0,
+            "ppo.gradient_accumulation_steps",
+            f"must divide the mini-batch (rollout.batch_size / ppo.num_mini_batches = {mini_batch} rows)",
         )
 
 
