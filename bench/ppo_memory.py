@@ -1,7 +1,7 @@
 """PPO's peak memory against the rollout batch size: the demo model and SmolLM2-135M, whole batch vs micro-batched.
 
 $ make bench            # or: nice -n 10 .venv/bin/python bench/ppo_memory.py [--steps 2] [--models demo smollm2]
-$ nice -n 10 .venv/bin/python bench/ppo_memory.py --baseline-rev 39aea04   # adds the code of that commit
+$ nice -n 10 .venv/bin/python bench/ppo_memory.py --baseline-rev 00cfc5b   # adds the code of that commit
 
 Each configuration runs `kuberlhf ppo` in its own process for --steps PPO steps (one PPO epoch each, no held-out
 scoring, no checkpoint); its peak RSS is the process's own (ru_maxrss from wait4), on CPU. "whole batch" is the
