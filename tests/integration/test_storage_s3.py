@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
 import os
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +18,7 @@ from typing import Any
 import pytest
 
 from kuberlhf.artifacts import storage
-from kuberlhf.errors import StorageError
+from kuberlhf.errors import IntegrityError, StorageError, TransientStorageError
 
 FILES = {
     "config.json": b'{"hidden": 128}',
@@ -54,6 +60,17 @@ def spy_client(monkeypatch: pytest.MonkeyPatch, on_client: Any) -> None:
         return client
 
     monkeypatch.setattr(storage, "s3_client", patched)
+
+
+def fail_on(name: str, error: BaseException | None = None) -> Any:
+    """A botocore ``before-parameter-build`` handler failing the requests for the object whose key ends with
+    ``name`` (``OSError`` unless ``error`` is given)."""
+
+    def handler(params: dict, **_: Any) -> None:
+        if params.get("Key", "").endswith(f"/{name}"):
+            raise error or OSError("connection reset mid-upload")
+
+    return handler
 
 
 def test_round_trip_nested_dir(s3_server: Any, s3_bucket: str, artifact: Path, tmp_path: Path) -> None:
@@ -131,20 +148,9 @@ def test_reupload_removes_old_manifest_first(s3_bucket: str, artifact: Path, tmp
     storage.upload_dir(artifact, uri)
     assert storage.is_complete(uri)
 
-    def break_second_upload(client: Any) -> None:
-        real, calls = client.upload_file, []
-
-        def upload_file(filename: str, *args: Any, **kwargs: Any) -> None:
-            calls.append(filename)
-            if len(calls) == 2:
-                raise OSError("connection reset mid-upload")
-            real(filename, *args, **kwargs)
-
-        client.upload_file = upload_file
-
     (artifact / "config.json").write_bytes(b'{"hidden": 256}')
     with monkeypatch.context() as patch, pytest.raises(StorageError, match="uploading to s3://"):
-        spy_client(patch, break_second_upload)
+        spy_client(patch, lambda c: c.meta.events.register("before-parameter-build.s3.PutObject", fail_on("model.safetensors")))
         storage.upload_dir(artifact, uri)
     assert not storage.is_complete(uri)
     with pytest.raises(StorageError, match="incomplete artifact"):
@@ -286,3 +292,166 @@ def test_an_unlisted_object_and_a_missing_one_are_refused_naming_them(s3_server:
     s3_server.client().delete_object(Bucket=s3_bucket, Key="named/tokenizer/vocab.json")
     with pytest.raises(StorageError, match=r"not found while downloading s3://.*/named/tokenizer/vocab.json"):
         storage.download_dir(uri, tmp_path / "b")
+
+
+# ------------------------------------------------------------------------------------- parallel transfers
+
+PARTS = storage.StorageOptions(multipart_threshold_mb=5, multipart_chunksize_mb=5, max_concurrency=4)
+BIG = ("big-1.bin", "big-2.bin")  # 11 MiB: three parts each under PARTS
+
+
+@pytest.fixture
+def many(tmp_path: Path) -> Path:
+    """40 small files in nested folders, an empty one, and two files moved in parts under PARTS."""
+    root = tmp_path / "many"
+    for i in range(40):
+        path = root / f"{'abcd'[i % 4]}/{i % 3}/file-{i:02d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(1000 + 37 * i))
+    (root / "a/empty.bin").write_bytes(b"")
+    for name in BIG:
+        (root / name).write_bytes(os.urandom(11 * 1024 * 1024 + 123))
+    return root
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class InFlight:
+    """Counts the requests in flight whose key does not end with manifest.json; the first two wait (10 s at
+    most) for each other, so two that can run at once are seen at once, and one at a time is seen alone."""
+
+    def __init__(self) -> None:
+        self.now = self.most = self.seen = 0
+        self.lock = threading.Lock()
+        self.meet = threading.Barrier(2, timeout=10)
+
+    def watch(self, client: Any, operation: str) -> None:
+        client.meta.events.register(f"before-parameter-build.s3.{operation}", self.enter)
+        client.meta.events.register(f"after-call.s3.{operation}", self.leave)
+
+    def enter(self, params: dict, context: dict, **_: Any) -> None:
+        if params.get("Key", "").endswith("manifest.json"):
+            return
+        context["in_flight"] = True
+        with self.lock:
+            self.now += 1
+            self.most, self.seen = max(self.most, self.now), self.seen + 1
+            first_two = self.seen <= 2
+        if first_two:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.meet.wait()
+
+    def leave(self, context: dict, **_: Any) -> None:
+        if context.get("in_flight"):
+            with self.lock:
+                self.now -= 1
+
+
+def test_parallel_transfers_equal_sequential_ones(s3_server: Any, s3_bucket: str, many: Path, tmp_path: Path) -> None:
+    one_at_a_time = dataclasses.replace(PARTS, max_concurrency=1)
+    sequential = storage.upload_dir(many, f"s3://{s3_bucket}/seq", options=one_at_a_time)
+    parallel = storage.upload_dir(many, f"s3://{s3_bucket}/par", options=PARTS)
+    assert parallel["files"] == sequential["files"] == storage.build_manifest(many)["files"]
+    client = s3_server.client()
+    for rel, data in tree(many).items():
+        for prefix in ("seq", "par"):
+            assert client.get_object(Bucket=s3_bucket, Key=f"{prefix}/{rel}")["Body"].read() == data, (prefix, rel)
+    assert client.head_object(Bucket=s3_bucket, Key="par/big-1.bin")["ETag"].endswith('-3"')  # in parts
+
+    seq_copy = storage.download_dir(f"s3://{s3_bucket}/par", tmp_path / "seq-copy", options=one_at_a_time)
+    par_copy = storage.download_dir(f"s3://{s3_bucket}/seq", tmp_path / "par-copy", options=PARTS)
+    files = {rel: data for rel, data in tree(par_copy).items() if rel != "manifest.json"}
+    assert files == {rel: data for rel, data in tree(seq_copy).items() if rel != "manifest.json"} == tree(many)
+    assert storage.verify_local(par_copy)["files"] == sequential["files"]
+
+
+@pytest.mark.parametrize("operation", ["PutObject", "GetObject"])
+def test_transfers_run_at_once(s3_bucket: str, artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               operation: str) -> None:
+    """Small files only (one request each): more than one in flight means files move at once, and never more
+    than max_concurrency."""
+    for i in range(12):
+        (artifact / f"shard-{i:02d}.json").write_bytes(b"{}" * i)
+    uri, options = f"s3://{s3_bucket}/at-once", dataclasses.replace(PARTS, max_concurrency=3)
+    probe = InFlight()
+    if operation == "GetObject":
+        storage.upload_dir(artifact, uri, options=options)
+    spy_client(monkeypatch, lambda c: probe.watch(c, operation))
+    if operation == "PutObject":
+        storage.upload_dir(artifact, uri, options=options)
+    else:
+        storage.download_dir(uri, tmp_path / "copy", options=options)
+    assert 2 <= probe.most <= 3, probe.most
+    assert probe.seen == len(FILES) + 12
+
+
+@pytest.mark.parametrize(("operation", "victim"), [("PutObject", "b/0/file-09.bin"), ("UploadPart", "big-2.bin")])
+def test_an_object_failing_mid_upload_leaves_no_manifest(s3_server: Any, s3_bucket: str, many: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, operation: str,
+                                                        victim: str) -> None:
+    from botocore.exceptions import ClientError
+
+    uri = f"s3://{s3_bucket}/fails"
+    storage.upload_dir(many, uri, options=PARTS)  # a complete earlier artifact in the same place
+    (many / victim).write_bytes(os.urandom(11 * 1024 * 1024) if victim in BIG else b"new")
+    refused = ClientError({"Error": {"Code": "InvalidRequest", "Message": "refused"}}, operation)
+    with monkeypatch.context() as patch:
+        spy_client(patch, lambda c: c.meta.events.register(f"before-parameter-build.s3.{operation}",
+                                                          fail_on(victim.rsplit("/", 1)[-1], refused)))
+        with pytest.raises(StorageError, match=rf"failed while uploading to {uri}/{victim}: .*InvalidRequest") as err:
+            storage.upload_dir(many, uri, options=PARTS)
+    assert not isinstance(err.value, TransientStorageError)  # permanent: retrying() gives up at once
+    assert not storage.is_complete(uri)
+    with pytest.raises(StorageError, match="incomplete artifact"):
+        storage.download_dir(uri, tmp_path / "copy")
+    assert s3_server.client().list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []  # aborted
+
+
+def test_killed_mid_upload_leaves_no_manifest(s3_server: Any, s3_bucket: str, many: Path, tmp_path: Path) -> None:
+    """The ``upload`` failpoint (SIGKILL after the 5th file is in) on a parallel upload over a complete artifact."""
+    from helpers import subprocess_env
+
+    uri = f"s3://{s3_bucket}/killed"
+    storage.upload_dir(many, uri, options=PARTS)
+    for path in many.rglob("*.bin"):
+        path.write_bytes(path.read_bytes()[::-1])
+    code = ("import sys; from kuberlhf.artifacts import storage; "
+            "storage.upload_dir(sys.argv[1], sys.argv[2], options=storage.StorageOptions(max_concurrency=4))")
+    proc = subprocess.run([sys.executable, "-c", code, str(many), uri], env=subprocess_env(KUBERLHF_FAILPOINTS="upload:5"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not storage.is_complete(uri)
+    with pytest.raises(StorageError, match="incomplete artifact"):
+        storage.fetch_dir(uri, cache_root=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupted", "truncated"])
+@pytest.mark.parametrize("victim", ["c/1/file-10.bin", "big-1.bin"])
+def test_a_partial_download_is_refused_and_the_copy_does_not_look_complete(s3_server: Any, s3_bucket: str, many: Path,
+                                                                          tmp_path: Path, damage: str,
+                                                                          victim: str) -> None:
+    uri = f"s3://{s3_bucket}/partial"
+    storage.upload_dir(many, uri, options=PARTS)
+    copy = storage.download_dir(uri, tmp_path / "copy", options=PARTS)  # complete, then one file must come again
+    (copy / victim).unlink()
+    client, key = s3_server.client(), f"partial/{victim}"
+    data = bytearray(tree(many)[victim])
+    if damage == "missing":
+        client.delete_object(Bucket=s3_bucket, Key=key)
+    else:
+        data[len(data) // 2] ^= 0x01
+        client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(data if damage == "corrupted" else data[:-1]))
+    expected = {"missing": rf"not found while downloading {uri}/{victim}",
+                "corrupted": rf"sha256 checksum mismatch for '{victim}'",
+                "truncated": rf"size mismatch for '{victim}' \({len(data) - 1} bytes, manifest says {len(data)}\)"}
+    with pytest.raises(IntegrityError, match=expected[damage]):
+        storage.download_dir(uri, copy, options=PARTS)
+    assert not (copy / "manifest.json").exists() and not storage.is_complete(str(copy))
+    assert not (copy / victim).exists()
+    assert not [p for p in copy.rglob("*") if p.name.endswith(".part")]
+    with pytest.raises(IntegrityError, match="incomplete"):
+        storage.verify_local(copy)
+    with pytest.raises(IntegrityError, match=expected[damage]):
+        storage.fetch_dir(uri, cache_root=tmp_path / "cache")

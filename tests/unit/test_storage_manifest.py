@@ -244,3 +244,20 @@ def test_publishing_over_an_old_artifact_leaves_none_of_its_files(tmp_path: Path
     assert files == ["adapter/adapter_config.json", "manifest.json", "tokenizer/tokenizer.json"]
     assert (out / "checkpoints/checkpoint-1").is_dir()
     assert storage.verify_local(out)["files"] == manifest["files"]
+
+
+def test_storage_max_concurrency_reaches_the_transfers_and_their_connection_pool() -> None:
+    from kuberlhf.artifacts import s3
+    from kuberlhf.config.sections import StorageConfig
+    from kuberlhf.errors import ConfigError
+
+    for bad in (0, 65):
+        with pytest.raises(ConfigError, match="storage.max_concurrency"):
+            StorageConfig(max_concurrency=bad)
+    try:
+        s3.configure_from(StorageConfig(max_concurrency=20, retry_budget_s=7))
+        options = storage._opts(None)
+        assert (options.max_concurrency, options.retry_budget_s) == (20, 7)
+        assert s3._botocore_config(options)["max_pool_connections"] >= 2 * 20  # file threads + part threads
+    finally:
+        storage.configure(None)

@@ -76,15 +76,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
-    """Describe every file under ``local_dir`` except the manifest, reserved paths and ``exclude`` globs
-    (relative paths); ``extra`` entries (the run that made it) are added."""
+def artifact_paths(local_dir: PathLike, exclude: Iterable[str] = ()) -> list[str]:
+    """The relative paths of the files an artifact of ``local_dir`` holds: every file but the manifest,
+    reserved paths and ``exclude`` globs (relative paths), sorted."""
     root = _local_path(local_dir)
     if not root.is_dir():
         raise StorageError(f"artifact directory not found: {root}")
     patterns = tuple(exclude)
+    return [rel for rel in _walk(root) if not any(fnmatch.fnmatch(rel, p) for p in patterns)]
+
+
+def build_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
+    """Describe every file of :func:`artifact_paths` with its size and sha256; ``extra`` entries (the run
+    that made it) are added."""
+    root = _local_path(local_dir)
     files = [{"path": rel, "size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)}
-             for rel in _walk(root) if not any(fnmatch.fnmatch(rel, p) for p in patterns)]
+             for rel in artifact_paths(root, exclude)]
     return manifest_of(files, extra)
 
 

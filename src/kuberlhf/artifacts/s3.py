@@ -1,4 +1,4 @@
-"""S3 connection: options, URIs, the boto3 client and s3fs filesystem, and one-line errors.
+"""S3 connection: options, URIs, the boto3 client, one-line errors, and the fsspec filesystem of data sources.
 
 Credentials and endpoints come from boto3's standard sources (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL[_S3]``,
@@ -45,12 +45,12 @@ class StorageOptions:
     access_key_id: str | None = None
     secret_access_key: str | None = None
     session_token: str | None = None
-    max_attempts: int = 8
-    retry_budget_s: float = 300.0
-    timeout_s: float = 60.0
-    multipart_threshold_mb: int = 64
-    multipart_chunksize_mb: int = 16
-    max_concurrency: int = 8
+    max_attempts: int = 8  # per request (botocore's standard retries), and per streamed body
+    retry_budget_s: float = 300.0  # how long retrying() repeats a whole operation that failed transiently
+    timeout_s: float = 60.0  # connect and read timeout, per request
+    multipart_threshold_mb: int = 16  # files this large or larger move in parts (kuberlhf.artifacts.transfer)
+    multipart_chunksize_mb: int = 16  # the size of a part (at least 5, S3's smallest)
+    max_concurrency: int = 8  # files moved at once by one upload or download, and parts of large files at once
 
 
 _defaults = StorageOptions()
@@ -120,8 +120,10 @@ def _session(o: StorageOptions) -> tuple[Any, str]:
 
 
 def _botocore_config(o: StorageOptions) -> dict[str, Any]:
+    # a transfer's file threads and part threads (kuberlhf.artifacts.transfer) each hold a connection
     cfg: dict[str, Any] = {"retries": {"max_attempts": o.max_attempts, "mode": "standard"},
-                           "connect_timeout": o.timeout_s, "read_timeout": o.timeout_s}
+                           "connect_timeout": o.timeout_s, "read_timeout": o.timeout_s,
+                           "max_pool_connections": max(10, 2 * o.max_concurrency + 2)}
     if _endpoint(o):
         cfg["s3"] = {"addressing_style": "path"}
     return cfg
@@ -134,14 +136,6 @@ def s3_client(options: StorageOptions | None = None) -> Any:
     o = _opts(options)
     session, region = _session(o)
     return session.client("s3", endpoint_url=_endpoint(o), region_name=region, config=Config(**_botocore_config(o)))
-
-
-def _transfer_config(o: StorageOptions) -> Any:
-    from boto3.s3.transfer import TransferConfig
-
-    return TransferConfig(multipart_threshold=o.multipart_threshold_mb * _MIB,
-                          multipart_chunksize=o.multipart_chunksize_mb * _MIB,
-                          max_concurrency=o.max_concurrency, use_threads=True)
 
 
 def _client_error(exc: BaseException):
@@ -245,17 +239,22 @@ def _s3_errors(uri: str, action: str) -> Iterator[None]:
         raise _translate(exc, uri, action) from exc
 
 
-# -------------------------------------------------------------------------------------- streaming IO
+# ------------------------------------------------------------------------------------ data sources
 
 
 def fs_for(uri: str, options: StorageOptions | None = None) -> Any:
-    """The fsspec filesystem for ``uri`` (for s3: s3fs configured like :func:`s3_client`)."""
+    """The fsspec filesystem for ``uri`` (for s3: s3fs configured like :func:`s3_client`), for data sources
+    that list prefixes or hand ``storage_options`` to ``datasets``. Artifacts move through boto3 alone
+    (:mod:`kuberlhf.artifacts.transfer`); s3fs is the ``s3data`` extra."""
     if not is_remote(uri):
         from fsspec.implementations.local import LocalFileSystem
 
         _local_path(uri)  # refuses other schemes
         return LocalFileSystem()
-    import s3fs
+    try:
+        import s3fs
+    except ImportError:
+        raise StorageError(f"reading {uri} as a dataset needs s3fs: pip install 'kuberlhf[s3data]'") from None
 
     o = _opts(options)
     _, region = _session(o)
@@ -264,10 +263,8 @@ def fs_for(uri: str, options: StorageOptions | None = None) -> Any:
                              config_kwargs=_botocore_config(o), skip_instance_cache=True)
 
 
-
-
 def configure_from(section: Any) -> None:
     """Make a stage's ``storage`` config section the defaults of this process (:func:`configure`)."""
     configure(StorageOptions(endpoint_url=section.endpoint_url, region=section.region,
                              max_attempts=section.max_attempts, retry_budget_s=section.retry_budget_s,
-                             timeout_s=section.timeout_s))
+                             timeout_s=section.timeout_s, max_concurrency=section.max_concurrency))

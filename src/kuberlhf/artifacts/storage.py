@@ -3,19 +3,27 @@
 An *artifact* is a directory (model, checkpoint, dataset shards) plus a ``manifest.json``
 (:mod:`kuberlhf.artifacts.manifest`) listing every file with its size and sha256, written last:
 its presence means "complete", and every downloaded file is verified against it. The S3
-connection, URIs and errors are :mod:`kuberlhf.artifacts.s3`; this module moves artifacts.
+connection, URIs and errors are :mod:`kuberlhf.artifacts.s3`; this module moves artifacts, many
+files at once, each hashed as its bytes pass (:mod:`kuberlhf.artifacts.transfer`).
+
+Artifacts move through boto3 alone (one client per operation, thread-safe). s3fs, with the narrow
+botocore range its aiobotocore pins, is only the fsspec filesystem that s3:// *data sources* need for
+``datasets``' ``storage_options`` and prefix listings (:func:`fs_for`): the ``s3data`` extra.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from kuberlhf.artifacts import transfer
 from kuberlhf.artifacts.failpoints import failpoint
 from kuberlhf.artifacts.manifest import (  # noqa: F401 (the storage API in one place)
     CHECKPOINTS,
@@ -24,6 +32,7 @@ from kuberlhf.artifacts.manifest import (  # noqa: F401 (the storage API in one 
     _file_problem,
     _parse_manifest,
     _write_json_atomic,
+    artifact_paths,
     build_manifest,
     is_reserved,
     manifest_of,
@@ -42,7 +51,6 @@ from kuberlhf.artifacts.s3 import (  # noqa: F401
     _local_path,
     _opts,
     _s3_errors,
-    _transfer_config,
     configure,
     fs_for,
     is_remote,
@@ -89,21 +97,42 @@ def read_manifest(uri: str, options: StorageOptions | None = None) -> dict | Non
 
 def upload_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = None,
                exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
-    """Upload ``local_dir`` to the s3 prefix ``uri``: stale manifest deleted first, new one written last."""
+    """Upload ``local_dir`` to the s3 prefix ``uri``, ``max_concurrency`` files at once, each hashed as it is
+    read: the stale manifest is deleted first, the new one written once every file is in."""
     o = _opts(options)
     bucket, prefix = parse_s3_uri(uri)
     root = _local_path(local_dir)
-    manifest = build_manifest(root, exclude, extra)
-    client, config = s3_client(o), _transfer_config(o)
+    paths = artifact_paths(root, exclude)
+    client = s3_client(o)
     with _s3_errors(uri, "uploading to"):
         client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
-        for entry in manifest["files"]:
-            client.upload_file(str(root / entry["path"]), bucket, _key(prefix, entry["path"]), Config=config)
-            failpoint("upload")
+        batch = transfer.Batch(client, o)
+        files = batch.run([_upload_job(batch, root, rel, uri) for rel in paths], done=lambda: failpoint("upload"))
+        manifest = manifest_of(files, extra)
         _delete_unlisted(client, uri, manifest)
         client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
                           Body=json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def _object_uri(uri: str, rel: str) -> str:
+    return f"{uri.rstrip('/')}/{rel}"
+
+
+def _upload_job(batch: transfer.Batch, root: Path, rel: str, uri: str,
+                listed: dict | None = None) -> Callable[[], dict]:
+    """Upload ``root/rel`` to ``uri/rel``; its manifest entry (``listed``: the entry it must match)."""
+    bucket, prefix = parse_s3_uri(uri)
+
+    def job() -> dict:
+        with _s3_errors(_object_uri(uri, rel), "uploading to"), open(root / rel, "rb") as fh:
+            sent = batch.upload(fh, os.fstat(fh.fileno()).st_size, bucket, _key(prefix, rel))
+        if listed is not None and (sent["size"], sent["sha256"]) != (listed["size"], listed["sha256"]):
+            raise IntegrityError(f"{root / rel} changed after it was listed (now {sent['size']} bytes, sha256 "
+                                 f"{sent['sha256'][:12]}...): {_object_uri(uri, rel)} would not match its manifest")
+        return {"path": rel, **sent}
+
+    return job
 
 
 def _object_paths(client: Any, uri: str) -> list[str]:
@@ -129,17 +158,18 @@ def _delete_unlisted(client: Any, uri: str, manifest: dict) -> None:
 
 def upload_files(local_dir: PathLike, uri: str, files: Iterable[dict], options: StorageOptions | None = None) -> None:
     """Upload the listed files of ``local_dir`` (manifest entries) under the s3 prefix ``uri``; no manifest.
+    A file that no longer matches its entry is refused.
 
     For an artifact assembled from several machines: each uploads its part, then one of them
     writes the manifest with :func:`put_manifest` (which removes the objects it does not list).
     """
     o = _opts(options)
-    bucket, prefix = parse_s3_uri(uri)
+    parse_s3_uri(uri)
     root = _local_path(local_dir)
-    client, config = s3_client(o), _transfer_config(o)
+    client = s3_client(o)
     with _s3_errors(uri, "uploading to"):
-        for entry in files:
-            client.upload_file(str(root / entry["path"]), bucket, _key(prefix, entry["path"]), Config=config)
+        batch = transfer.Batch(client, o)
+        batch.run([_upload_job(batch, root, entry["path"], uri, listed=entry) for entry in files])
 
 
 def delete_manifest(uri: str, options: StorageOptions | None = None) -> None:
@@ -163,12 +193,13 @@ def put_manifest(uri: str, manifest: dict, options: StorageOptions | None = None
 
 
 def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None = None) -> Path:
-    """Download the artifact at ``uri`` into ``local_dir``, verifying every file; keeps matching local files
-    and removes the ones the manifest does not list (the copy holds exactly the artifact)."""
+    """Download the artifact at ``uri`` into ``local_dir``, ``max_concurrency`` files at once, each verified as
+    it lands; keeps matching local files and removes the ones the manifest does not list (the copy holds
+    exactly the artifact). The local manifest goes first and comes back only once every file matched."""
     o = _opts(options)
     bucket, prefix = parse_s3_uri(uri)
     dest = _local_path(local_dir)
-    client, config = s3_client(o), _transfer_config(o)
+    client = s3_client(o)
     with _s3_errors(uri, "downloading"):
         manifest = _remote_manifest(client, uri)
         if manifest is None:
@@ -180,26 +211,41 @@ def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None =
                                "(left over from an earlier artifact?)")
         dest.mkdir(parents=True, exist_ok=True)
         (dest / MANIFEST_NAME).unlink(missing_ok=True)
-        for entry in manifest["files"]:
-            target = dest / entry["path"]
-            if _file_problem(target, entry) is None:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-            try:
-                try:
-                    with _s3_errors(f"{uri.rstrip('/')}/{entry['path']}", "downloading"):
-                        client.download_file(bucket, _key(prefix, entry["path"]), str(tmp), Config=config)
-                except NotFoundError as err:  # listed, not there: this artifact is damaged
-                    raise IntegrityError(str(err)) from err
-                if problem := _file_problem(tmp, entry):
-                    raise IntegrityError(f"{uri}: {problem}")
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+        batch = transfer.Batch(client, o)
+        batch.run([_download_job(batch, uri, dest, entry) for entry in manifest["files"]])
     remove_unlisted(dest, manifest)
     _write_json_atomic(dest / MANIFEST_NAME, manifest)
     return dest
+
+
+def _download_job(batch: transfer.Batch, uri: str, dest: Path, entry: dict) -> Callable[[], None]:
+    """Make ``dest/<path>`` the listed file: kept when it matches, else downloaded beside it, hashed as it is
+    written, synced, and renamed into place only when its size and sha256 match ``entry``."""
+    bucket, prefix = parse_s3_uri(uri)
+
+    def job() -> None:
+        target, rel = dest / entry["path"], entry["path"]
+        if _file_problem(target, entry) is None:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        try:
+            try:
+                with _s3_errors(_object_uri(uri, rel), "downloading"), open(tmp, "wb") as out:
+                    size, digest = batch.download(bucket, _key(prefix, rel), entry["size"], out)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except NotFoundError as err:  # listed, not there: this artifact is damaged
+                raise IntegrityError(str(err)) from err
+            if size != entry["size"]:
+                raise IntegrityError(f"{uri}: size mismatch for {rel!r} ({size} bytes, manifest says {entry['size']})")
+            if digest != entry["sha256"]:
+                raise IntegrityError(f"{uri}: sha256 checksum mismatch for {rel!r}")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    return job
 
 
 def publish_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = None,
@@ -315,7 +361,8 @@ def delete_object(uri: str, options: StorageOptions | None = None) -> None:
 
 
 def open_uri(uri: str, mode: str = "rb", options: StorageOptions | None = None) -> IO[Any]:
-    """Open one file (local path or s3 object) as a seekable file-like object; the caller closes it."""
+    """Open one file (local path or s3 object) as a file object; the caller closes it. An s3 object opens
+    seekable for reading (``rb``, ``r``), or for writing (``wb``: the object is written when the file closes)."""
     if not is_remote(uri):
         try:
             return open(_local_path(uri), mode)
@@ -324,6 +371,11 @@ def open_uri(uri: str, mode: str = "rb", options: StorageOptions | None = None) 
     bucket, key = parse_s3_uri(uri)
     if not key:
         raise StorageError(f"no object key in URI {uri!r}")
-    fs = fs_for(uri, options)
-    with _s3_errors(uri, "opening"):
-        return fs.open(f"{bucket}/{key}", mode)
+    if mode not in ("rb", "r", "wb"):
+        raise StorageError(f"cannot open {uri} in mode {mode!r}: s3 objects open as 'rb', 'r' or 'wb'")
+    o = _opts(options)
+    client, errors = s3_client(o), functools.partial(_s3_errors, uri)
+    if mode == "wb":
+        return transfer.ObjectWriter(transfer.Batch(client, o), bucket, key, errors)  # type: ignore[return-value]
+    reader = io.BufferedReader(transfer.ObjectReader(client, bucket, key, errors, o.max_attempts), 1024 * 1024)
+    return io.TextIOWrapper(reader, encoding="utf-8") if mode == "r" else reader

@@ -175,6 +175,9 @@ class StorageConfig:
         300.0, "seconds to keep retrying a checkpoint seal, publish or download that fails on the network or with "
         "5xx/SlowDown (backoff up to 30 s); then the run exits 200, which restartPolicy ExitCode retries")
     timeout_s: float = option(60.0, "seconds to wait for the object store to connect or answer, per request")
+    max_concurrency: int = option(
+        8, "files moved at once by one upload or download (a checkpoint's shards, a model's files), and parts of "
+        "a large file at once (16 MiB each, from 16 MiB up); hashing runs in the same threads")
     lease_ttl_s: float = option(
         1800.0, "an output_dir's lease (.lease.json, renewed at each checkpoint) left by a run that stopped renewing "
         "it this many seconds ago may be taken over by another run")
@@ -184,6 +187,7 @@ class StorageConfig:
         require(self.retry_budget_s >= 0, "storage.retry_budget_s", "must be >= 0")
         require(self.lease_ttl_s > 0, "storage.lease_ttl_s", "must be positive")
         require(self.timeout_s > 0, "storage.timeout_s", "must be positive")
+        require(1 <= self.max_concurrency <= 64, "storage.max_concurrency", "must be between 1 and 64")
 
 
 @dataclass
