@@ -164,3 +164,72 @@ def test_save_to_disk_dataset_on_s3(s3_bucket):
     assert ds.to_list() == PAIRS[5:7] and stats.rows_read == 2
     with pytest.raises(DataError, match=r"no split 'validation'; available splits: test, train"):
         load_examples(uri, "preference", split="validation")
+
+
+def _outcome(uri, kind, streaming, **kwargs):
+    try:
+        ds, stats = load_examples(uri, kind, streaming=streaming, **kwargs)
+        return ("ok", list(ds) if streaming else ds.to_list(), stats.to_dict())
+    except DataError as err:
+        return ("error", str(err))
+
+
+def test_arrow_loads_give_the_row_reader_rows_and_reuse_the_download(s3_bucket, tmp_path, monkeypatch):
+    """Non-streaming loads (Arrow, from a downloaded copy) and streaming ones (row by row from S3) agree."""
+    import kuberlhf.artifacts.storage as storage
+
+    monkeypatch.setenv("KUBERLHF_CACHE", str(tmp_path / "cache"))
+    s3 = _client()
+    rows = list(ORCA)
+    rows[4] = {"question": "q"}
+    body = _jsonl(rows[:10]) + b"\n{not json\n   \n" + _jsonl(rows[10:]) + b"[1]\n"
+    s3.put_object(Bucket=s3_bucket, Key="mixed/a.jsonl", Body=body)
+    s3.put_object(Bucket=s3_bucket, Key="mixed/b.parquet", Body=_parquet(ORCA + [{"question": "", "response": "r"}]))
+    s3.put_object(Bucket=s3_bucket, Key="mixed/c.json", Body=json.dumps(ORCA[:3]).encode())
+    prefix = f"s3://{s3_bucket}/mixed/"
+    for uri in (prefix + "a.jsonl", prefix + "b.parquet", prefix):
+        for on_bad_row in ("skip", "error"):
+            arrow = _outcome(uri, "sft", False, on_bad_row=on_bad_row)
+            assert arrow == _outcome(uri, "sft", True, on_bad_row=on_bad_row), (uri, on_bad_row)
+        for max_rows in (5, 31, 45):
+            assert _outcome(uri, "sft", False, on_bad_row="skip", max_rows=max_rows) == _outcome(
+                uri, "sft", True, on_bad_row="skip", max_rows=max_rows)
+    _, kept, stats = _outcome(prefix, "sft", False, on_bad_row="skip")
+    assert (len(kept), stats["rows_read"], stats["rows_skipped"]) == (62, 66, 4)
+    assert stats["skipped_examples"][:2] == [f"{prefix}a.jsonl row 4: missing field 'response'",
+                                             f"{prefix}a.jsonl line 12: invalid JSON (Expecting property name "
+                                             "enclosed in double quotes)"]
+    downloads = sorted((tmp_path / "cache" / "datasets" / "downloads").iterdir())
+    assert sorted(p.suffix for p in downloads) == [".json", ".jsonl", ".parquet"]  # one copy of each object
+
+    def no_download(uri, *args, **kwargs):
+        raise AssertionError(f"downloaded {uri} again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "open_uri", no_download)
+        again, _ = load_examples(prefix, "sft", on_bad_row="skip")
+    assert again.to_list() == kept
+    s3.put_object(Bucket=s3_bucket, Key="mixed/a.jsonl", Body=_jsonl(ORCA[:2]))  # a new object: a new ETag
+    changed, stats = load_examples(prefix + "a.jsonl", "sft")
+    assert changed.num_rows == 2 and stats.rows_read == 2
+
+
+def test_s3_files_load_through_boto3_alone(s3_bucket, tmp_path, monkeypatch):
+    """s3fs is the s3data extra: files and prefixes load without it; a save_to_disk folder names the extra."""
+    from kuberlhf.artifacts.storage import fs_for
+    from kuberlhf.errors import StorageError
+
+    monkeypatch.setenv("KUBERLHF_CACHE", str(tmp_path / "cache"))
+    s3 = _client()
+    s3.put_object(Bucket=s3_bucket, Key="plain/part-0.jsonl", Body=_jsonl(ORCA[:10]))
+    s3.put_object(Bucket=s3_bucket, Key="plain/part-1.parquet", Body=_parquet(ORCA[10:]))
+    disk = f"s3://{s3_bucket}/hf/saved"
+    datasets.Dataset.from_list(PAIRS[:3]).save_to_disk(disk, storage_options=fs_for(disk).storage_options)
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # `import s3fs` now fails as if not installed
+    prefix = f"s3://{s3_bucket}/plain/"
+    ds, stats = load_examples(prefix, "sft")
+    assert ds.num_rows == 30 and stats.rows_read == 30 and ds[12]["completion"] == " r12"
+    stream, _ = load_examples(prefix, "sft", streaming=True)
+    assert list(stream) == ds.to_list()
+    with pytest.raises(StorageError, match=rf"^reading {disk} as a dataset needs s3fs: pip install 'kuberlhf\[s3data\]'$"):
+        load_examples(disk, "preference")

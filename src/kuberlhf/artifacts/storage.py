@@ -6,9 +6,10 @@ its presence means "complete", and every downloaded file is verified against it.
 connection, URIs and errors are :mod:`kuberlhf.artifacts.s3`; this module moves artifacts, many
 files at once, each hashed as its bytes pass (:mod:`kuberlhf.artifacts.transfer`).
 
-Artifacts move through boto3 alone (one client per operation, thread-safe). s3fs, with the narrow
-botocore range its aiobotocore pins, is only the fsspec filesystem that s3:// *data sources* need for
-``datasets``' ``storage_options`` and prefix listings (:func:`fs_for`): the ``s3data`` extra.
+Objects move through boto3 alone (one client per operation, thread-safe): artifacts, and the files and
+listings of s3:// data sources. s3fs, with the narrow botocore range its aiobotocore pins, is only the
+fsspec filesystem that ``datasets.load_from_disk`` needs for a ``save_to_disk`` folder on S3
+(:func:`fs_for`): the ``s3data`` extra.
 """
 
 from __future__ import annotations
@@ -307,6 +308,38 @@ def list_subdirs(uri: str, options: StorageOptions | None = None) -> list[str]:
                 if client.list_objects_v2(Bucket=bucket, Prefix=sub, MaxKeys=1).get("Contents"):
                     names.append(sub[len(base):].rstrip("/"))
     return sorted(names)
+
+
+def stat_object(uri: str, options: StorageOptions | None = None) -> dict | None:
+    """``{"size", "etag"}`` of the s3 object ``uri``, or None when there is none."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = parse_s3_uri(uri)
+    if not key:
+        return None
+    with _s3_errors(uri, "reading"):
+        try:
+            head = s3_client(options).head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _client_code(exc) in _MISSING_CODES:
+                return None
+            raise
+    return {"size": int(head["ContentLength"]), "etag": str(head.get("ETag", "")).strip('"')}
+
+
+def list_prefix(uri: str, options: StorageOptions | None = None) -> list[tuple[str, bool]]:
+    """The immediate children of the s3 prefix ``uri``: ``(s3 URI, is_file)`` each, files first in key order,
+    then sub-prefixes (what ``ls`` of a folder shows)."""
+    bucket, prefix = parse_s3_uri(uri)
+    base = f"{prefix.rstrip('/')}/" if prefix else ""
+    files, folders = [], []
+    with _s3_errors(uri, "listing"):
+        pages = s3_client(options).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/")
+        for page in pages:
+            files += [(f"s3://{bucket}/{obj['Key']}", True) for obj in page.get("Contents", [])
+                      if obj["Key"] != base]
+            folders += [(f"s3://{bucket}/{cp['Prefix'].rstrip('/')}", False) for cp in page.get("CommonPrefixes", [])]
+    return files + folders
 
 
 def remove_dir(uri: str, options: StorageOptions | None = None, keep: Iterable[str] = ()) -> None:

@@ -61,7 +61,13 @@ class QuantizationConfig:
 class DataConfig:
     train: str = option("", "training data: .jsonl/.json/.parquet file or dir, s3:// URI, HF dataset, Deep Lake, demo://")
     eval: str | None = option(None, "held-out data in the same forms; None = split eval_fraction off train")
-    split: str = option("train", "split to read from sources that have splits (HF, Deep Lake)")
+    split: str = option("train", "split to read from sources that have splits (Hugging Face Hub and save_to_disk)")
+    name: str | None = option(
+        None, "subset (configuration) of a Hugging Face Hub dataset, e.g. 'default'; also for data.eval"
+    )
+    data_dir: str | None = option(
+        None, "data_dir of a Hugging Face Hub dataset (a folder of its repo); also for data.eval"
+    )
     eval_split: str = option("test", "split of the eval source")
     format: Literal["auto", "jsonl", "json", "parquet", "hf", "deeplake", "demo"] = option(
         "auto", "source format; auto = from the scheme, extension or directory contents"
@@ -71,6 +77,9 @@ class DataConfig:
         "error", "a malformed row stops the run naming it (error) or is skipped and counted in metrics.json (skip)"
     )
     max_rows: int | None = option(None, "read at most this many training rows")
+    num_proc: int | None = option(
+        None, "processes that check and format the rows of a non-streaming load (Dataset.map); None = one, this one"
+    )
     eval_fraction: float = option(0.0, "fraction of train held out for evaluation when eval is None")
     prompt_template: str = option(
         "{system}Question: {question}\n\nAnswer:", "prompt of question/response rows; {system} and {question}"
@@ -80,6 +89,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(bool(self.train), "data.train", "a training data source is required")
         require(0.0 <= self.eval_fraction < 1.0, "data.eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+        require(self.num_proc is None or self.num_proc >= 1, "data.num_proc", f"must be >= 1, got {self.num_proc}")
         for key in ("{question}",):
             require(key in self.prompt_template, "data.prompt_template", f"must contain {key}")
 

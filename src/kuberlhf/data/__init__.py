@@ -6,13 +6,17 @@ the canonical example of ``kind`` (:mod:`kuberlhf.data.formats`) and returns a
 ``datasets.Dataset`` (or ``IterableDataset`` when streaming) plus :class:`DataStats`.
 A malformed row either stops the load with a :class:`~kuberlhf.errors.DataError` naming
 the source, the 0-based row index and the field, or is skipped and counted.
+
+Without streaming the rows are loaded on Arrow (:mod:`kuberlhf.data.tables`: memory-mapped, cached under
+``$KUBERLHF_CACHE/datasets``, checked in a batched ``Dataset.map``); streaming reads them one at a time
+(:func:`iter_records`). Both check each row with :mod:`kuberlhf.data.validate`: the same examples, counts
+and messages.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -20,66 +24,20 @@ from kuberlhf.data.formats import (
     CONVERTERS,
     DEFAULT_PROMPT_TEMPLATE,
     DEFAULT_SYSTEM_TEMPLATE,
-    RowError,
     check_templates,
 )
-from kuberlhf.data.records import BadRecord
 from kuberlhf.data.sources import iter_records, iter_rows
-from kuberlhf.errors import ConfigError, DataError
+from kuberlhf.data.validate import MAX_SKIPPED_EXAMPLES, DataStats, Validator
+from kuberlhf.errors import ConfigError
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["KINDS", "DataStats", "iter_rows", "load_data", "load_examples"]
+__all__ = ["KINDS", "MAX_SKIPPED_EXAMPLES", "DataStats", "iter_rows", "load_data", "load_examples"]
 
 KINDS = ("sft", "preference", "prompt", "candidates")
 ON_BAD_ROW = ("error", "skip")
 TEMPLATE_KEYS = ("prompt_template", "system_template")
-MAX_SKIPPED_EXAMPLES = 10
-
-
-@dataclass
-class DataStats:
-    """What a load read and skipped; ``to_dict()`` goes into metrics.json.
-
-    For a streaming dataset the counts fill in as it is iterated, and start again at
-    each new pass over it.
-    """
-
-    rows_read: int = 0
-    rows_skipped: int = 0
-    skipped_examples: list[str] = field(default_factory=list)
-
-    @property
-    def rows_kept(self) -> int:
-        """Rows that became examples."""
-        return self.rows_read - self.rows_skipped
-
-    def reset(self) -> None:
-        """Zero the counts (a new pass over the source)."""
-        self.rows_read = 0
-        self.rows_skipped = 0
-        self.skipped_examples.clear()
-
-    def skip(self, message: str) -> None:
-        """Count one skipped row, keeping the first few messages."""
-        self.rows_skipped += 1
-        if len(self.skipped_examples) < MAX_SKIPPED_EXAMPLES:
-            self.skipped_examples.append(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for metrics files."""
-        return {
-            "rows_read": self.rows_read,
-            "rows_kept": self.rows_kept,
-            "rows_skipped": self.rows_skipped,
-            "skipped_examples": list(self.skipped_examples),
-        }
-
-
-def _shape(example: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """Which fields an example has and whether each is text or a message list."""
-    return tuple((k, "text" if isinstance(v, str) else "messages") for k, v in example.items())
 
 
 def _converter(kind: str, template_kwargs: Mapping[str, str] | None) -> Callable[[Any], dict]:
@@ -111,50 +69,15 @@ def _examples(
     convert: Callable[[Any], dict],
     stats: DataStats,
     *,
-    split: str,
-    format: str,
-    streaming: bool,
     on_bad_row: str,
     max_rows: int | None,
+    **source: Any,
 ) -> Iterator[dict[str, Any]]:
-    """Validated examples of ``path``; updates ``stats`` as it goes."""
+    """Validated examples of ``path``, read one row at a time; updates ``stats`` as it goes."""
     stats.reset()
-    records = iter_records(path, split=split, format=format, streaming=streaming)
-    if max_rows is not None:
-        records = itertools.islice(records, max_rows)
-    shape: tuple[tuple[str, str], ...] | None = None
-    for record in records:
-        stats.rows_read += 1
-        if isinstance(record.row, BadRecord):
-            problem = record.row.message
-        else:
-            try:
-                example = convert(record.row)
-                this_shape = _shape(example)
-                if shape is not None and this_shape != shape:
-                    raise RowError(
-                        "prompt",
-                        f"row has fields {_describe(this_shape)} but earlier rows have "
-                        f"{_describe(shape)}; one dataset cannot mix them",
-                    )
-            except RowError as err:
-                problem = f"{record.source} row {record.index}: {err}"
-            else:
-                shape = this_shape
-                yield example
-                continue
-        if on_bad_row == "error":
-            raise DataError(problem)
-        stats.skip(problem)
-    if stats.rows_kept == 0:
-        detail = f"; first problem: {stats.skipped_examples[0]}" if stats.skipped_examples else ""
-        raise DataError(
-            f"{path}: no valid rows (read {stats.rows_read}, skipped {stats.rows_skipped}){detail}"
-        )
-
-
-def _describe(shape: tuple[tuple[str, str], ...]) -> str:
-    return ", ".join(f"{k} ({kind})" for k, kind in shape)
+    validator = Validator(convert, stats, on_bad_row, max_rows)
+    yield from validator.examples(iter_records(path, **source))
+    validator.finish(path)
 
 
 def load_examples(
@@ -167,6 +90,9 @@ def load_examples(
     on_bad_row: str = "error",
     max_rows: int | None = None,
     template_kwargs: Mapping[str, str] | None = None,
+    num_proc: int | None = None,
+    name: str | None = None,
+    data_dir: str | None = None,
 ) -> tuple[datasets.Dataset | datasets.IterableDataset, DataStats]:
     """Load ``path`` as examples of ``kind`` ("sft", "preference" or "prompt").
 
@@ -181,14 +107,18 @@ def load_examples(
             drops bad rows and counts them in the stats.
         max_rows: read at most this many rows (bad ones included).
         template_kwargs: ``prompt_template`` / ``system_template`` for sft and prompt.
+        num_proc: processes that check the rows of a non-streaming load (``Dataset.map``); None or 1 = this one.
+        name: subset (configuration) of a Hugging Face Hub dataset.
+        data_dir: ``data_dir`` of a Hugging Face Hub dataset.
 
     Returns:
-        ``(dataset, stats)``. Without streaming every row has been read and validated.
+        ``(dataset, stats)``. Without streaming every row has been read and validated, and the
+        dataset is memory-mapped from Arrow files in the cache (:func:`kuberlhf.data.tables.data_cache`).
 
     Raises:
         DataError: unreadable source, a bad row with ``on_bad_row="error"``, or no
             valid rows at all.
-        ConfigError: unknown kind, ``on_bad_row`` or template option.
+        ConfigError: unknown kind, ``on_bad_row``, template option, ``max_rows`` or ``num_proc``.
     """
     import datasets
 
@@ -197,20 +127,26 @@ def load_examples(
         raise ConfigError(f"on_bad_row must be one of {', '.join(ON_BAD_ROW)}, got {on_bad_row!r}")
     if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
         raise ConfigError(f"max_rows must be a positive integer, got {max_rows!r}")
+    if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
+        raise ConfigError(f"num_proc must be a positive integer, got {num_proc!r}")
     stats = DataStats()
+    source = {"split": split, "format": format, "name": name, "data_dir": data_dir}
+    if not streaming:
+        from kuberlhf.data.tables import load_table
+
+        validator = Validator(convert, stats, on_bad_row, max_rows)
+        key = json.dumps([kind, dict(template_kwargs or {})], sort_keys=True)
+        return load_table(str(path), validator, kind=kind, key=key, num_proc=num_proc, **source), stats
+
     gen_kwargs: dict[str, Any] = {
         "path": str(path),
         "convert": convert,
         "stats": stats,
-        "split": split,
-        "format": format,
-        "streaming": streaming,
+        "streaming": True,
         "on_bad_row": on_bad_row,
         "max_rows": max_rows,
+        **source,
     }
-    if not streaming:
-        return datasets.Dataset.from_list(list(_examples(**gen_kwargs))), stats
-
     # Fail fast on a bad source and learn the features from the first example.
     peek = _examples(**{**gen_kwargs, "stats": DataStats()})
     try:
@@ -229,8 +165,10 @@ def load_data(data: Any, kind: str, seed: int) -> tuple[Any, Any | None, DataSta
     """A stage's ``data`` section loaded as examples of ``kind``: (train, eval or None, DataStats of train).
 
     Eval comes from ``data.eval``, else from a seeded ``data.eval_fraction`` split of train.
+    ``data.name`` and ``data.data_dir`` (a Hugging Face subset) apply to both.
     """
-    common = {"format": data.format, "on_bad_row": data.on_bad_row, "template_kwargs": data.template_kwargs}
+    common = {"format": data.format, "on_bad_row": data.on_bad_row, "template_kwargs": data.template_kwargs,
+              "num_proc": data.num_proc, "name": data.name, "data_dir": data.data_dir}
     train, stats = load_examples(
         data.train, kind, split=data.split, streaming=data.streaming, max_rows=data.max_rows, **common
     )

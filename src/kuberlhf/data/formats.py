@@ -63,6 +63,9 @@ def _text(value: Any, field: str, *, allow_empty: bool = False) -> str:
 
 
 def _field_text(row: Mapping[str, Any], field: str) -> str:
+    value = row.get(field)
+    if value.__class__ is str and value and not value.isspace():  # the usual case, decided without copying
+        return value
     return _text(_require(row, field), field)
 
 
@@ -71,6 +74,8 @@ def _optional_text(row: Mapping[str, Any], field: str) -> str:
     value = row.get(field)
     if value is None:
         return ""
+    if value.__class__ is str:
+        return value.strip()
     return _text(value, field, allow_empty=True).strip()
 
 

@@ -15,9 +15,10 @@ from kuberlhf.data.records import BATCH_ROWS, Record, _one_line
 from kuberlhf.errors import DataError
 
 
-def _hf_disk(
+def hf_disk_dataset(
     path: str, shown: str, split: str, storage_options: dict[str, Any] | None = None
-) -> Iterator[Record]:
+) -> tuple[Any, str]:
+    """A ``save_to_disk`` dataset's ``split`` (when it holds several) and how messages name it."""
     import datasets
 
     try:
@@ -31,6 +32,13 @@ def _hf_disk(
             )
         loaded = loaded[split]
         shown = f"{shown}[{split}]"
+    return loaded, shown
+
+
+def _hf_disk(
+    path: str, shown: str, split: str, storage_options: dict[str, Any] | None = None
+) -> Iterator[Record]:
+    loaded, shown = hf_disk_dataset(path, shown, split, storage_options)
     index = 0
     for batch in loaded.iter(batch_size=BATCH_ROWS):
         for row in _columns_to_rows(batch):
@@ -38,26 +46,58 @@ def _hf_disk(
             index += 1
 
 
-def _hf_hub(
-    name: str, shown: str, split: str, streaming: bool, *, local_miss: bool = False
-) -> Iterator[Record]:
+def _hub_error(prefix: str, name: str, split: str, index: int, err: Exception) -> DataError:
+    return DataError(
+        f"{prefix}cannot load Hugging Face dataset {name!r} (split {split!r})"
+        + (f" after {index} rows" if index else "")
+        + f": {type(err).__name__}: {_one_line(err)}"
+    )
+
+
+def hf_hub_dataset(
+    name: str,
+    shown: str,
+    split: str,
+    streaming: bool,
+    *,
+    local_miss: bool = False,
+    subset: str | None = None,
+    data_dir: str | None = None,
+) -> Any:
+    """``datasets.load_dataset`` of a Hub dataset (``subset`` is its ``name=``); a failure is a DataError."""
     import datasets
 
     prefix = f"{shown}: no such local path, and " if local_miss else f"{shown}: "
+    options = {k: v for k, v in (("name", subset), ("data_dir", data_dir)) if v is not None}
+    try:
+        return datasets.load_dataset(name, split=split, streaming=streaming, **options)
+    except DataError:
+        raise
+    except Exception as err:  # hub, network and builder errors alike
+        raise _hub_error(prefix, name, split, 0, err) from None
+
+
+def _hf_hub(
+    name: str,
+    shown: str,
+    split: str,
+    streaming: bool,
+    *,
+    local_miss: bool = False,
+    subset: str | None = None,
+    data_dir: str | None = None,
+) -> Iterator[Record]:
+    loaded = hf_hub_dataset(name, shown, split, streaming, local_miss=local_miss, subset=subset, data_dir=data_dir)
+    prefix = f"{shown}: no such local path, and " if local_miss else f"{shown}: "
     index = 0
     try:
-        loaded = datasets.load_dataset(name, split=split, streaming=streaming)
         for row in loaded:
             yield Record(shown, index, dict(row))
             index += 1
     except DataError:
         raise
     except Exception as err:  # hub, network and builder errors alike
-        raise DataError(
-            f"{prefix}cannot load Hugging Face dataset {name!r} (split {split!r})"
-            + (f" after {index} rows" if index else "")
-            + f": {type(err).__name__}: {_one_line(err)}"
-        ) from None
+        raise _hub_error(prefix, name, split, index, err) from None
 
 
 def _columns_to_rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -4,6 +4,8 @@
 that cannot be read. :func:`iter_records` is the same stream with positions attached
 (the file a row came from and its 0-based index there) and with unparseable JSON lines
 reported as :class:`BadRecord` instead of raised, so a caller can skip them.
+:func:`resolve` says what a path names without reading any row (the Arrow loader,
+:mod:`kuberlhf.data.tables`, reads the same sources its own way).
 
 Sources and how ``format="auto"`` picks them:
 
@@ -25,7 +27,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,42 +54,107 @@ _SUPPORTED = (
 
 
 def iter_rows(
-    path: str, *, split: str = "train", format: str = "auto", streaming: bool = False
+    path: str,
+    *,
+    split: str = "train",
+    format: str = "auto",
+    streaming: bool = False,
+    name: str | None = None,
+    data_dir: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the raw rows of ``path`` as dicts; raise :class:`DataError` on a bad source.
 
-    ``split`` selects a split of Hugging Face datasets; ``format`` is one of
+    ``split``, ``name`` (subset) and ``data_dir`` select what a Hugging Face Hub dataset loads
+    (``split`` also the split of a ``save_to_disk`` dataset); ``format`` is one of
     :data:`FORMATS`; ``streaming`` streams Hub datasets (files always stream).
     """
-    for record in iter_records(path, split=split, format=format, streaming=streaming):
+    records = iter_records(path, split=split, format=format, streaming=streaming, name=name, data_dir=data_dir)
+    for record in records:
         if isinstance(record.row, BadRecord):
             raise DataError(record.row.message)
         yield record.row
 
 
 def iter_records(
-    path: str, *, split: str = "train", format: str = "auto", streaming: bool = False
+    path: str,
+    *,
+    split: str = "train",
+    format: str = "auto",
+    streaming: bool = False,
+    name: str | None = None,
+    data_dir: str | None = None,
 ) -> Iterator[Record]:
     """Like :func:`iter_rows`, with each row's source and index, and bad JSON as records."""
-    path = str(path)
+    source = resolve(str(path), format)
+    if source.kind == "files":
+        for file in source.files:
+            with file.open() as handle:
+                yield from _read_file(handle, file.source, file.fmt)
+    elif source.kind == "hub":
+        yield from _hf_hub(source.location, source.shown, split, streaming, local_miss=source.local_miss,
+                           subset=name, data_dir=data_dir)
+    elif source.kind == "disk":
+        yield from _hf_disk(source.location, source.shown, split, storage_options=source.storage_options)
+    elif source.kind == "deeplake":
+        yield from _deeplake(source.location)
+    else:
+        assert source.reader is not None
+        for index, row in enumerate(source.reader(source.location)):
+            yield Record(source.location, index, row)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One data file: ``source`` names it in messages, ``location`` is its local path or ``s3://`` URI."""
+
+    source: str
+    fmt: str
+    location: str
+
+    @property
+    def remote(self) -> bool:
+        return self.location.startswith("s3://")
+
+    def open(self) -> IO[bytes]:
+        if self.remote:
+            from kuberlhf.artifacts.storage import open_uri
+
+            return open_uri(self.location, "rb")
+        return open(self.location, "rb")
+
+
+@dataclass
+class Source:
+    """What a path names: ``files`` (kind ``"files"``), or a dataset another library reads (``"hub"``,
+    ``"disk"``, ``"deeplake"``, ``"plugin"``) at ``location``, shown in messages as ``shown``."""
+
+    kind: str
+    location: str = ""
+    shown: str = ""
+    files: list[DataFile] = field(default_factory=list)
+    local_miss: bool = False  # a hub name tried because no such local path exists
+    storage_options: dict[str, Any] | None = None
+    reader: Callable[[str], Iterable[dict[str, Any]]] | None = None
+
+
+def resolve(path: str, format: str = "auto") -> Source:
+    """What ``path`` names; :class:`DataError` for an unsupported, missing or empty source."""
     if format not in FORMATS:
         raise DataError(f"{path}: unknown format {format!r}; supported formats: {', '.join(FORMATS)}")
     plugin = plugins.scheme(path) if format == "auto" else format
-    if plugin not in _BUILTIN and (source := plugins.load("data_sources", plugin)) is not None:
-        for index, row in enumerate(source(path)):
-            yield Record(path, index, row)
-    elif path.startswith("hf://"):
-        yield from _hf_hub(_strip_hf(path), path, split, streaming)
-    elif path.startswith(("al://", "hub://")):
+    if plugin not in _BUILTIN and (reader := plugins.load("data_sources", plugin)) is not None:
+        return Source("plugin", location=path, shown=path, reader=reader)
+    if path.startswith("hf://"):
+        return Source("hub", location=_strip_hf(path), shown=path)
+    if path.startswith(("al://", "hub://")):
         if format not in ("auto", "deeplake"):
             raise DataError(f"{path}: a Deep Lake URL cannot be read as format {format!r}")
-        yield from _deeplake(path)
-    elif path.startswith("s3://"):
-        yield from _s3(path, split, format)
-    elif "://" in path and not path.startswith("file://"):
+        return Source("deeplake", location=path, shown=path)
+    if path.startswith("s3://"):
+        return _s3(path, format)
+    if "://" in path and not path.startswith("file://"):
         raise DataError(f"{path}: unsupported URL scheme; supported sources: {_SUPPORTED}")
-    else:
-        yield from _local(path, split, format, streaming)
+    return _local(path, format)
 
 
 # ---------------------------------------------------------------------- dispatch
@@ -124,82 +192,70 @@ def _pick_files(names: Iterable[str], format: str) -> list[str]:
     return picked
 
 
-def _local(path: str, split: str, format: str, streaming: bool) -> Iterator[Record]:
+def _local(path: str, format: str) -> Source:
     local = path[len("file://") :] if path.startswith("file://") else path
     p = Path(local).expanduser()
     if not p.exists():
         if format == "hf" or (format == "auto" and _looks_like_hub_name(path)):
-            yield from _hf_hub(path, path, split, streaming, local_miss=True)
-            return
+            return Source("hub", location=path, shown=path, local_miss=True)
         raise DataError(f"{path}: no such file or directory")
     if p.is_file():
         fmt = _file_format(p.name, path) if format == "auto" else format
         if fmt in ("hf", "deeplake"):
             raise DataError(f"{path}: format {fmt!r} needs a directory, got a file")
-        with open(p, "rb") as handle:
-            yield from _read_file(handle, path, fmt)
-        return
+        return Source("files", files=[DataFile(path, fmt, str(p))])
     names = {child.name for child in p.iterdir()}
     if format == "deeplake" or (format == "auto" and DEEPLAKE_MARKER in names):
-        yield from _deeplake(str(p.resolve()))
-        return
+        return Source("deeplake", location=str(p.resolve()))
     if format == "hf" or (format == "auto" and names & set(HF_DISK_MARKERS)):
-        yield from _hf_disk(str(p), path, split)
-        return
+        return Source("disk", location=str(p), shown=path)
     files = _pick_files([str(child) for child in p.iterdir() if child.is_file()], format)
     if not files:
         wanted = "/".join(FILE_FORMATS) if format == "auto" else f".{format}"
         raise DataError(f"{path}: directory holds no {wanted} files (supported sources: {_SUPPORTED})")
-    for file in files:
-        with open(file, "rb") as handle:
-            yield from _read_file(handle, file, _file_format(file, file))
+    return Source("files", files=[DataFile(file, _file_format(file, file), file) for file in files])
 
 
 def _looks_like_hub_name(path: str) -> bool:
     return bool(_HUB_NAME.match(path)) and os.path.splitext(path)[1].lower() not in FILE_FORMATS
 
 
-def _s3(uri: str, split: str, format: str) -> Iterator[Record]:
-    from kuberlhf.artifacts.storage import fs_for, open_uri
+def _s3(uri: str, format: str) -> Source:
+    from kuberlhf.artifacts.storage import fs_for, list_prefix, stat_object
+    from kuberlhf.errors import StorageError, TransientStorageError
 
     if format == "deeplake":
-        yield from _deeplake(uri)
-        return
-    fs = fs_for(uri)
+        return Source("deeplake", location=uri)
     try:
-        is_file = format in ("auto", "jsonl", "json", "parquet") and fs.isfile(uri)
-    except OSError as err:
-        raise DataError(f"{uri}: cannot read ({type(err).__name__}: {_one_line(err)})") from None
+        is_file = format in ("auto", "jsonl", "json", "parquet") and stat_object(uri) is not None
+    except TransientStorageError:
+        raise  # the store is down: the run is retried (exit 200)
+    except StorageError as err:
+        raise DataError(str(err)) from None
     if is_file:
         fmt = _file_format(uri, uri) if format == "auto" else format
-        with open_uri(uri, "rb") as handle:
-            yield from _read_file(handle, uri, fmt)
-        return
+        return Source("files", files=[DataFile(uri, fmt, uri)])
     if os.path.splitext(uri)[1].lower() in FILE_FORMATS:
         raise DataError(f"{uri}: no such object")
     try:
-        listing = fs.ls(uri.rstrip("/"), detail=True)
-    except FileNotFoundError:
-        listing = []
-    except OSError as err:
-        raise DataError(f"{uri}: cannot list ({type(err).__name__}: {_one_line(err)})") from None
+        listing = list_prefix(uri)
+    except TransientStorageError:
+        raise
+    except StorageError as err:
+        raise DataError(str(err)) from None
     if not listing:
         raise DataError(f"{uri}: no such object or prefix")
-    names = {os.path.basename(str(e["name"]).rstrip("/")) for e in listing}
+    names = {os.path.basename(name) for name, _ in listing}
     if format == "auto" and DEEPLAKE_MARKER in names:
-        yield from _deeplake(uri)
-        return
+        return Source("deeplake", location=uri)
     if format == "hf" or (format == "auto" and names & set(HF_DISK_MARKERS)):
-        yield from _hf_disk(uri, uri, split, storage_options=getattr(fs, "storage_options", None))
-        return
-    files = _pick_files([str(e["name"]) for e in listing if e.get("type") == "file"], format)
+        fs = fs_for(uri)  # datasets.load_from_disk reads through fsspec (s3fs)
+        return Source("disk", location=uri, shown=uri, storage_options=getattr(fs, "storage_options", None))
+    files = _pick_files([name for name, is_file in listing if is_file], format)
     if not files:
         wanted = "/".join(FILE_FORMATS) if format == "auto" else f".{format}"
         raise DataError(f"{uri}: prefix holds no {wanted} files (supported sources: {_SUPPORTED})")
-    for key in files:
-        file_uri = "s3://" + key.removeprefix("s3://")
-        with open_uri(file_uri, "rb") as handle:
-            yield from _read_file(handle, file_uri, _file_format(key, file_uri))
+    return Source("files", files=[DataFile(name, _file_format(name, name), name) for name in files])
 
 
 # ---------------------------------------------------------------------- files
@@ -222,22 +278,32 @@ def _json_row(obj: Any, source: str, index: int) -> dict[str, Any] | BadRecord:
     return BadRecord(f"{source} row {index}: row must be a JSON object, got {type(obj).__name__}")
 
 
+def json_line_row(text: str, source: str, lineno: int, index: int) -> dict[str, Any] | BadRecord:
+    """The row of one decoded, non-blank JSON Lines line: line ``lineno`` (1-based) of ``source``, its
+    ``index``-th row (0-based, blank lines not counted)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        return BadRecord(f"{source} line {lineno}: invalid JSON ({err.msg})")
+    return _json_row(obj, source, index)
+
+
+def raw_line_row(raw: bytes, source: str, lineno: int, index: int) -> dict[str, Any] | BadRecord:
+    """Like :func:`json_line_row` for the line's bytes (line 1 may start with a byte-order mark)."""
+    try:
+        text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        return BadRecord(f"{source} line {lineno}: not UTF-8 text ({err.reason})")
+    return json_line_row(text, source, lineno, index)
+
+
 def _read_jsonl(handle: IO[bytes], source: str) -> Iterator[Record]:
     """One JSON object per line; blank lines are ignored, line numbers are 1-based."""
     index = 0
     for lineno, raw in enumerate(handle, start=1):
         if not raw.strip():
             continue
-        row: dict[str, Any] | BadRecord
-        try:
-            obj = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
-        except UnicodeDecodeError as err:
-            row = BadRecord(f"{source} line {lineno}: not UTF-8 text ({err.reason})")
-        except json.JSONDecodeError as err:
-            row = BadRecord(f"{source} line {lineno}: invalid JSON ({err.msg})")
-        else:
-            row = _json_row(obj, source, index)
-        yield Record(source, index, row)
+        yield Record(source, index, raw_line_row(raw, source, lineno, index))
         index += 1
 
 
