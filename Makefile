@@ -101,6 +101,8 @@ images-check: install ## Dockerfiles pass hadolint; locks hashed, agree with pyp
 bench: install ## throughput benchmarks; results go to docs/benchmarks.md by hand
 	$(BIN)/python bench/sft_throughput.py --repeats 3
 	nice -n 10 $(BIN)/python bench/ppo_memory.py
+	nice -n 10 $(BIN)/python bench/storage.py
+	nice -n 10 $(BIN)/python bench/data_scale.py
 
 bench-gpu: install ## one-GPU benchmark of real shapes (SFT MFU, reward model, PPO), about 5 minutes
 	$(BIN)/python bench/gpu.py
