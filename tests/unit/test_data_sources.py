@@ -480,3 +480,26 @@ def test_deeplake_urls_pass_creds_and_token(monkeypatch):
         "endpoint_url": "http://127.0.0.1:9000",
     }
     assert calls == [("s3://b/ds", creds, None), ("al://org/ds", None, "al-token")]
+
+
+def _rss_mib() -> float:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_streaming_a_parquet_file_holds_no_more_of_it_as_it_goes(tmp_path):
+    """Memory stays flat over a stream: the reader drops each row group's bytes once its rows are read."""
+    import os
+
+    path, rows, groups = tmp_path / "big.parquet", 4000, 32
+    with pq.ParquetWriter(path, pa.schema([("prompt", pa.string())]), compression="none") as writer:
+        for _ in range(groups):  # row groups of 4000 rows x 1 KiB of incompressible text: 128 MiB in all
+            writer.write_table(pa.table({"prompt": [os.urandom(512).hex() for _ in range(rows)]}))
+    seen, rss = 0, {}
+    for _ in iter_rows(str(path)):
+        seen += 1
+        if seen in (groups // 2 * rows, groups * rows):  # after the reader's own buffers have grown
+            rss[seen] = _rss_mib()
+    assert seen == groups * rows
+    growth = rss[groups * rows] - rss[groups // 2 * rows]
+    assert growth < 32, f"RSS grew by {growth:.0f} MiB over the last 64 MiB of rows"

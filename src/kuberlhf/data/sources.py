@@ -338,7 +338,9 @@ def _read_parquet(handle: IO[bytes], source: str) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(handle)
+        # pre_buffer keeps every column chunk read so far until the reader is gone: a stream over a
+        # parquet file would then hold the whole file by its end
+        parquet = pq.ParquetFile(handle, pre_buffer=False)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{source}: not a readable parquet file ({_one_line(err)})") from None
     index = 0
