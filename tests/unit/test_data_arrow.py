@@ -302,3 +302,40 @@ def test_line_scans_across_chunk_boundaries(tmp_path, monkeypatch, chunk):
         path = tmp_path / f"{case}.jsonl"
         path.write_bytes(JSONL_CASES[case] if case != "clean" else lines(*ORCA[:6]))
         same_both_ways(path, "sft")
+
+
+EDGES = [{"system_prompt": s, "question": q, "response": r}
+         for s in (None, "", "  ", " Be brief. ", "\u3000", 7)
+         for q in ("q", " q ", "", "   ", "\u3000", "\xa0x\xa0", "\u2028", None, 3)
+         for r in ("r", "\n r \n", "", " ", "\u0085", None, ["r"])]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_openorca_rows_decided_a_column_at_a_time_are_the_row_checks_examples(tmp_path, suffix):
+    """Blank, whitespace-only (Unicode spaces too), null, absent and non-string fields: the batched map's
+    column-at-a-time path gives the row reader's examples, counts and messages, with custom templates."""
+    rows = [row for row in EDGES if not any(isinstance(v, int | list) for v in row.values())]  # the builders' types
+    rows += [{k: v for k, v in ORCA[1].items() if k != "system_prompt"}, ORCA[2]]
+    path = tmp_path / f"edges{suffix}"
+    if suffix == ".jsonl":
+        path.write_bytes(lines(*rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=50)
+    templates = {"prompt_template": "<{system}|{question}>", "system_template": "[{system_prompt}]"}
+    first = same_both_ways(path, "sft", template_kwargs=templates)
+    assert first[0] == "ok" and 10 < len(first[1]) < len(rows) and first[2]["rows_skipped"] > 10
+    assert {"prompt": "<[Be brief.]|q>", "completion": " r"} in first[1]
+
+
+def test_openorca_column_path_declines_what_it_cannot_decide():
+    from functools import partial
+
+    from kuberlhf.data.batches import openorca_fast
+    from kuberlhf.data.formats import preference_example, sft_example
+
+    columns = {"question": ["q", "", None], "response": ["r", "r", "r"]}
+    prompts, completions = openorca_fast(columns.get, 3, partial(sft_example), None)
+    assert prompts == ["Question: q\n\nAnswer:", None, None] and completions == [" r", None, None]
+    assert openorca_fast({**columns, "messages": [None] * 3}.get, 3, partial(sft_example), None) is None
+    assert openorca_fast(columns.get, 3, preference_example, None) is None
+    assert openorca_fast(columns.get, 3, partial(sft_example), (("prompt", "messages"),)) is None

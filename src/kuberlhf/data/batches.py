@@ -5,6 +5,9 @@ or Hugging Face dataset), checks every row with :func:`kuberlhf.data.validate.ch
 the example's columns (null for a row that is not good) and :data:`ROW_COLUMN`, whether each row was good, bad or
 blank. The record iterators give the same rows one at a time (to find the first good example, and to word a bad
 row's message) as the line and file readers of :mod:`kuberlhf.data.sources` give them.
+
+OpenOrca SFT rows (the common case at scale) are first decided a column at a time (:func:`openorca_fast`): the
+rows whose fields are plainly good become examples without a row dict; every other row takes the row checks.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kuberlhf.data.files import LineReader, LineSpans
-from kuberlhf.data.formats import RowError
+from kuberlhf.data.formats import RowError, render_prompt, sft_example
 from kuberlhf.data.hub import _columns_to_rows
-from kuberlhf.data.records import BATCH_ROWS, BadRecord, Record
+from kuberlhf.data.records import BATCH_ROWS, BadRecord, Record, rows_of
 from kuberlhf.data.sources import json_line_row
 from kuberlhf.data.validate import Shape, check
 
@@ -59,14 +62,14 @@ def lines_holding(raw: datasets.Dataset, rows: int) -> int:
 def table_records(view: datasets.Dataset, source: str, arrow_rows: bool) -> Iterator[Record]:
     index = 0
     for batch in view.iter(batch_size=BATCH_ROWS):
-        for row in batch.to_pylist() if arrow_rows else _columns_to_rows(batch):
+        for row in rows_of(batch) if arrow_rows else _columns_to_rows(batch):
             yield Record(source, index, row)
             index += 1
 
 
 def table_row(view: datasets.Dataset, position: int, arrow_rows: bool) -> dict[str, Any]:
     batch = view[position : position + 1]
-    return batch.to_pylist()[0] if arrow_rows else next(_columns_to_rows(batch))
+    return rows_of(batch)[0] if arrow_rows else next(_columns_to_rows(batch))
 
 
 def _example(row: dict[str, Any] | BadRecord, convert: Callable, shape: Shape | None) -> dict[str, Any] | None:
@@ -104,10 +107,19 @@ def object_batch(table: Any, positions: list[int], *, source: str, path: str, sp
                   convert: Callable, shape: Shape | None, columns: list[str], schema: Any) -> Any:
     """The map over the json builder's rows; a row with a null is read from its line."""
     out: dict[str, list] = {column: [] for column in columns}
-    kinds = []
+    kinds: list[int] = []
+    fast = openorca_fast(_arrow_columns(table), table.num_rows, convert, shape)
+    if (whole := _all_decided(fast, schema)) is not None:
+        return whole
+    rows: list[dict[str, Any]] | None = None
     lines = LineReader(path, spans)
     try:
-        for position, row in zip(positions, table.to_pylist(), strict=True):
+        for i, position in enumerate(positions):
+            if fast is not None and fast[0][i] is not None:
+                _add(out, kinds, {"prompt": fast[0][i], "completion": fast[1][i]})
+                continue
+            rows = rows if rows is not None else rows_of(table)
+            row = rows[i]
             if None in row.values():  # an absent key or a null: only the line says which
                 row = lines.row(position, source)
             _add(out, kinds, _example(row, convert, shape))
@@ -120,7 +132,7 @@ def object_batch(table: Any, positions: list[int], *, source: str, path: str, sp
 def object_records(view: datasets.Dataset, source: str, lines: LineReader) -> Iterator[Record]:
     index = 0
     for batch in view.iter(batch_size=BATCH_ROWS):
-        for row in batch.to_pylist():
+        for row in rows_of(batch):
             yield Record(source, index, lines.row(index, source) if None in row.values() else row)
             index += 1
 
@@ -149,11 +161,66 @@ def table_batch(batch: Any, *, arrow_rows: bool, convert: Callable, shape: Shape
                  columns: list[str], schema: Any) -> Any:
     """The map over Arrow rows: each row's example (None for a bad one) and its kind."""
     out: dict[str, list] = {column: [] for column in columns}
-    kinds = []
-    for row in batch.to_pylist() if arrow_rows else _columns_to_rows(batch):
-        _add(out, kinds, _example(row, convert, shape))
+    kinds: list[int] = []
+    if arrow_rows:
+        count, named = batch.num_rows, _arrow_columns(batch)
+    else:
+        count, named = len(next(iter(batch.values()), [])), batch.get
+    fast = openorca_fast(named, count, convert, shape)
+    if (whole := _all_decided(fast, schema)) is not None:
+        return whole
+    rows: list[dict[str, Any]] | None = None
+    for i in range(count):
+        if fast is not None and fast[0][i] is not None:
+            _add(out, kinds, {"prompt": fast[0][i], "completion": fast[1][i]})
+            continue
+        rows = rows if rows is not None else rows_of(batch) if arrow_rows else list(_columns_to_rows(batch))
+        _add(out, kinds, _example(rows[i], convert, shape))
     out[ROW_COLUMN] = kinds
     return as_table(out, schema)
+
+
+_TEXT_SHAPE = (("prompt", "text"), ("completion", "text"))
+
+
+def _all_decided(fast: tuple[list, list] | None, schema: Any) -> Any:
+    """The map's output when :func:`openorca_fast` decided every row of the batch (all good), else None."""
+    if fast is None or None in fast[0]:
+        return None
+    return as_table({"prompt": fast[0], "completion": fast[1], ROW_COLUMN: [GOOD] * len(fast[0])}, schema)
+
+
+def _arrow_columns(table: Any) -> Callable[[str], list | None]:
+    """A column of an Arrow table or record batch as a Python list, None when it has no such column."""
+    names = set(table.column_names)
+    return lambda name: table.column(name).to_pylist() if name in names else None
+
+
+def openorca_fast(column: Callable[[str], list | None], count: int, convert: Callable, shape: Shape | None
+                  ) -> tuple[list[str | None], list[str | None]] | None:
+    """SFT examples of OpenOrca rows decided a column at a time: ``(prompts, completions)`` with None for each row
+    that needs :func:`~kuberlhf.data.formats.sft_example`'s own checks (a missing, null, non-string or blank
+    question or response, a system prompt that is not a string), or None when the batch cannot be read so (not
+    the sft converter; a ``messages`` column, which takes precedence; an example shape of message lists). A row
+    decided here is what ``sft_example`` makes of it: ``question.strip()`` and the stripped system prompt (null or
+    absent: none) rendered with the templates, and ``" " + response.strip()``."""
+    if getattr(convert, "func", None) is not sft_example or shape not in (None, _TEXT_SHAPE):
+        return None
+    if column("messages") is not None:
+        return None
+    questions, responses = column("question"), column("response")
+    if questions is None or responses is None:
+        return None
+    systems = column("system_prompt") or [None] * count
+    templates = convert.keywords
+    prompts: list[str | None] = [None] * count
+    completions: list[str | None] = [None] * count
+    for i, (question, response, system) in enumerate(zip(questions, responses, systems, strict=True)):
+        if (question.__class__ is str and question and not question.isspace() and response.__class__ is str
+                and response and not response.isspace() and (system is None or system.__class__ is str)):
+            prompts[i] = render_prompt(question.strip(), system.strip() if system else "", **templates)
+            completions[i] = " " + response.strip()
+    return prompts, completions
 
 
 def as_table(out: dict[str, list], schema: Any) -> Any:

@@ -179,20 +179,24 @@ def line_spans(path: Path) -> LineSpans | None:
     return LineSpans(start[keep], end[keep], lineno[keep])
 
 
-_UNBRACED_LINE = re.compile(rb"\n[^{]")
-
-
 def quick_line_count(path: Path) -> int | None:
     """The number of lines of ``path`` when its bytes show at a glance that each line starts with ``{`` (so none
     is blank) and it has no carriage return; else None (:func:`line_spans` then looks closer)."""
+    import numpy as np
+
     lines = 0
     first = last = b""
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
-            if b"\r" in chunk or (last == b"\n" and chunk[:1] != b"{") or _UNBRACED_LINE.search(chunk):
-                return None  # a line feed at the chunk's end is looked after with the next chunk
+            if b"\r" in chunk or (last == b"\n" and chunk[:1] != b"{"):
+                return None
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            feeds = np.flatnonzero(data == 10)
+            after = feeds[feeds + 1 < len(data)] + 1  # a line feed at the chunk's end: seen with the next chunk
+            if not (data[after] == ord("{")).all():
+                return None
             first = first or chunk[:1]
-            lines += chunk.count(b"\n")
+            lines += len(feeds)
             last = chunk[-1:]
     if first != b"{":
         return None

@@ -27,3 +27,13 @@ class Record:
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
+
+
+def rows_of(table: Any) -> list[dict[str, Any]]:
+    """The rows of an Arrow table or record batch as dicts: ``to_pylist()``'s, column by column (pyarrow builds
+    ``to_pylist()``'s dicts one key at a time in Python)."""
+    names = table.column_names
+    if not names:
+        return [{} for _ in range(table.num_rows)]
+    columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from kuberlhf import plugins
 from kuberlhf.data.hub import _deeplake, _hf_disk, _hf_hub
-from kuberlhf.data.records import BATCH_ROWS, BadRecord, Record, _one_line
+from kuberlhf.data.records import BATCH_ROWS, BadRecord, Record, _one_line, rows_of
 from kuberlhf.errors import DataError
 
 FORMATS = ("auto", "jsonl", "json", "parquet", "hf", "deeplake", "demo")
@@ -346,6 +346,6 @@ def _read_parquet(handle: IO[bytes], source: str) -> Iterator[Record]:
     index = 0
     with parquet:
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-            for row in batch.to_pylist():
+            for row in rows_of(batch):
                 yield Record(source, index, row)
                 index += 1
