@@ -25,13 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "pytorchjob-ppo.yaml"
 
 
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch, tmp_path):
-    """Run from the repo (configs/ paths as in the image), fixed image names, no mounted cluster.yaml."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("KUBERLHF_CLUSTER_CONFIG", str(tmp_path / "absent.yaml"))
-    monkeypatch.delenv("KUBERLHF_IMAGE_REGISTRY", raising=False)
-    monkeypatch.setenv("KUBERLHF_IMAGE_TAG", "0.0.0-test")
+pytestmark = pytest.mark.usefixtures("hermetic_cluster")
 
 
 def containers(job):
