@@ -38,6 +38,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,15 +216,19 @@ class _Loader:
         on each non-blank line (as many rows as such lines), only JSON types (no timestamps, no mixed types).
         A row with a null is read from its line (the builder writes null also for an absent key), and so is
         each bad row's message; every other row is the builder's, which the checks judge alike."""
-        spans, lines_count = None, quick_line_count(local)
+        with ThreadPoolExecutor(1) as pool:  # the scan of the bytes runs while the builder parses them
+            scan = pool.submit(quick_line_count, local)
+            try:
+                raw, refused = self._load("json", local), None
+            except _LineByLine as why:
+                raw, refused = None, why
+            spans, lines_count = None, scan.result()
         if lines_count is None:
             if (spans := line_spans(local)) is None:
                 raise _AsText("a line is not one JSON object, or a carriage return ends no line")
             lines_count = len(spans)
-        try:
-            raw = self._load("json", local)
-        except _LineByLine as why:
-            raise _AsText(str(why)) from why
+        if raw is None:
+            raise _AsText(str(refused)) from refused
         if len(raw) != lines_count:
             raise _AsText(f"the json builder made {len(raw)} rows of {lines_count} lines")
         if unlike := unlike_json(raw.features, self.kind):
