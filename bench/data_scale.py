@@ -15,10 +15,10 @@ then runs each loader in its own process, one after the other, each with an empt
   and completion (no checks);
 * kuberlhf streaming: ``data.streaming=true`` iterated over the whole file, peak RSS also read a quarter in.
 
-The plain and the cold kuberlhf loads run --repeats times, alternately, each after os.sync() in a fresh cache (this
-disk's pace varies run to run); the table shows each one's median run. rows/s = rows / wall time of the load
-(imports excluded); peak RSS is the child's own (VmHWM of
-/proc/self/status at the end; memory-mapped Arrow pages count while resident; with --num-proc the map's
+The plain and the cold kuberlhf loads run --repeats times, alternately, each after os.sync() in a fresh cache
+(this disk's pace varies run to run); the table shows each one's median run (and the fastest and slowest).
+rows/s = rows / wall time of the load (imports excluded); peak RSS is the child's own (VmHWM of /proc/self/status
+at the end; memory-mapped Arrow pages count while resident; with --num-proc the map's
 worker processes are given beside it). Results go to docs/benchmarks.md by hand.
 """
 
@@ -168,7 +168,8 @@ def run(loader: str, path: Path, cache: Path, rows: int, num_proc: int | None = 
 
 def median(runs: list[dict]) -> dict:
     """The run of median wall time (of an odd count; the faster middle one of an even count)."""
-    return sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    return {**ordered[(len(runs) - 1) // 2], "spread": (ordered[0]["seconds"], ordered[-1]["seconds"])}
 
 
 def machine() -> str:
@@ -225,7 +226,7 @@ def main() -> None:
                         ("kuberlhf `load_data` (cold cache)", kind, cold, plain),
                         ("kuberlhf `load_data` (warm cache)", kind, warm, plain)]
             if args.num_proc:
-                many = run("load", path, root / f"cache-kuberlhf-{kind}-{args.num_proc}", args.rows, args.num_proc)
+                many = run("load", path, root / f"cache-kuberlhf-{kind}-np{args.num_proc}", args.rows, args.num_proc)
                 assert many["digest"] == plain["digest"]
                 results.append((f"kuberlhf `load_data`, num_proc={args.num_proc} (cold)", kind, many, plain))
             if old_src is not None:
@@ -244,7 +245,9 @@ def main() -> None:
             rss += f" ({r['quarter_rss_mib']:.0f} at {r['quarter_rows']} rows, {r['end_rss_mib']:.0f} at the end)"
         if r.get("workers_rss_mib"):
             rss += f" (+ workers {r['workers_rss_mib']:.0f} each at most)"
-        print(f"| {name} | {kind} | {r['rows']} | {r['seconds']:.1f} | {rate:,.0f} | {rss} | "
+        wall = f"{r['seconds']:.1f}" + (f" ({r['spread'][0]:.1f}-{r['spread'][1]:.1f})" if len(plains) > 1 and
+                                          "spread" in r else "")
+        print(f"| {name} | {kind} | {r['rows']} | {wall} | {rate:,.0f} | {rss} | "
               f"{rate / plain_rate:.2f}x | {r['peak_rss_mib'] / plain['peak_rss_mib']:.2f}x |")
 
 
