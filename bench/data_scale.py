@@ -15,8 +15,9 @@ then runs each loader in its own process, one after the other, each with an empt
   and completion (no checks);
 * kuberlhf streaming: ``data.streaming=true`` iterated over the whole file, peak RSS also read a quarter in.
 
-The plain and the cold kuberlhf loads run --repeats times, alternately, each after os.sync() in a fresh cache
-(this disk's pace varies run to run); the table shows each one's median run (and the fastest and slowest).
+The plain and the cold kuberlhf loads run --repeats times, taking turns at going first (on this disk the second
+of two runs is often the slower), each after os.sync() in a fresh cache removed after it; the table shows each
+one's median run (of an even count the faster middle one) and the fastest and slowest.
 rows/s = rows / wall time of the load (imports excluded); peak RSS is the child's own (VmHWM of /proc/self/status
 at the end; memory-mapped Arrow pages count while resident; with --num-proc the map's
 worker processes are given beside it). Results go to docs/benchmarks.md by hand.
@@ -185,8 +186,8 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows to write and load (default 1,000,000)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="plain and cold kuberlhf loads, alternately; the table shows the median (default 3)")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="plain and cold kuberlhf loads, taking turns at going first; the median shows (default 4)")
     parser.add_argument("--num-proc", type=int, default=None, help="also run kuberlhf with data.num_proc=N")
     parser.add_argument("--baseline-rev", default=None,
                         help="also run the non-streaming load on this commit's src/ (the loader before Arrow)")
@@ -213,14 +214,15 @@ def main() -> None:
         for path in (jsonl, parquet):
             kind = path.suffix[1:]
             plains, colds = [], []
-            for attempt in range(args.repeats):  # alternately, each in a fresh cache: the disk's pace varies
-                plains.append(run("plain", path, root / f"cache-plain-{kind}-{attempt}", args.rows))
-                colds.append(run("load", path, root / f"cache-kuberlhf-{kind}-{attempt}", args.rows))
-                for cache in [root / f"cache-plain-{kind}-{attempt}"] + ([root / f"cache-kuberlhf-{kind}-{attempt}"]
-                                                                         if attempt + 1 < args.repeats else []):
-                    shutil.rmtree(cache)
+            for attempt in range(args.repeats):  # each in a fresh cache, taking turns at going first
+                pair = [("plain", plains), ("load", colds)]
+                for loader, runs in pair if attempt % 2 == 0 else pair[::-1]:
+                    cache = root / f"cache-{loader}-{kind}-{attempt}"
+                    runs.append(run(loader, path, cache, args.rows))
+                    if loader == "plain" or attempt + 1 < args.repeats:
+                        shutil.rmtree(cache)  # the last cold load's cache serves the warm load
             plain, cold = median(plains), median(colds)
-            warm = run("load", path, root / f"cache-kuberlhf-{kind}-{args.repeats - 1}", args.rows)
+            warm = run("load", path, root / f"cache-load-{kind}-{args.repeats - 1}", args.rows)
             assert cold["digest"] == plain["digest"] == warm["digest"], "the loaders made different rows"
             results += [("plain datasets `load_dataset` + `map`", kind, plain, plain),
                         ("kuberlhf `load_data` (cold cache)", kind, cold, plain),
