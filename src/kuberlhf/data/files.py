@@ -68,13 +68,19 @@ def lone_carriage_return(path: Path) -> bool:
     after_cr = False
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
-            if after_cr and not chunk.startswith(b"\n"):
-                return True
-            crs = chunk.count(b"\r")
-            if crs and chunk.count(b"\r\n") + chunk.endswith(b"\r") != crs:
+            if _lone_cr(chunk, after_cr):
                 return True
             after_cr = chunk.endswith(b"\r")
     return after_cr
+
+
+def _lone_cr(chunk: bytes, after_cr: bool) -> bool:
+    """Whether ``chunk`` (after a chunk ending in a carriage return when ``after_cr``) has a carriage return
+    followed by something else than a line feed; one at its very end is decided with the next chunk."""
+    if after_cr and not chunk.startswith(b"\n"):
+        return True
+    crs = chunk.count(b"\r")
+    return bool(crs) and chunk.count(b"\r\n") + chunk.endswith(b"\r") != crs
 
 
 def holds_json_lines(path: Path) -> bool:
@@ -138,10 +144,7 @@ def line_spans(path: Path) -> LineSpans | None:
     base, line_starts_next, after_cr = 0, True, False
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
-            if after_cr and not chunk.startswith(b"\n"):
-                return None
-            crs = chunk.count(b"\r")
-            if crs and chunk.count(b"\r\n") + chunk.endswith(b"\r") != crs:
+            if _lone_cr(chunk, after_cr):
                 return None
             after_cr = chunk.endswith(b"\r")
             data = np.frombuffer(chunk, dtype=np.uint8)
