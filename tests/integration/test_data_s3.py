@@ -207,6 +207,7 @@ def test_arrow_loads_give_the_row_reader_rows_and_reuse_the_download(s3_bucket, 
 
     with monkeypatch.context() as patch:
         patch.setattr(storage, "open_uri", no_download)
+        patch.setattr(storage, "download_object", no_download)
         again, _ = load_examples(prefix, "sft", on_bad_row="skip")
     assert again.to_list() == kept
     s3.put_object(Bucket=s3_bucket, Key="mixed/a.jsonl", Body=_jsonl(ORCA[:2]))  # a new object: a new ETag
@@ -233,3 +234,29 @@ def test_s3_files_load_through_boto3_alone(s3_bucket, tmp_path, monkeypatch):
     assert list(stream) == ds.to_list()
     with pytest.raises(StorageError, match=rf"^reading {disk} as a dataset needs s3fs: pip install 'kuberlhf\[s3data\]'$"):
         load_examples(disk, "preference")
+
+
+def test_a_large_object_downloads_in_parts_into_the_cache(s3_bucket, tmp_path, monkeypatch):
+    """A data object over the part size comes down in ranged parts, whole, under its ETag's name."""
+    from kuberlhf.artifacts import s3 as s3conn
+
+    monkeypatch.setenv("KUBERLHF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(s3conn, "_defaults", s3conn.StorageOptions(multipart_threshold_mb=5,
+                                                                   multipart_chunksize_mb=5))
+    rows = [{"question": f"q{i} " + "x" * 1000, "response": f"r{i}"} for i in range(12000)]  # ~12 MiB
+    _client().put_object(Bucket=s3_bucket, Key="big/train.jsonl", Body=_jsonl(rows))
+    ranges = []
+    real = s3conn.s3_client
+
+    def spying(*args, **kwargs):
+        client = real(*args, **kwargs)
+        client.meta.events.register("before-parameter-build.s3.GetObject",
+                                    lambda params, **_: ranges.append(params.get("Range")))
+        return client
+
+    monkeypatch.setattr("kuberlhf.artifacts.storage.s3_client", spying)
+    ds, stats = load_examples(f"s3://{s3_bucket}/big/train.jsonl", "sft")
+    assert ds.num_rows == 12000 and stats.rows_read == 12000 and ds[11999]["completion"] == " r11999"
+    assert len([r for r in ranges if r]) == 3  # three 5 MiB parts
+    [copy] = (tmp_path / "cache" / "datasets" / "downloads").iterdir()
+    assert copy.read_bytes() == _jsonl(rows)

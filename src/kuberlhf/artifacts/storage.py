@@ -327,6 +327,29 @@ def stat_object(uri: str, options: StorageOptions | None = None) -> dict | None:
     return {"size": int(head["ContentLength"]), "etag": str(head.get("ETag", "")).strip('"')}
 
 
+def download_object(uri: str, dest: PathLike, size: int, options: StorageOptions | None = None) -> Path:
+    """Download the s3 object ``uri`` of ``size`` bytes (as :func:`stat_object` gave it) to ``dest``: written
+    beside it (in parts, as many at once, when it is large), renamed into place only when whole."""
+    bucket, key = parse_s3_uri(uri)
+    o = _opts(options)
+    target = Path(dest)
+    batch = transfer.Batch(s3_client(o), o)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+
+    def job() -> int:
+        with _s3_errors(uri, "downloading"), open(tmp, "wb") as out:
+            return batch.download(bucket, key, size, out)[0]
+
+    try:
+        got = batch.run([job])[0]
+        if got != size:
+            raise IntegrityError(f"{uri}: the object changed while it was read ({got} bytes, {size} before)")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 def list_prefix(uri: str, options: StorageOptions | None = None) -> list[tuple[str, bool]]:
     """The immediate children of the s3 prefix ``uri``: ``(s3 URI, is_file)`` each, files first in key order,
     then sub-prefixes (what ``ls`` of a folder shows)."""

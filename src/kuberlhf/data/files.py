@@ -9,8 +9,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,30 +33,22 @@ def local_copy(file: DataFile, cache: Path) -> Path:
     """A local file, or an ``s3://`` object downloaded once into ``cache/downloads`` (named by its ETag)."""
     if not file.remote:
         return Path(file.location)
-    from kuberlhf.artifacts.storage import stat_object
+    from kuberlhf.artifacts.storage import download_object, stat_object
     from kuberlhf.errors import StorageError, TransientStorageError
 
     try:
         info = stat_object(file.location)
+        if info is None:
+            raise DataError(f"{file.location}: no such object")
+        suffix = os.path.splitext(file.location)[1]
+        target = cache / "downloads" / f"{digest(file.location)}-{digest(info['etag'] or str(info['size']))}{suffix}"
+        if not (target.is_file() and target.stat().st_size == info["size"]):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            download_object(file.location, target, info["size"])
     except TransientStorageError:
         raise  # the store is down: the run is retried (exit 200)
     except StorageError as err:
         raise DataError(str(err)) from None
-    if info is None:
-        raise DataError(f"{file.location}: no such object")
-    tag = info["etag"] or str(info["size"])
-    suffix = os.path.splitext(file.location)[1]
-    target = cache / "downloads" / f"{digest(file.location)}-{digest(tag)}{suffix}"
-    if target.is_file() and target.stat().st_size == info.get("size"):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with file.open() as remote, open(tmp, "wb") as local:
-            shutil.copyfileobj(remote, local, _CHUNK)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
