@@ -46,7 +46,8 @@ def _hf_disk(
             index += 1
 
 
-def _hub_error(prefix: str, name: str, split: str, index: int, err: Exception) -> DataError:
+def _hub_error(shown: str, local_miss: bool, name: str, split: str, index: int, err: Exception) -> DataError:
+    prefix = f"{shown}: no such local path, and " if local_miss else f"{shown}: "
     return DataError(
         f"{prefix}cannot load Hugging Face dataset {name!r} (split {split!r})"
         + (f" after {index} rows" if index else "")
@@ -67,28 +68,18 @@ def hf_hub_dataset(
     """``datasets.load_dataset`` of a Hub dataset (``subset`` is its ``name=``); a failure is a DataError."""
     import datasets
 
-    prefix = f"{shown}: no such local path, and " if local_miss else f"{shown}: "
     options = {k: v for k, v in (("name", subset), ("data_dir", data_dir)) if v is not None}
     try:
         return datasets.load_dataset(name, split=split, streaming=streaming, **options)
     except DataError:
         raise
     except Exception as err:  # hub, network and builder errors alike
-        raise _hub_error(prefix, name, split, 0, err) from None
+        raise _hub_error(shown, local_miss, name, split, 0, err) from None
 
 
-def _hf_hub(
-    name: str,
-    shown: str,
-    split: str,
-    streaming: bool,
-    *,
-    local_miss: bool = False,
-    subset: str | None = None,
-    data_dir: str | None = None,
-) -> Iterator[Record]:
-    loaded = hf_hub_dataset(name, shown, split, streaming, local_miss=local_miss, subset=subset, data_dir=data_dir)
-    prefix = f"{shown}: no such local path, and " if local_miss else f"{shown}: "
+def _hf_hub(name: str, shown: str, split: str, streaming: bool, **options: Any) -> Iterator[Record]:
+    """The rows of :func:`hf_hub_dataset` (same ``options``) as records; a failure while reading is a DataError."""
+    loaded = hf_hub_dataset(name, shown, split, streaming, **options)
     index = 0
     try:
         for row in loaded:
@@ -97,7 +88,7 @@ def _hf_hub(
     except DataError:
         raise
     except Exception as err:  # hub, network and builder errors alike
-        raise _hub_error(prefix, name, split, index, err) from None
+        raise _hub_error(shown, options.get("local_miss", False), name, split, index, err) from None
 
 
 def _columns_to_rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
