@@ -66,7 +66,7 @@ faults: install ## fault trials: 30 kill -9 runs over the stages, 10 object-stor
 	$(BIN)/python -m pytest tests -q -m faults
 
 lint: install ## ruff, and the import layers of docs/architecture.md (import-linter)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench images requirements
 	$(BIN)/lint-imports
 
 helm-lint: install ## Helm chart: lint --strict, render each ci/*-values.yaml, validate objects, bad values refused

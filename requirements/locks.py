@@ -324,7 +324,8 @@ def pypi_hashes(name: str, version: str) -> list[str]:
             files = json.load(response)["files"]
     except OSError as err:
         raise LockError(f"{url}: {err}") from err
-    prefix = re.compile(rf"{'[-_.]'.join(map(re.escape, canonical(name).split('-')))}-{re.escape(version)}(-|\.tar\.gz$|\.zip$)", re.I)
+    stem = "[-_.]".join(map(re.escape, canonical(name).split("-")))
+    prefix = re.compile(rf"{stem}-{re.escape(version)}(-|\.tar\.gz$|\.zip$)", re.I)
     hashes = sorted(f"sha256:{f['hashes']['sha256']}" for f in files
                     if prefix.match(f["filename"]) and not f.get("yanked"))
     if not hashes:
