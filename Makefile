@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kuberlhf-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install lock label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-push images-pin images-lock images-check
+.PHONY: help install lock label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-base images-smoke images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -78,8 +78,14 @@ manifests-check: install ## kustomize manifests: build each overlay, validate ob
 chart-sync: install ## copy configs/, the chart's cluster.yaml and Trainer runtimes into manifests/ (after changing either)
 	$(BIN)/python tests/deploy_check.py sync
 
-images: install ## build the stage images (docker, podman or buildah; IMAGES_ALLOW_UNPINNED=1 allows an unpinned base)
+images: install ## build the images, torch first (docker, podman or buildah; IMAGES_BASE=local/debian:bookworm builds on the local base)
 	$(BIN)/python images/build.py build
+
+images-base: install ## make local/debian:bookworm with debootstrap where no registry is reachable (installs docker.io, debootstrap; starts and stops dockerd)
+	$(BIN)/python images/engine.py base
+
+images-smoke: install ## build every image on the local base (cached) and run each stage's demo in its own image against the test S3 server
+	$(BIN)/python images/smoke.py
 
 images-push: install ## push the built images to KUBERLHF_IMAGE_REGISTRY (default ghcr.io/kuberlhf); log in first
 	$(BIN)/python images/build.py push

@@ -75,33 +75,59 @@ def find_engine(requested: str = "") -> str:
     raise Failure("no usable container engine (docker with a running daemon, podman or buildah): " + "; ".join(why))
 
 
-def build(selected: list[str], allow_unpinned: bool, engine: str = "") -> None:
+def build_order(selected: list[str]) -> list[str]:
+    """``selected`` in build order, with the torch image first whenever a training image needs it."""
+    wanted = set(selected) | ({images.TORCH_IMAGE} if set(selected) & set(images.TRAINING_IMAGES) else set())
+    return [image for image in images.IMAGES if image in wanted]
+
+
+def build(selected: list[str], allow_unpinned: bool, engine: str = "", base: str = "",
+          registry: str | None = None) -> list[str]:
+    """Build ``selected`` (and the torch image they start from); returns the references built.
+
+    ``base``: build on this base image instead of the pinned one (``make images-base`` makes
+    local/debian:bookworm where no registry is reachable); the images are then named under
+    ``registry`` (``local`` for a local base), never pushed.
+    """
     digests = check.base_digests()
-    unpinned = sorted(image for image in selected if digests[image] == PLACEHOLDER_DIGEST)
-    if unpinned and not allow_unpinned:
+    order = build_order(selected)
+    unpinned = sorted(image for image in order if digests.get(image) == PLACEHOLDER_DIGEST)
+    if unpinned and not allow_unpinned and not base:
         raise Failure(f"the base image of {', '.join(unpinned)} is not pinned (placeholder digest): run "
-                      "make images-pin, or build on the bare tag with IMAGES_ALLOW_UNPINNED=1 (not reproducible)")
+                      "make images-pin, or build on the bare tag with IMAGES_ALLOW_UNPINNED=1 (not reproducible), "
+                      "or on a local base: make images-base")
     tool = find_engine(engine)
-    for image in selected:
+    built = []
+    for image in order:
+        ref = images.image_ref(image, registry)
         cmd = [tool, "build"] if tool != "buildah" else [tool, "build", "--layers"]
-        cmd += ["--platform", "linux/amd64", "-f", str(check.image_dir(image) / "Dockerfile"),
-                "-t", images.image_ref(image), "--build-arg", f"VERSION={images.image_tag()}",
-                "--build-arg", f"SOURCE={images.SOURCE_URL}"]
-        if digests[image] == PLACEHOLDER_DIGEST:
+        cmd += ["--platform", "linux/amd64", "-f", str(check.image_dir(image) / "Dockerfile"), "-t", ref,
+                "--build-arg", f"VERSION={images.image_tag()}", "--build-arg", f"SOURCE={images.SOURCE_URL}"]
+        if check.on_torch(image):
+            cmd += ["--build-arg", f"TORCH_IMAGE={images.image_ref(images.TORCH_IMAGE, registry)}"]
+        elif base:
+            cmd += ["--build-arg", f"BASE_IMAGE={base}"]
+        elif digests[image] == PLACEHOLDER_DIGEST:
             cmd += ["--build-arg", f"BASE_IMAGE={images.BASE_IMAGE}"]
         cmd.append(str(ROOT))
         print("+", " ".join(cmd), flush=True)
         if subprocess.run(cmd).returncode:
-            raise Failure(f"building {images.image_ref(image)} with {tool} failed (output above)")
-    for image in selected:
-        print(f"built {images.image_ref(image)}")
+            raise Failure(f"building {ref} with {tool} failed (output above)")
+        built.append(ref)
+    for ref in built:
+        print(f"built {ref}")
+    return built
 
 
 def push(selected: list[str], engine: str = "") -> None:
     """Push the built images to their registry (log in first: docker/podman login, buildah login)."""
+    refs = [images.image_ref(image) for image in build_order(selected)]
+    local = [ref for ref in refs if ref.startswith("local/")]
+    if local:
+        raise Failure(f"refusing to push {', '.join(local)}: images on a local base are for this machine only "
+                      "(they may carry its trust store); build on the pinned base to push")
     tool = find_engine(engine)
-    for image in selected:
-        ref = images.image_ref(image)
+    for ref in refs:
         cmd = [tool, "push", ref]
         print("+", " ".join(cmd), flush=True)
         if subprocess.run(cmd).returncode:
@@ -149,14 +175,14 @@ def pin(digest: str = "") -> None:
     digest = digest or resolve_digest(images.BASE_IMAGE)
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest) or digest == PLACEHOLDER_DIGEST:
         raise Failure(f"DIGEST={digest!r} is not a sha256:<64 hex> image digest")
-    for image in images.IMAGES:
+    for image in check.base_digests():  # the training images start from the torch image
         path = check.image_dir(image) / "Dockerfile"
         text, n = re.subn(r"^ARG BASE_IMAGE=.*$", f"ARG BASE_IMAGE={images.BASE_IMAGE}@{digest}",
                           path.read_text(), count=1, flags=re.M)
         if n != 1:
             raise Failure(f"{check._rel(path)}: no 'ARG BASE_IMAGE=' line to pin")
         path.write_text(text)
-    print(f"pinned {images.BASE_IMAGE}@{digest} in {len(images.IMAGES)} Dockerfiles")
+    print(f"pinned {images.BASE_IMAGE}@{digest} in {len(check.base_digests())} Dockerfiles")
 
 
 # --- lock ------------------------------------------------------------------------------------
@@ -201,6 +227,10 @@ def lock(image: str) -> None:
             if name in names:
                 sources.append(sdist_block(image, name, _constraint(name), tmp))
     (check.image_dir(image) / "requirements.lock").write_text(wheels)
+    if not sources:  # the torch image: wheels only
+        (check.image_dir(image) / "source.lock").unlink(missing_ok=True)
+        print(f"locked images/{image}")
+        return
     (check.image_dir(image) / "source.lock").write_text(
         "# Packages PyPI has only as source. The Dockerfile installs them after requirements.lock\n"
         "# (which holds their dependencies and setuptools) with\n"
@@ -254,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     selected = list(dict.fromkeys(getattr(args, "images", None) or images.IMAGES))
     try:
         if args.verb == "build":
-            build(selected, os.environ.get("IMAGES_ALLOW_UNPINNED") == "1", os.environ.get("IMAGES_ENGINE", ""))
+            build(selected, os.environ.get("IMAGES_ALLOW_UNPINNED") == "1", os.environ.get("IMAGES_ENGINE", ""),
+                  base=os.environ.get("IMAGES_BASE", ""))
         elif args.verb == "push":
             push(selected, os.environ.get("IMAGES_ENGINE", ""))
         elif args.verb == "pin":

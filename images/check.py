@@ -41,6 +41,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kuberlhf import images  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "requirements"))
+import locks  # noqa: E402  (requirements/locks.py: the environments' locks)
+
 INDEX_URL = "https://pypi.org/simple"
 # packages PyPI has only as source: locked apart in images/<image>/source.lock and installed after
 # requirements.lock with --no-deps --no-build-isolation (setuptools comes from requirements.lock)
@@ -50,13 +53,16 @@ SOURCE_ONLY = ("deepspeed", "kfp-server-api")
 BUILT_AGAINST_TORCH = ("deepspeed",)
 # per-image content rules: packages an image must lock, and packages it must not
 REQUIRED = {
-    "sft": {"torch", "trl", "peft", "bitsandbytes", "deepspeed", "kfp", "kubernetes"},
-    "reward": {"torch", "trl", "deepspeed", "kfp", "kubernetes"},
-    "ppo": {"torch", "transformers", "accelerate", "deepspeed", "kfp", "kubernetes"},
-    "dpo": {"torch", "trl", "deepspeed", "kfp", "kubernetes"},
-    "launcher": {"torch", "transformers", "matplotlib", "kfp", "kubernetes", "kubeflow-training"},
+    "torch": {"torch"},
+    "sft": {"torch", "trl", "peft", "bitsandbytes", "deepspeed", "gguf", "kfp", "kubernetes"},
+    "reward": {"torch", "trl", "deepspeed", "gguf", "kfp", "kubernetes"},
+    "ppo": {"torch", "transformers", "accelerate", "deepspeed", "gguf", "matplotlib", "kfp", "kubernetes"},
+    "dpo": {"torch", "trl", "deepspeed", "gguf", "kfp", "kubernetes"},
+    "launcher": {"kfp", "kubernetes", "kubeflow-training", "datasets", "boto3"},
 }
-FORBIDDEN = {"ppo": {"trl", "bitsandbytes"}, "launcher": {"trl", "deepspeed"}}
+FORBIDDEN = {"ppo": {"trl", "bitsandbytes"},
+             "launcher": {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "triton", "matplotlib"},
+             "torch": {"transformers", "kfp"}}
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 _BASE_ARG = re.compile(r"^ARG BASE_IMAGE=(?P<ref>\S+?)@(?P<digest>sha256:[0-9a-f]{64})$", re.M)
 # every manylinux tag of x86_64 from 2_17 to 2_28: pip does not expand them itself
@@ -119,7 +125,8 @@ def pyproject_requirements() -> dict[str, Requirement]:
 def all_locked(image: str) -> tuple[dict[str, Locked], list[str]]:
     """The image's requirements.lock (wheels) plus its source.lock (source-only packages)."""
     entries, errors = parse_lock(image_dir(image) / "requirements.lock")
-    sources, more = parse_lock(image_dir(image) / "source.lock")
+    sources, more = parse_lock(image_dir(image) / "source.lock") if (image_dir(image) / "source.lock").exists() \
+        else ({}, [])
     errors += more
     for name in sorted(set(entries) & set(SOURCE_ONLY)):
         errors.append(f"images/{image}/requirements.lock: {name} has no wheel; it belongs in source.lock")
@@ -149,41 +156,83 @@ def lock_errors(image: str) -> list[str]:
     return errors
 
 
+def constraints() -> dict[str, str]:
+    """name -> version of requirements/constraints.txt: the versions the suite runs on."""
+    pins = {}
+    for line in (ROOT / "requirements/constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def tested_errors(image: str, venv: Path | None = None) -> list[str]:
+    """The image runs what the suite tested: its Python, and every pin at the version of the suite's lock.
+
+    Also that the lock is whole: every requirement of every locked package (read from the suite's
+    environment, ``venv``, where the same versions are installed) is locked.
+    """
+    errors = []
+    if images.PYTHON_VERSION != locks.PYTHON_VERSION:
+        errors.append(f"kuberlhf.images.PYTHON_VERSION {images.PYTHON_VERSION} is not the suite's Python "
+                      f"{locks.PYTHON_VERSION} (requirements/locks.py)")
+    tested = constraints()
+    entries, _ = all_locked(image)
+    for name, entry in sorted(entries.items()):
+        if name not in tested:
+            errors.append(f"images/{image}: {name}=={entry.version} is not in requirements/constraints.txt: "
+                          "the suite never ran it")
+        elif tested[name] != entry.version:
+            errors.append(f"images/{image}: locks {name}=={entry.version}, the suite runs {tested[name]} "
+                          "(requirements/constraints.txt; make images-lock)")
+    if not errors:
+        metadata = locks.site_metadata(venv or Path(sys.prefix))
+        errors += locks.closure_errors(wanted(image), entries, metadata, f"images/{image}")
+    return errors
+
+
+def on_torch(image: str) -> bool:
+    """The training images start from the kuberlhf-torch image; torch and the launcher from the base."""
+    return image in images.TRAINING_IMAGES
+
+
 def dockerfile_errors(image: str) -> list[str]:
     """The Dockerfile's base, lock, Python, user, labels and entry point agree with kuberlhf.images."""
     path = image_dir(image) / "Dockerfile"
     text = path.read_text()
     where = f"images/{image}/Dockerfile"
     errors = []
-    base = _BASE_ARG.search(text)
-    if not base:
-        errors.append(f"{where}: no 'ARG BASE_IMAGE=<image>:<tag>@sha256:<digest>' line")
-    elif base.group("ref") != images.BASE_IMAGE:
-        errors.append(f"{where}: base {base.group('ref')} is not kuberlhf.images.BASE_IMAGE ({images.BASE_IMAGE})")
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    if froms[:1] != ["${BASE_IMAGE}"]:
-        errors.append(f"{where}: the first FROM must be ${{BASE_IMAGE}}, got {froms[:1]}")
-    copy = f"COPY images/{image}/requirements.lock images/{image}/source.lock /tmp/locks/"
-    if copy not in text:
-        errors.append(f"{where}: does not copy its own locks ({copy})")
-    if not re.search(r"pip install [^\n]*--require-hashes --only-binary=:all: -r /tmp/locks/requirements\.lock", text):
-        errors.append(f"{where}: does not install requirements.lock with --require-hashes --only-binary=:all:")
-    if not re.search(r"pip install [^\n]*--require-hashes --no-deps --no-build-isolation -r /tmp/locks/source\.lock",
+    if on_torch(image):
+        if "ARG TORCH_IMAGE\n" not in text or froms[:1] != ["${TORCH_IMAGE}"]:
+            errors.append(f"{where}: a training image starts from the torch image (ARG TORCH_IMAGE, FROM ${{TORCH_IMAGE}})")
+    else:
+        base = _BASE_ARG.search(text)
+        if not base:
+            errors.append(f"{where}: no 'ARG BASE_IMAGE=<image>:<tag>@sha256:<digest>' line")
+        elif base.group("ref") != images.BASE_IMAGE:
+            errors.append(f"{where}: base {base.group('ref')} is not kuberlhf.images.BASE_IMAGE ({images.BASE_IMAGE})")
+        if froms[:1] != ["${BASE_IMAGE}"]:
+            errors.append(f"{where}: the first FROM must be ${{BASE_IMAGE}}, got {froms[:1]}")
+    sources = image != images.TORCH_IMAGE
+    locks = f"images/{image}/requirements.lock" + (f" images/{image}/source.lock" if sources else "")
+    if f"COPY {locks} /tmp/locks/" not in text:
+        errors.append(f"{where}: does not copy its own locks (COPY {locks} /tmp/locks/)")
+    if not re.search(r"pip install [^\n]*--require-hashes --only-binary=:all: --no-deps -r /tmp/locks/requirements\.lock",
                      text):
+        errors.append(f"{where}: does not install its complete requirements.lock with --require-hashes "
+                      "--only-binary=:all: --no-deps")
+    if sources and not re.search(
+            r"pip install [^\n]*--require-hashes --no-deps --no-build-isolation -r /tmp/locks/source\.lock", text):
         errors.append(f"{where}: does not install source.lock with --require-hashes --no-deps --no-build-isolation")
+    if not re.search(r"^\s+&& pip check \\$", text, re.M):
+        errors.append(f"{where}: does not run pip check after installing its locks")
     if ("deepspeed" in wanted(image)) != ("DS_BUILD_OPS=0 pip install" in text):
         errors.append(f"{where}: builds deepspeed (DS_BUILD_OPS=0) exactly when requirements.in lists it")
-    if f"chown -R {images.USER_ID}:{images.USER_ID} {images.DATA_DIR}" not in text or \
-            f'VOLUME ["{images.DATA_DIR}"]' not in text or f"XDG_CACHE_HOME={images.CACHE_DIR}" not in text:
-        errors.append(f"{where}: caches must go under the {images.DATA_DIR} volume, writable by {images.USER_ID}")
     pythons = set(re.findall(r"\bpython(3\.\d+)\b", text))
-    if pythons != {images.PYTHON_VERSION}:
+    if pythons != (set() if on_torch(image) else {images.PYTHON_VERSION}):
         errors.append(f"{where}: uses python {sorted(pythons)}, kuberlhf.images.PYTHON_VERSION is "
-                      f"{images.PYTHON_VERSION}")
-    users = re.findall(r"^USER\s+(\S+)", text, re.M)
-    if users[-1:] != [f"{images.USER_ID}:{images.USER_ID}"]:
-        errors.append(f"{where}: the last USER must be the numeric non-root {images.USER_ID}:{images.USER_ID} "
-                      f"(kuberlhf.images.USER_ID; runAsNonRoot), got {users[-1:]}")
+                      f"{images.PYTHON_VERSION} (the training images take the torch image's)")
     labels = images.oci_labels(image)
     for key in ("title", "description", "licenses"):
         found = re.search(rf'org\.opencontainers\.image\.{key}="([^"]*)"', text)
@@ -193,6 +242,15 @@ def dockerfile_errors(image: str) -> list[str]:
     for key, arg in (("version", "VERSION"), ("source", "SOURCE")):
         if f'org.opencontainers.image.{key}="${{{arg}}}"' not in text or f"ARG {arg}" not in text:
             errors.append(f"{where}: label org.opencontainers.image.{key} must come from ARG {arg} (make images)")
+    if image == images.TORCH_IMAGE:  # a base: it runs nothing, the stage images add the rest
+        return errors
+    if f"chown -R {images.USER_ID}:{images.USER_ID} {images.DATA_DIR}" not in text or \
+            f'VOLUME ["{images.DATA_DIR}"]' not in text or f"XDG_CACHE_HOME={images.CACHE_DIR}" not in text:
+        errors.append(f"{where}: caches must go under the {images.DATA_DIR} volume, writable by {images.USER_ID}")
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    if users[-1:] != [f"{images.USER_ID}:{images.USER_ID}"]:
+        errors.append(f"{where}: the last USER must be the numeric non-root {images.USER_ID}:{images.USER_ID} "
+                      f"(kuberlhf.images.USER_ID; runAsNonRoot), got {users[-1:]}")
     if not re.search(rf"^WORKDIR {images.WORKDIR}\nCOPY configs/ configs/$", text, re.M):
         errors.append(f"{where}: WORKDIR {images.WORKDIR} must hold configs/")
     entry = re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M)
@@ -206,8 +264,9 @@ def base_digests() -> dict[str, str]:
     """image -> the base digest its Dockerfile pins (the placeholder when not pinned yet)."""
     out = {}
     for image in images.IMAGES:
-        m = _BASE_ARG.search((image_dir(image) / "Dockerfile").read_text())
-        out[image] = m.group("digest") if m else ""
+        if not on_torch(image):
+            m = _BASE_ARG.search((image_dir(image) / "Dockerfile").read_text())
+            out[image] = m.group("digest") if m else ""
     return out
 
 
@@ -220,6 +279,14 @@ def consistency_errors() -> list[str]:
                       f"{sorted(images.IMAGES)}")
     if not set(images.STAGE_IMAGE.values()) <= set(images.IMAGES):
         errors.append("kuberlhf.images.STAGE_IMAGE names an image that is not in IMAGES")
+    torch_lock = all_locked(images.TORCH_IMAGE)[0]
+    for image in images.TRAINING_IMAGES:
+        locked = all_locked(image)[0]
+        for name, entry in sorted(torch_lock.items()):
+            if name not in locked or locked[name].version != entry.version:
+                found = locked[name].version if name in locked else "nothing"
+                errors.append(f"images/{image}: the torch image locks {name}=={entry.version}, this image {found}: "
+                              "its layer would not be the shared one (make images-lock)")
     if len(set(base_digests().values())) > 1:
         errors.append(f"the Dockerfiles pin different base digests: {base_digests()} (run make images-pin)")
     return errors
@@ -361,6 +428,7 @@ def run_checks(offline: bool = False, out=print) -> int:
         findings += hadolint_errors(image_dir(image) / "Dockerfile")
         findings += dockerfile_errors(image)
         findings += lock_errors(image)
+        findings += tested_errors(image)
     reason = "--offline was given" if offline else registry_unreachable()
     if reason:
         out(f"skipped: lock resolution on the registry: {reason}")

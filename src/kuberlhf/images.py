@@ -27,22 +27,29 @@ from kuberlhf.stages.registry import STAGES
 DEFAULT_REGISTRY = "ghcr.io/kuberlhf"
 # image folder under images/ -> what it runs
 IMAGES = {
+    "torch": "PyTorch (the registry's CUDA build) on Debian's Python: the training images' shared base",
     "sft": "SFT (TRL SFTTrainer; LoRA, QLoRA with bitsandbytes, DeepSpeed)",
     "reward": "reward model (TRL RewardTrainer, DeepSpeed)",
     "ppo": "PPO (transformers + accelerate, DeepSpeed; no TRL)",
     "dpo": "DPO, RLOO and GRPO (TRL, DeepSpeed)",
-    "launcher": "KFP components: PyTorchJob launcher, evaluation and report",
+    "launcher": "kuberlhf launch (PyTorchJobs, TrainJobs) and the labeling round's KFP steps; no torch",
 }
-# stage (CLI verb) -> image folder: each stage's from the stage registry; the pipelines' other steps
-# (evaluation and report, launchers) run in the launcher image
-STAGE_IMAGE = {**{name: stage.image for name, stage in STAGES.items()}, "evaluate": "launcher", "launcher": "launcher"}
+# the image the training images start from (one torch layer for all of them); it runs nothing itself
+TORCH_IMAGE = "torch"
+TRAINING_IMAGES = ("sft", "reward", "ppo", "dpo")
+# stage (CLI verb) -> image folder: each stage's from the stage registry; the evaluation and report
+# generate with the policy, so they run in the PPO image; launches and the labeling round in the
+# launcher image
+STAGE_IMAGE = {**{name: stage.image for name, stage in STAGES.items()}, "evaluate": "ppo", "launcher": "launcher"}
 
 
-# Every image starts from this CUDA base (the CUDA 13 runtime of the PyPI torch wheels; cuDNN,
-# cuBLAS and NCCL come with torch). Its digest is pinned in each Dockerfile by `make images-pin`.
-BASE_IMAGE = "docker.io/nvidia/cuda:13.0.2-base-ubuntu24.04"
-# the interpreter of the images (Ubuntu 24.04's python3.12); the locks are resolved for it
-PYTHON_VERSION = "3.12"
+# Every image starts from Debian bookworm (slim). No CUDA base: the PyPI torch wheels carry the CUDA
+# user-space libraries (cuBLAS, cuDNN, NCCL, the runtime), and a GPU node's NVIDIA container toolkit
+# mounts the driver. Its digest is pinned in each Dockerfile by `make images-pin`; where no registry
+# is reachable, `make images-base` makes local/debian:bookworm with debootstrap.
+BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
+# the interpreter of the images (Debian bookworm's python3.11, the suite's Python); locks are resolved for it
+PYTHON_VERSION = "3.11"
 SOURCE_URL = "https://github.com/kuberlhf/kuberlhf"
 # where the code and configs live in an image (the working directory), and the one writable
 # volume: caches (Hugging Face, kuberlhf, torch extensions, matplotlib) go under CACHE_DIR;
@@ -64,6 +71,8 @@ def image_registry() -> str:
 
 def image_name(stage: str) -> str:
     """``kuberlhf-<image>`` for a stage or image folder."""
+    if stage == TORCH_IMAGE:
+        return f"kuberlhf-{TORCH_IMAGE}"
     if stage not in STAGE_IMAGE:
         raise ConfigError(f"no image for stage {stage!r}; known: {', '.join(sorted(STAGE_IMAGE))}")
     return f"kuberlhf-{STAGE_IMAGE[stage]}"

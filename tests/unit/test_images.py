@@ -6,6 +6,7 @@ check catches the bad case it is for, on a copy of images/ in tmp_path.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -87,44 +88,52 @@ def test_dockerfile_follows_the_rules(image):
     assert check.dockerfile_errors(image) == []
 
 
-@pytest.mark.parametrize("old, new, complaint", [
-    ("nvidia/cuda:13.0.2-base-ubuntu24.04@", "nvidia/cuda:12.8.1-base-ubuntu24.04@", "is not kuberlhf.images.BASE_IMAGE"),
-    (f"@{ZERO}", "", "no 'ARG BASE_IMAGE="),
-    ("FROM ${BASE_IMAGE}", "FROM ubuntu:24.04", "first FROM"),
-    ("--require-hashes --only-binary=:all: -r", "--only-binary=:all: -r", "requirements.lock with --require-hashes"),
-    ("COPY images/sft/requirements.lock", "COPY images/dpo/requirements.lock", "does not copy its own locks"),
-    ("python3.12 python3.12-venv", "python3.11 python3.11-venv", "PYTHON_VERSION"),
-    ("USER 10001:10001", "USER kuberlhf", "numeric non-root"),
-    ("USER 10001:10001", "USER 0", "numeric non-root"),
-    ('VOLUME ["/data"]', "", "/data volume"),
-    ("XDG_CACHE_HOME=/data/cache", "XDG_CACHE_HOME=/home/kuberlhf/.cache", "/data volume"),
-    ('title="kuberlhf-sft"', 'title="kuberlhf-train"', "label org.opencontainers.image.title"),
-    ("with bitsandbytes, DeepSpeed)\" \\", "DeepSpeed)\" \\", "label org.opencontainers.image.description"),
-    ('version="${VERSION}"', 'version="0.1.0"', "must come from ARG VERSION"),
-    ('ENTRYPOINT ["kuberlhf", "sft"]', 'ENTRYPOINT ["kuberlhf", "ppo"]', "ENTRYPOINT"),
-    ("WORKDIR /opt/kuberlhf", "WORKDIR /app", "WORKDIR"),
-    ("DS_BUILD_OPS=0 pip install", "pip install", "DS_BUILD_OPS=0"),
+@pytest.mark.parametrize("image, old, new, complaint", [
+    ("launcher", "library/debian:bookworm-slim@", "library/debian:bookworm@", "is not kuberlhf.images.BASE_IMAGE"),
+    ("torch", f"@{ZERO}", "", "no 'ARG BASE_IMAGE="),
+    ("launcher", "FROM ${BASE_IMAGE}", "FROM debian:bookworm", "first FROM"),
+    ("sft", "FROM ${TORCH_IMAGE}", "FROM ${BASE_IMAGE}", "starts from the torch image"),
+    ("sft", "--require-hashes --only-binary=:all: --no-deps -r", "--require-hashes --only-binary=:all: -r",
+     "complete requirements.lock"),
+    ("launcher", "    && pip check \\\n", "", "pip check"),
+    ("torch", "    && pip check \\\n", "", "pip check"),
+    ("sft", "COPY images/sft/requirements.lock", "COPY images/dpo/requirements.lock", "does not copy its own locks"),
+    ("launcher", "python3.11 python3.11-venv", "python3.12 python3.12-venv", "PYTHON_VERSION"),
+    ("torch", "python3.11 -m venv", "python3.12 -m venv", "PYTHON_VERSION"),
+    ("sft", "USER 10001:10001", "USER kuberlhf", "numeric non-root"),
+    ("sft", "USER 10001:10001", "USER 0", "numeric non-root"),
+    ("sft", 'VOLUME ["/data"]', "", "/data volume"),
+    ("sft", "XDG_CACHE_HOME=/data/cache", "XDG_CACHE_HOME=/home/kuberlhf/.cache", "/data volume"),
+    ("sft", 'title="kuberlhf-sft"', 'title="kuberlhf-train"', "label org.opencontainers.image.title"),
+    ("sft", "with bitsandbytes, DeepSpeed)\" \\", "DeepSpeed)\" \\", "label org.opencontainers.image.description"),
+    ("torch", 'version="${VERSION}"', 'version="0.1.0"', "must come from ARG VERSION"),
+    ("sft", 'ENTRYPOINT ["kuberlhf", "sft"]', 'ENTRYPOINT ["kuberlhf", "ppo"]', "ENTRYPOINT"),
+    ("sft", "WORKDIR /opt/kuberlhf", "WORKDIR /app", "WORKDIR"),
+    ("sft", "DS_BUILD_OPS=0 pip install", "pip install", "DS_BUILD_OPS=0"),
 ])
-def test_dockerfile_rules_catch(tree, old, new, complaint):
-    edit(tree / "sft/Dockerfile", old, new)
-    errors = check.dockerfile_errors("sft")
+def test_dockerfile_rules_catch(tree, image, old, new, complaint):
+    assert check.dockerfile_errors(image) == []
+    edit(tree / image / "Dockerfile", old, new)
+    errors = check.dockerfile_errors(image)
     assert any(complaint in e for e in errors), errors
 
 
 def test_base_digests_must_agree(tree):
     assert check.consistency_errors() == []
-    edit(tree / "dpo/Dockerfile", f"@{ZERO}", "@sha256:" + "1" * 64)
+    edit(tree / "torch/Dockerfile", f"@{ZERO}", "@sha256:" + "1" * 64)
     assert any("different base digests" in e for e in check.consistency_errors())
 
 
 def test_image_folders_names_and_labels_agree_with_the_library():
     assert sorted(p.parent.name for p in (ROOT / "images").glob("*/Dockerfile")) == sorted(images.IMAGES)
-    assert set(images.STAGE_IMAGE.values()) == set(images.IMAGES)
+    assert set(images.STAGE_IMAGE.values()) == set(images.IMAGES) - {images.TORCH_IMAGE}
     for image in IMAGES:
         text = (ROOT / "images" / image / "Dockerfile").read_text()
         assert f'org.opencontainers.image.title="{images.image_name(image)}"' in text
         assert f'org.opencontainers.image.description="{images.IMAGES[image]}"' in text
-        assert f"ARG BASE_IMAGE={images.BASE_IMAGE}@sha256:" in text
+        from_torch = image in images.TRAINING_IMAGES
+        assert (f"ARG BASE_IMAGE={images.BASE_IMAGE}@sha256:" in text) != from_torch, image
+        assert ("FROM ${TORCH_IMAGE}" in text) == from_torch, image
     for stage, image in images.STAGE_IMAGE.items():
         assert images.image_ref(stage, registry="r.example", tag="t") == f"r.example/kuberlhf-{image}:t"
     out = subprocess.run([sys.executable, "-m", "kuberlhf.images"], capture_output=True, text=True, check=True,
@@ -154,10 +163,15 @@ def test_per_image_content_rules():
     assert "bitsandbytes" in locked["sft"]
     assert {"deepspeed", "trl"} <= locked["sft"] & locked["reward"] & locked["dpo"]
     assert "deepspeed" in locked["ppo"] and "deepspeed" not in locked["launcher"]
-    assert {"matplotlib", "kubeflow-training"} <= locked["launcher"]
+    assert "matplotlib" in locked["ppo"] and "kubeflow-training" in locked["launcher"]
+    assert not {"torch", "transformers", "triton", "matplotlib"} & locked["launcher"]
+    for image in images.TRAINING_IMAGES:
+        assert {"kfp", "kubernetes", "torch", "gguf"} <= locked[image], image
     for image in IMAGES:
-        assert {"kfp", "kubernetes", "torch"} <= locked[image], image
-        assert set(check.parse_lock(ROOT / f"images/{image}/source.lock")[0]) <= set(check.SOURCE_ONLY)
+        source = ROOT / f"images/{image}/source.lock"
+        assert source.exists() != (image == images.TORCH_IMAGE)
+        if source.exists():
+            assert set(check.parse_lock(source)[0]) <= set(check.SOURCE_ONLY)
 
 
 def _drop_entry(path: Path, name: str) -> None:
@@ -170,7 +184,7 @@ def _drop_entry(path: Path, name: str) -> None:
 @pytest.mark.parametrize("image, mutate, complaint", [
     ("launcher", lambda t: edit(t / "launcher/requirements.lock", "six==1.17.0 \\\n", "six==1.17.0\n"),
      "has no --hash"),
-    ("launcher", lambda t: edit(t / "launcher/requirements.lock", "transformers==5.23.0", "transformers==4.57.0"),
+    ("ppo", lambda t: edit(t / "ppo/requirements.lock", "transformers==5.23.0", "transformers==4.57.0"),
      "outside pyproject.toml's transformers"),
     ("ppo", lambda t: edit(t / "ppo/requirements.lock", "tqdm==", "trl==1.16.0 \\\n    --hash=sha256:" + "a" * 64
                            + "\ntqdm=="), "must not contain trl"),
@@ -224,13 +238,31 @@ def test_build_command_line(tree, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     monkeypatch.setenv("IMAGES_ALLOW_UNPINNED", "1")
     assert build.main(["build", "ppo", "launcher"]) == 0
-    info, ppo, launcher = log.read_text().splitlines()
+    info, torch, ppo, launcher = log.read_text().splitlines()  # the torch image first: ppo starts from it
     assert info == "info"
+    common = ["--build-arg", f"VERSION={images.image_tag()}", "--build-arg", f"SOURCE={images.SOURCE_URL}"]
+    assert torch.split() == ["build", "--platform", "linux/amd64", "-f", str(tree / "torch/Dockerfile"),
+                             "-t", images.image_ref("torch"), *common,
+                             "--build-arg", f"BASE_IMAGE={images.BASE_IMAGE}", str(ROOT)]
     assert ppo.split() == ["build", "--platform", "linux/amd64", "-f", str(tree / "ppo/Dockerfile"),
-                           "-t", images.image_ref("ppo"), "--build-arg", f"VERSION={images.image_tag()}",
-                           "--build-arg", f"SOURCE={images.SOURCE_URL}",
-                           "--build-arg", f"BASE_IMAGE={images.BASE_IMAGE}", str(ROOT)]
-    assert images.image_ref("launcher") in launcher.split()
+                           "-t", images.image_ref("ppo"), *common,
+                           "--build-arg", f"TORCH_IMAGE={images.image_ref('torch')}", str(ROOT)]
+    assert images.image_ref("launcher") in launcher.split() and "TORCH_IMAGE" not in launcher
+
+
+def test_build_on_a_local_base_names_images_local_and_push_refuses_them(tree, tmp_path, monkeypatch, capsys):
+    log = tmp_path / "calls"
+    _fake_tool(tmp_path / "bin", "podman", f'echo "$@" >> {log}\n')
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.delenv("IMAGES_ALLOW_UNPINNED", raising=False)
+    refs = build.build(["sft"], allow_unpinned=False, engine="podman", base="local/debian:bookworm", registry="local")
+    assert refs == [f"local/kuberlhf-torch:{images.image_tag()}", f"local/kuberlhf-sft:{images.image_tag()}"]
+    torch = log.read_text().splitlines()[1].split()
+    assert "BASE_IMAGE=local/debian:bookworm" in torch
+    monkeypatch.setenv("KUBERLHF_IMAGE_REGISTRY", "local")
+    assert build.main(["push", "sft"]) == 2
+    assert "refusing to push local/kuberlhf-torch" in capsys.readouterr().err
+    assert len(log.read_text().splitlines()) == 3  # nothing pushed
 
 
 def test_pin_writes_the_digest_and_build_then_uses_it(tree, tmp_path, monkeypatch):
@@ -266,7 +298,8 @@ def test_make_targets():
     text = (ROOT / "Makefile").read_text()
     phony = re.search(r"^\.PHONY:(.*)$", text, re.M).group(1).split()
     for target, script in (("images", "build.py build"), ("images-pin", "build.py pin"),
-                           ("images-lock", "build.py lock"), ("images-check", "check.py")):
+                           ("images-lock", "build.py lock"), ("images-check", "check.py"),
+                           ("images-base", "engine.py base"), ("images-smoke", "smoke.py")):
         rule = re.search(rf"^{target}:([^#\n]*)## .+\n\t(.+)$", text, re.M)
         assert rule, f"no documented target {target}"
         assert "install" in rule.group(1).split() and f"images/{script}" in rule.group(2)
@@ -279,3 +312,92 @@ def test_resolution_is_skipped_with_a_reason_when_the_registry_is_unreachable(mo
     assert check.run_checks(out=lines.append) == 0
     assert any(line.startswith("skipped: lock resolution on the registry: the package registry "
                                "(http://127.0.0.1:9/simple) is unreachable") for line in lines), lines
+
+
+# --- the images run what the suite tested ----------------------------------------------------
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_image_lock_is_what_the_suite_runs_and_is_whole(image):
+    assert check.tested_errors(image) == []
+
+
+@pytest.mark.parametrize("mutate, complaint", [
+    (lambda t: edit(t / "ppo/requirements.lock", "\ntqdm==4.70.1", "\ntqdm==4.70.0"),
+     "locks tqdm==4.70.0, the suite runs 4.70.1"),
+    (lambda t: _drop_entry(t / "ppo/requirements.lock", "jmespath"), "requires jmespath"),
+    (lambda t: edit(t / "ppo/requirements.lock", "\ntqdm==", "\nleft-pad==1.0 \\\n    --hash=sha256:" + "d" * 64
+                    + "\ntqdm=="), "left-pad==1.0 is not in requirements/constraints.txt"),
+])
+def test_tested_rules_catch(tree, mutate, complaint):
+    assert check.tested_errors("ppo") == []
+    mutate(tree)
+    errors = check.tested_errors("ppo")
+    assert any(complaint in e for e in errors), errors
+
+
+def test_an_image_python_other_than_the_suites_is_caught(monkeypatch):
+    monkeypatch.setattr(images, "PYTHON_VERSION", "3.12")
+    assert any("is not the suite's Python" in e for e in check.tested_errors("launcher"))
+
+
+def test_training_images_share_the_torch_layer(tree):
+    """Each training lock pins the torch image's packages at its versions: pip then leaves that layer as it is."""
+    assert check.consistency_errors() == []
+    edit(tree / "torch/requirements.lock", "\nsympy==1.14.0", "\nsympy==1.13.3")
+    errors = check.consistency_errors()
+    assert sum("the torch image locks sympy==1.13.3" in e for e in errors) == len(images.TRAINING_IMAGES), errors
+
+
+# --- the launcher image has no torch ---------------------------------------------------------
+
+LAUNCHER_PROBE = r"""
+import importlib, importlib.machinery, io, json, sys
+from contextlib import redirect_stdout
+
+HIDE = set(json.loads(sys.argv[1]))
+
+
+class Absent(importlib.machinery.PathFinder):
+    # the path finder, blind to the distributions the launcher image does not install
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in HIDE:
+            return None
+        return super().find_spec(name, path, target)
+
+
+sys.meta_path = [Absent if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+import importlib.util
+assert importlib.util.find_spec("torch") is None
+from kuberlhf.cli import main
+
+for module in ("kuberlhf.k8s.launcher", "kuberlhf.k8s.cli", "kuberlhf.feedback.rounds", "kuberlhf.workflow.steps",
+               *(f"kuberlhf.workflow.components.{m}" for m in sys.argv[2].split(","))):
+    importlib.import_module(module)
+for backend, kind in (("pytorchjob", "kind: PyTorchJob"), ("trainjob", "kind: TrainJob")):
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["launch", "ppo", "--dry-run", "--backend", backend, "output_dir=s3://b/ppo", "--run-id", "r"]) == 0
+    assert kind in out.getvalue(), out.getvalue()[:300]
+with redirect_stdout(io.StringIO()):  # the chart's upload job: compile every pipeline
+    assert main(["pipeline", "compile", "--pipeline", "all", "--out", sys.argv[3]]) == 0
+print("imported:", sorted(m for m in sys.modules if m.partition(".")[0] in HIDE))
+"""
+
+
+def test_launcher_paths_run_without_what_the_launcher_image_lacks(tmp_path):
+    """`kuberlhf launch`, the KFP component shells and the labeling steps with every package the launcher
+    image does not install (torch, transformers, ...) made unimportable, as in that image."""
+    import importlib.metadata
+
+    locked = set(check.all_locked("launcher")[0]) | {"kuberlhf"}
+    hide = sorted(module for module, dists in importlib.metadata.packages_distributions().items()
+                  if not {check.canonicalize_name(d) for d in dists} & locked)
+    assert {"torch", "transformers", "trl", "deepspeed", "matplotlib"} <= set(hide)
+    components = sorted(p.stem for p in (ROOT / "src/kuberlhf/workflow/components").glob("*.py")
+                        if p.stem != "__init__")
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER_PROBE, json.dumps(hide), ",".join(components), str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("imported: []"), proc.stdout
+    assert {"rlhf-ppo.yaml", "rlhf-dpo.yaml"} <= {p.name for p in tmp_path.glob("*.yaml")}

@@ -98,7 +98,7 @@ def test_steps_carry_images_retries_caching_config_and_secrets(name, tmp_path):
     spec, platform = compiled(name, tmp_path, registry="registry.example/ml", tag="1.2.3")
     executors = spec["deploymentSpec"]["executors"]
     images = {key.removeprefix("exec-"): e["container"]["image"] for key, e in executors.items()}
-    expected = {"sft": "sft", "merge": "sft", "reward": "reward", "ppo": "ppo", "dpo": "dpo", "evaluate": "launcher",
+    expected = {"sft": "sft", "merge": "sft", "reward": "reward", "ppo": "ppo", "dpo": "dpo", "evaluate": "ppo",
                 "generate": "ppo", "feedback-export": "launcher", "feedback-wait": "launcher",
                 "feedback-import": "launcher", "rlaif": "ppo", "rest-grow": "sft", "rest-improve": "sft"}
 

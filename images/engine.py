@@ -1,0 +1,161 @@
+"""A container engine and a base image on a machine without a registry (`make images-base`).
+
+$ .venv/bin/python images/engine.py base      # local/debian:bookworm, made by debootstrap
+
+* ``docker_daemon()``: uses the Docker daemon that answers; when none does, installs Debian's
+  ``docker.io`` (apt) if ``dockerd`` is missing, starts ``dockerd`` and, on exit, stops that
+  daemon alone (by its PID). Images and build cache stay in its data root, so a second build
+  reuses them.
+* ``local_base()``: ``local/debian:bookworm``, Debian bookworm (``debootstrap --variant=minbase``)
+  imported with ``docker import``; the build then runs the same Dockerfiles as a pinned
+  ``debian:bookworm-slim`` would. Where HTTPS goes through a proxy with its own certificate
+  authority, the host's trust store is added here, at import time, as ``/etc/pip-ca.crt``
+  (with ``/etc/pip.conf`` pointing pip at it): at a path of its own, because installing
+  ``ca-certificates`` in a build rewrites ``/etc/ssl/certs``. Never in a Dockerfile; images
+  built on ``local/`` bases are for this machine only, and ``make images-push`` refuses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_BASE = "local/debian:bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+HOST_TRUST_STORE = Path("/etc/ssl/certs/ca-certificates.crt")
+STATE = ROOT / ".cache" / "images"
+
+
+class EngineError(Exception):
+    """A one-line reason the engine or the base cannot be had."""
+
+
+def _sudo() -> list[str]:
+    return [] if os.geteuid() == 0 else ["sudo", "-n"]
+
+
+def apt_install(*packages: str) -> None:
+    """Install Debian packages (apt-get update only when the first try fails)."""
+    cmd = [*_sudo(), "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(cmd, capture_output=True, env=env).returncode == 0:
+        return
+    subprocess.run([*_sudo(), "apt-get", "update", "-q"], capture_output=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise EngineError(f"apt-get install {' '.join(packages)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+
+
+def docker_answers() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _mtu() -> int:
+    """eth0's MTU: containers on the default bridge must not send larger packets than the host can."""
+    try:
+        return int(Path("/sys/class/net/eth0/mtu").read_text())
+    except (OSError, ValueError):
+        return 1500
+
+
+@contextlib.contextmanager
+def docker_daemon() -> Iterator[None]:
+    """A Docker daemon for the duration of the block; stops it afterwards only if it started it."""
+    if shutil.which("docker") and docker_answers():
+        yield
+        return
+    if not shutil.which("dockerd"):
+        print("installing Debian's docker.io (dockerd) ...", flush=True)
+        apt_install("docker.io")
+    if not shutil.which("docker"):
+        raise EngineError("docker.io is installed but there is no docker client on PATH")
+    STATE.mkdir(parents=True, exist_ok=True)
+    log = STATE / "dockerd.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([*_sudo(), "dockerd", f"--mtu={_mtu()}", "--pidfile", str(STATE / "dockerd.pid")],
+                                stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not docker_answers():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise EngineError(f"dockerd did not start (exit {proc.poll()}); {log}: {' | '.join(tail)}")
+            time.sleep(1)
+        print(f"started dockerd (pid {proc.pid}; log {log.relative_to(ROOT)})", flush=True)
+        yield
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            print(f"stopped dockerd (pid {proc.pid})", flush=True)
+
+
+def image_exists(ref: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
+
+
+def local_base(ref: str = LOCAL_BASE) -> str:
+    """``ref``, made by debootstrap and docker import when it is not there yet."""
+    if image_exists(ref):
+        return ref
+    if not shutil.which("debootstrap"):
+        print("installing Debian's debootstrap ...", flush=True)
+        apt_install("debootstrap")
+    STATE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=STATE, prefix="rootfs-") as tmp:
+        rootfs = Path(tmp) / "root"
+        print(f"debootstrap --variant=minbase bookworm ({DEBIAN_MIRROR}) ...", flush=True)
+        proc = subprocess.run([*_sudo(), "debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise EngineError(f"debootstrap failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+        subprocess.run([*_sudo(), "rm", "-rf", *map(str, (rootfs / "var/cache/apt/archives").glob("*.deb")),
+                        str(rootfs / "var/lib/apt/lists")], check=True)
+        if HOST_TRUST_STORE.exists():  # local use only: never in a Dockerfile, never pushed
+            shutil.copy(HOST_TRUST_STORE, rootfs / "etc/pip-ca.crt")
+            (rootfs / "etc/pip.conf").write_text("[global]\ncert = /etc/pip-ca.crt\n")
+        tar = subprocess.Popen([*_sudo(), "tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
+                               stdout=subprocess.PIPE)
+        imported = subprocess.run(["docker", "import", "--change", 'CMD ["/bin/bash"]', "-", ref],
+                                  stdin=tar.stdout, capture_output=True, text=True)
+        tar.stdout.close()
+        tar.wait()
+        subprocess.run([*_sudo(), "rm", "-rf", str(rootfs)], check=True)
+        if imported.returncode or tar.returncode:
+            raise EngineError(f"docker import of the debootstrap tree failed: {imported.stderr.strip()[:300]}")
+    print(f"made {ref}", flush=True)
+    return ref
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("verb", choices=["base"])
+    parser.parse_args(argv)
+    try:
+        with docker_daemon():
+            local_base()
+    except EngineError as err:
+        print(f"images base: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
