@@ -127,6 +127,44 @@ def tail(text: str, lines: int = 25) -> str:
     return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
 
 
+def _inspect(ref: str) -> dict:
+    proc = subprocess.run(["docker", "image", "inspect", ref], capture_output=True, text=True, check=True)
+    return __import__("json").loads(proc.stdout)[0]
+
+
+def _history(ref: str) -> list[tuple[str, int]]:
+    """(created-by, bytes) of each layer, newest first."""
+    proc = subprocess.run(["docker", "history", "--no-trunc", "--human=false", "--format", "{{.CreatedBy}}\t{{.Size}}",
+                           ref], capture_output=True, text=True, check=True)
+    return [(line.rsplit("\t", 1)[0], int(line.rsplit("\t", 1)[1])) for line in proc.stdout.splitlines()]
+
+
+def layer_report(registry: str = REGISTRY) -> bool:
+    """Each image's size, the size of its own layers (above the torch image or the base), and whether every
+    training image holds the torch image's layers (the same diff IDs); False when one does not."""
+    torch_ref = images.image_ref(images.TORCH_IMAGE, registry)
+    torch_layers = _inspect(torch_ref)["RootFS"]["Layers"]
+    torch_size = sum(size for _, size in _history(torch_ref))
+    biggest = max(_history(torch_ref), key=lambda item: item[1])
+    shared = True
+    print(f"{'image':<28} {'size':>9} {'own layers':>11}  torch layers")
+    for image in images.IMAGES:
+        ref = images.image_ref(image, registry)
+        total = sum(size for _, size in _history(ref))
+        layers = _inspect(ref)["RootFS"]["Layers"]
+        if image in images.TRAINING_IMAGES:
+            same = layers[:len(torch_layers)] == torch_layers
+            shared &= same
+            own, note = total - torch_size, "shared" if same else "NOT SHARED"
+        else:
+            base = sum(size for created, size in _history(ref)[-1:])  # the imported base: its one layer
+            own, note = total - base, ("its own" if image == images.TORCH_IMAGE else "none")
+        print(f"{ref:<28} {total / 1e9:>7.2f}GB {own / 1e9:>9.2f}GB  {note}")
+    print(f"torch layer (the torch image's last, its pip install): {biggest[1] / 1e9:.2f} GB, "
+          f"diff ID {torch_layers[-1]}")
+    return shared
+
+
 def smoke(do_build: bool, timeout: int) -> int:
     failures = 0
     started = time.monotonic()
@@ -136,6 +174,9 @@ def smoke(do_build: bool, timeout: int) -> int:
             t0 = time.monotonic()
             build.build(list(images.IMAGES), allow_unpinned=False, engine="docker", base=base, registry=REGISTRY)
             print(f"images built in {time.monotonic() - t0:.0f} s", flush=True)
+        if not layer_report():
+            failures += 1
+            print("FAIL  a training image does not hold the torch image's layers", flush=True)
         with tempfile.TemporaryDirectory(prefix="kuberlhf-smoke-") as tmp, S3Server(Path(tmp) / "s3") as server:
             server.client().create_bucket(Bucket=BUCKET)
             env = {**server.env(server.admin), "AWS_ENDPOINT_URL_S3": server.endpoint_url,
