@@ -58,10 +58,11 @@ REQUIRED = {
     "reward": {"torch", "trl", "deepspeed", "gguf", "kfp", "kubernetes"},
     "ppo": {"torch", "transformers", "accelerate", "deepspeed", "gguf", "matplotlib", "kfp", "kubernetes"},
     "dpo": {"torch", "trl", "deepspeed", "gguf", "kfp", "kubernetes"},
-    "launcher": {"kfp", "kubernetes", "kubeflow-training", "datasets", "boto3"},
+    "launcher": {"kfp", "kubernetes", "kubeflow-training", "boto3"},
 }
 FORBIDDEN = {"ppo": {"trl", "bitsandbytes"},
-             "launcher": {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "triton", "matplotlib"},
+             "launcher": {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "triton", "matplotlib",
+                          "datasets", "pyarrow"},
              "torch": {"transformers", "kfp"}}
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 _BASE_ARG = re.compile(r"^ARG BASE_IMAGE=(?P<ref>\S+?)@(?P<digest>sha256:[0-9a-f]{64})$", re.M)
@@ -205,7 +206,8 @@ def dockerfile_errors(image: str) -> list[str]:
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
     if on_torch(image):
         if "ARG TORCH_IMAGE\n" not in text or froms[:1] != ["${TORCH_IMAGE}"]:
-            errors.append(f"{where}: a training image starts from the torch image (ARG TORCH_IMAGE, FROM ${{TORCH_IMAGE}})")
+            errors.append(f"{where}: a training image starts from the torch image "
+                          "(ARG TORCH_IMAGE, FROM ${TORCH_IMAGE})")
     else:
         base = _BASE_ARG.search(text)
         if not base:
@@ -218,8 +220,8 @@ def dockerfile_errors(image: str) -> list[str]:
     locks = f"images/{image}/requirements.lock" + (f" images/{image}/source.lock" if sources else "")
     if f"COPY {locks} /tmp/locks/" not in text:
         errors.append(f"{where}: does not copy its own locks (COPY {locks} /tmp/locks/)")
-    if not re.search(r"pip install [^\n]*--require-hashes --only-binary=:all: --no-deps -r /tmp/locks/requirements\.lock",
-                     text):
+    complete = r"pip install [^\n]*--require-hashes --only-binary=:all: --no-deps -r /tmp/locks/requirements\.lock"
+    if not re.search(complete, text):
         errors.append(f"{where}: does not install its complete requirements.lock with --require-hashes "
                       "--only-binary=:all: --no-deps")
     if sources and not re.search(

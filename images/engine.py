@@ -7,8 +7,9 @@ $ .venv/bin/python images/engine.py base      # local/debian:bookworm, made by d
   daemon alone (by its PID). Images and build cache stay in its data root, so a second build
   reuses them.
 * ``local_base()``: ``local/debian:bookworm``, Debian bookworm (``debootstrap --variant=minbase``)
-  imported with ``docker import``; the build then runs the same Dockerfiles as a pinned
-  ``debian:bookworm-slim`` would. Where HTTPS goes through a proxy with its own certificate
+  made slim the way Debian's own slim image is (no apt caches, documentation, manual pages or
+  locales) and imported with ``docker import``; the build then runs the same Dockerfiles as a
+  pinned ``debian:bookworm-slim`` would. Where HTTPS goes through a proxy with its own certificate
   authority, the host's trust store is added here, at import time, as ``/etc/pip-ca.crt``
   (with ``/etc/pip.conf`` pointing pip at it): at a path of its own, because installing
   ``ca-certificates`` in a build rewrites ``/etc/ssl/certs``. Never in a Dockerfile; images
@@ -111,6 +112,39 @@ def image_exists(ref: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
 
 
+# what Debian's own slim images (debuerreotype) configure: apt keeps no caches or translations, dpkg
+# installs no documentation, manual pages or locales; the same Dockerfiles then give the same layers
+SLIM_FILES = {
+    "etc/apt/apt.conf.d/docker-clean": (
+        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+        '/var/cache/apt/*.bin || true"; };\n'
+        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+        '/var/cache/apt/*.bin || true"; };\n'
+        'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'),
+    "etc/apt/apt.conf.d/docker-no-languages": 'Acquire::Languages "none";\n',
+    "etc/apt/apt.conf.d/docker-gzip-indexes": 'Acquire::GzipIndexes "true";\n',
+    "etc/dpkg/dpkg.cfg.d/docker": "".join(f"{line}\n" for line in (
+        "path-exclude /usr/share/doc/*", "path-include /usr/share/doc/*/copyright", "path-exclude /usr/share/groff/*",
+        "path-exclude /usr/share/info/*", "path-exclude /usr/share/linda/*", "path-exclude /usr/share/lintian/*",
+        "path-exclude /usr/share/locale/*", "path-include /usr/share/locale/locale.alias",
+        "path-exclude /usr/share/man/*")),
+}
+
+
+def slim(rootfs: Path) -> None:
+    """Make a debootstrap tree what Debian's slim image is: the settings above, and what they exclude removed."""
+    for rel, text in SLIM_FILES.items():
+        (rootfs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (rootfs / rel).write_text(text)
+    doomed = [*(rootfs / "var/cache/apt").glob("*.bin"), *(rootfs / "var/cache/apt/archives").glob("*.deb"),
+              *(rootfs / "var/lib/apt/lists").glob("*_*"), *(rootfs / "usr/share/man").glob("*"),
+              *(rootfs / "usr/share/info").glob("*"), *(rootfs / "usr/share/groff").glob("*"),
+              *(p for p in (rootfs / "usr/share/locale").glob("*") if p.name != "locale.alias"),
+              *(p for p in (rootfs / "usr/share/doc").glob("*/*") if p.name != "copyright")]
+    if doomed:
+        subprocess.run([*_sudo(), "rm", "-rf", *map(str, doomed)], check=True)
+
+
 def local_base(ref: str = LOCAL_BASE) -> str:
     """``ref``, made by debootstrap and docker import when it is not there yet."""
     if image_exists(ref):
@@ -126,8 +160,7 @@ def local_base(ref: str = LOCAL_BASE) -> str:
                               capture_output=True, text=True)
         if proc.returncode:
             raise EngineError(f"debootstrap failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
-        subprocess.run([*_sudo(), "rm", "-rf", *map(str, (rootfs / "var/cache/apt/archives").glob("*.deb")),
-                        str(rootfs / "var/lib/apt/lists")], check=True)
+        slim(rootfs)
         if HOST_TRUST_STORE.exists():  # local use only: never in a Dockerfile, never pushed
             shutil.copy(HOST_TRUST_STORE, rootfs / "etc/pip-ca.crt")
             (rootfs / "etc/pip.conf").write_text("[global]\ncert = /etc/pip-ca.crt\n")

@@ -101,7 +101,7 @@ def docker_run(ref: str, args: list[str], data: Path, env: dict[str, str], timeo
            "-v", f"{data}:{images.DATA_DIR}", "--network", "host", "--shm-size", "1g"]
     for key, value in env.items():
         cmd += ["-e", f"{key}={value}"]
-    cmd += [ref, *args]
+    cmd += ["--entrypoint", "kuberlhf", ref, *args]  # a pod's command: the CLI, then the stage's arguments
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:

@@ -32,15 +32,16 @@ IMAGES = {
     "reward": "reward model (TRL RewardTrainer, DeepSpeed)",
     "ppo": "PPO (transformers + accelerate, DeepSpeed; no TRL)",
     "dpo": "DPO, RLOO and GRPO (TRL, DeepSpeed)",
-    "launcher": "kuberlhf launch (PyTorchJobs, TrainJobs) and the labeling round's KFP steps; no torch",
+    "launcher": "kuberlhf launch (PyTorchJobs, TrainJobs) and the pipeline upload; no torch",
 }
 # the image the training images start from (one torch layer for all of them); it runs nothing itself
 TORCH_IMAGE = "torch"
 TRAINING_IMAGES = ("sft", "reward", "ppo", "dpo")
 # stage (CLI verb) -> image folder: each stage's from the stage registry; the evaluation and report
-# generate with the policy, so they run in the PPO image; launches and the labeling round in the
-# launcher image
-STAGE_IMAGE = {**{name: stage.image for name, stage in STAGES.items()}, "evaluate": "ppo", "launcher": "launcher"}
+# generate with the policy, and the labeling round reads the candidates the PPO image generated
+# (kuberlhf.data, on Arrow), so both run in the PPO image; the launcher image only creates jobs
+STAGE_IMAGE = {**{name: stage.image for name, stage in STAGES.items()}, "evaluate": "ppo", "feedback": "ppo",
+               "launcher": "launcher"}
 
 
 # Every image starts from Debian bookworm (slim). No CUDA base: the PyPI torch wheels carry the CUDA

@@ -99,8 +99,8 @@ def test_steps_carry_images_retries_caching_config_and_secrets(name, tmp_path):
     executors = spec["deploymentSpec"]["executors"]
     images = {key.removeprefix("exec-"): e["container"]["image"] for key, e in executors.items()}
     expected = {"sft": "sft", "merge": "sft", "reward": "reward", "ppo": "ppo", "dpo": "dpo", "evaluate": "ppo",
-                "generate": "ppo", "feedback-export": "launcher", "feedback-wait": "launcher",
-                "feedback-import": "launcher", "rlaif": "ppo", "rest-grow": "sft", "rest-improve": "sft"}
+                "generate": "ppo", "feedback-export": "ppo", "feedback-wait": "ppo",
+                "feedback-import": "ppo", "rlaif": "ppo", "rest-grow": "sft", "rest-improve": "sft"}
 
     def base(step):  # a step used several times: rest-grow-2
         return re.sub(r"-\d+$", "", step)

@@ -52,8 +52,8 @@ def build(registry: str | None = None, tag: str | None = None):
     sft, merge = sft_op(image_ref("sft", registry, tag)), merge_op(image_ref("sft", registry, tag))
     generate, ppo = generate_op(image_ref("ppo", registry, tag)), ppo_op(image_ref("ppo", registry, tag))
     reward, data = reward_op(image_ref("reward", registry, tag)), data_op(image_ref("sft", registry, tag))
-    launcher = image_ref("launcher", registry, tag)
-    export, wait, collect = feedback_export_op(launcher), feedback_wait_op(launcher), feedback_import_op(launcher)
+    labeling = image_ref("feedback", registry, tag)
+    export, wait, collect = feedback_export_op(labeling), feedback_wait_op(labeling), feedback_import_op(labeling)
     evaluate = evaluate_op(image_ref("evaluate", registry, tag))
 
     @dsl.pipeline(name=NAME, description=DESCRIPTION)
