@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import check  # noqa: E402  (images/check.py: paths, lock parsing, kuberlhf.images)
 from check import PLACEHOLDER_DIGEST, ROOT, SOURCE_ONLY, images  # noqa: E402
-from packaging.requirements import Requirement  # noqa: E402
 
 ENGINES = ("docker", "podman", "buildah")
 
@@ -187,18 +186,11 @@ def pin(digest: str = "") -> None:
 
 # --- lock ------------------------------------------------------------------------------------
 
-def _uv() -> str:
-    found = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
-    if not found:
-        raise Failure("uv not found: pip install uv (the dev extra has it; make install)")
-    return found
-
-
 def _constraint(name: str) -> str:
-    for line in (ROOT / "requirements/constraints.txt").read_text().splitlines():
-        if line and not line.startswith("#") and check.canonicalize_name(Requirement(line).name) == name:
-            return str(Requirement(line).specifier)
-    raise Failure(f"{name} has no exact version in requirements/constraints.txt")
+    version = check.constraints().get(name)
+    if version is None:
+        raise Failure(f"{name} has no exact version in requirements/constraints.txt")
+    return f"=={version}"
 
 
 def lock(image: str) -> None:
@@ -213,8 +205,9 @@ def lock(image: str) -> None:
         (Path(tmp) / "requirements").mkdir()
         shutil.copy(ROOT / "requirements/constraints.txt", Path(tmp) / "requirements/constraints.txt")
         out = Path(tmp) / "requirements.lock"
-        cmd = [_uv(), "pip", "compile", "--no-config", "--quiet", "--generate-hashes", "--index-url", check.INDEX_URL,
-               "--python-platform", "x86_64-manylinux_2_28", "--python-version", images.PYTHON_VERSION,
+        cmd = [check.locks.uv(), "pip", "compile", "--no-config", "--quiet", "--generate-hashes",
+               "--index-url", check.INDEX_URL,
+               "--python-platform", check.locks.PLATFORM, "--python-version", images.PYTHON_VERSION,
                "--only-binary", ":all:", "--constraint", "requirements/constraints.txt",
                "--custom-compile-command", "make images-lock", "--output-file", str(out), "requirements.in"]
         for name in SOURCE_ONLY:
@@ -283,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     selected = list(dict.fromkeys(getattr(args, "images", None) or images.IMAGES))
     try:
-        if args.verb == "build":
-            build(selected, os.environ.get("IMAGES_ALLOW_UNPINNED") == "1", os.environ.get("IMAGES_ENGINE", ""),
-                  base=os.environ.get("IMAGES_BASE", ""))
+        if args.verb == "build" and os.environ.get("IMAGES_BASE"):
+            # on a local base: named local/..., never pushed; the daemon started (and stopped) when none runs
+            import engine
+
+            with engine.docker_daemon():
+                build(selected, False, "docker", base=engine.local_base(os.environ["IMAGES_BASE"]),
+                      registry=engine.LOCAL_REGISTRY)
+        elif args.verb == "build":
+            build(selected, os.environ.get("IMAGES_ALLOW_UNPINNED") == "1", os.environ.get("IMAGES_ENGINE", ""))
         elif args.verb == "push":
             push(selected, os.environ.get("IMAGES_ENGINE", ""))
         elif args.verb == "pin":
@@ -293,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for image in selected:
                 lock(image)
-    except Failure as err:
+    except Exception as err:  # Failure, and the engine's EngineError
+        if not isinstance(err, Failure) and type(err).__name__ != "EngineError":
+            raise
         print(f"images {args.verb}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -4,8 +4,9 @@ $ .venv/bin/python images/check.py            # every check; registry checks ski
 $ .venv/bin/python images/check.py --offline  # no registry look-ups
 
 * hadolint (settings in .hadolint.yaml) passes on every images/<image>/Dockerfile;
-* each Dockerfile starts from images.BASE_IMAGE with a digest, installs its own locks with
-  --require-hashes on python<images.PYTHON_VERSION>, runs as the numeric non-root
+* the torch and launcher Dockerfiles start from images.BASE_IMAGE with a digest, the training
+  images from the torch image; each installs its own complete locks with --require-hashes
+  --no-deps on python<images.PYTHON_VERSION> and runs pip check, runs as the numeric non-root
   images.USER_ID, keeps its caches under the images.DATA_DIR volume, has the OCI labels of
   images.oci_labels and the entry point of a stage of that image;
 * every line of requirements.lock (wheels) and source.lock (packages PyPI has only as
@@ -29,7 +30,6 @@ import tempfile
 import tomllib
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -44,7 +44,7 @@ from kuberlhf import images  # noqa: E402
 sys.path.insert(0, str(ROOT / "requirements"))
 import locks  # noqa: E402  (requirements/locks.py: the environments' locks)
 
-INDEX_URL = "https://pypi.org/simple"
+INDEX_URL = locks.INDEX_URL
 # packages PyPI has only as source: locked apart in images/<image>/source.lock and installed after
 # requirements.lock with --no-deps --no-build-isolation (setuptools comes from requirements.lock)
 SOURCE_ONLY = ("deepspeed", "kfp-server-api")
@@ -70,11 +70,8 @@ _BASE_ARG = re.compile(r"^ARG BASE_IMAGE=(?P<ref>\S+?)@(?P<digest>sha256:[0-9a-f
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{n}_x86_64" for n in range(17, 29)]
 
 
-@dataclass
-class Locked:
-    name: str  # canonical
-    version: str
-    hashes: set[str] = field(default_factory=set)  # "sha256:<hex>"
+Locked = locks.Locked
+parse_lock = locks.parse_lock  # name==version --hash lines of a lock
 
 
 def image_dir(image: str) -> Path:
@@ -83,26 +80,6 @@ def image_dir(image: str) -> Path:
 
 def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def parse_lock(path: Path) -> tuple[dict[str, Locked], list[str]]:
-    """Entries of a hash-locked requirements file, and the lines that are not ``name==version --hash``."""
-    entries: dict[str, Locked] = {}
-    errors: list[str] = []
-    logical = re.sub(r"\\\n", " ", path.read_text())
-    for line in logical.splitlines():
-        line = line.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
-            continue
-        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)((?:\s+--hash=sha256:[0-9a-f]{64})*)", line)
-        if not m:
-            errors.append(f"{_rel(path)}: not a hashed pin (name==version --hash=sha256:...): {line!r}")
-            continue
-        hashes = set(re.findall(r"sha256:[0-9a-f]{64}", m.group(3)))
-        if not hashes:
-            errors.append(f"{_rel(path)}: {m.group(1)}=={m.group(2)} has no --hash")
-        entries[canonicalize_name(m.group(1))] = Locked(canonicalize_name(m.group(1)), m.group(2), hashes)
-    return entries, errors
 
 
 def wanted(image: str) -> list[str]:
@@ -217,9 +194,9 @@ def dockerfile_errors(image: str) -> list[str]:
         if froms[:1] != ["${BASE_IMAGE}"]:
             errors.append(f"{where}: the first FROM must be ${{BASE_IMAGE}}, got {froms[:1]}")
     sources = image != images.TORCH_IMAGE
-    locks = f"images/{image}/requirements.lock" + (f" images/{image}/source.lock" if sources else "")
-    if f"COPY {locks} /tmp/locks/" not in text:
-        errors.append(f"{where}: does not copy its own locks (COPY {locks} /tmp/locks/)")
+    own = f"images/{image}/requirements.lock" + (f" images/{image}/source.lock" if sources else "")
+    if f"COPY {own} /tmp/locks/" not in text:
+        errors.append(f"{where}: does not copy its own locks (COPY {own} /tmp/locks/)")
     complete = r"pip install [^\n]*--require-hashes --only-binary=:all: --no-deps -r /tmp/locks/requirements\.lock"
     if not re.search(complete, text):
         errors.append(f"{where}: does not install its complete requirements.lock with --require-hashes "
@@ -378,9 +355,9 @@ def resolve_errors(selected: list[str] | None = None, timeout: int = 300, worker
     setuptools and torch, once per distinct lock.
     """
     selected = list(selected or images.IMAGES)
-    locks = {image: parse_lock(image_dir(image) / "requirements.lock")[0] for image in selected}
+    wheel_locks = {image: parse_lock(image_dir(image) / "requirements.lock")[0] for image in selected}
     rounds: list[dict[str, str]] = []  # a package locked at two versions goes to a second round
-    for entries in locks.values():
+    for entries in wheel_locks.values():
         for entry in entries.values():
             free = next((r for r in rounds if r.get(entry.name, entry.version) == entry.version), None)
             if free is None:
@@ -389,6 +366,8 @@ def resolve_errors(selected: list[str] | None = None, timeout: int = 300, worker
     chunks = [[f"{n}=={v}" for n, v in sorted(r.items())][i::workers] for r in rounds for i in range(workers)]
     sources: dict[str, list[str]] = {}  # distinct source.lock content -> images
     for image in selected:
+        if not (image_dir(image) / "source.lock").exists():  # the torch image: wheels only
+            continue
         text = (image_dir(image) / "source.lock").read_text()
         if parse_lock(image_dir(image) / "source.lock")[0]:
             sources.setdefault(re.sub(r"(?m)^\s*#.*\n", "", text), []).append(image)
@@ -409,7 +388,7 @@ def resolve_errors(selected: list[str] | None = None, timeout: int = 300, worker
                 errors.append(f"images/{{{','.join(imgs)}}}/source.lock does not resolve: {why}")
     if errors:
         return errors
-    for image, entries in locks.items():
+    for image, entries in wheel_locks.items():
         for entry in entries.values():
             if (entry.name, entry.version) not in picked:
                 errors.append(f"images/{image}: pip did not pick {entry.name}=={entry.version}")

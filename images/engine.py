@@ -9,11 +9,15 @@ $ .venv/bin/python images/engine.py base      # local/debian:bookworm, made by d
 * ``local_base()``: ``local/debian:bookworm``, Debian bookworm (``debootstrap --variant=minbase``)
   made slim the way Debian's own slim image is (no apt caches, documentation, manual pages or
   locales) and imported with ``docker import``; the build then runs the same Dockerfiles as a
-  pinned ``debian:bookworm-slim`` would. Where HTTPS goes through a proxy with its own certificate
-  authority, the host's trust store is added here, at import time, as ``/etc/pip-ca.crt``
-  (with ``/etc/pip.conf`` pointing pip at it): at a path of its own, because installing
+  pinned ``debian:bookworm-slim`` would. The host's trust store (with the certificate authority
+  of the proxy HTTPS goes through, where there is one) is added here, at import time, as
+  ``/etc/pip-ca.crt`` (with ``/etc/pip.conf`` pointing pip at it): at a path of its own, because installing
   ``ca-certificates`` in a build rewrites ``/etc/ssl/certs``. Never in a Dockerfile; images
-  built on ``local/`` bases are for this machine only, and ``make images-push`` refuses them.
+  built on the local base are named ``local/...`` (``IMAGES_BASE=... make images`` too), are for
+  this machine only, and ``make images-push`` refuses them.
+
+Both need root (apt, debootstrap, dockerd) unless a Docker daemon already answers and the base
+exists.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_BASE = "local/debian:bookworm"
+# images built on a local base are named under this registry, which make images-push refuses
+LOCAL_REGISTRY = "local"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 HOST_TRUST_STORE = Path("/etc/ssl/certs/ca-certificates.crt")
 STATE = ROOT / ".cache" / "images"
@@ -41,20 +47,28 @@ class EngineError(Exception):
     """A one-line reason the engine or the base cannot be had."""
 
 
-def _sudo() -> list[str]:
-    return [] if os.geteuid() == 0 else ["sudo", "-n"]
+def require_root(what: str) -> None:
+    """dockerd, debootstrap and apt need root; say so before anything starts."""
+    if os.geteuid() != 0:
+        raise EngineError(f"{what} needs root (apt, debootstrap and dockerd run as root): run it as root, "
+                          "or start a Docker daemon you may use and make the base elsewhere")
 
 
 def apt_install(*packages: str) -> None:
     """Install Debian packages (apt-get update only when the first try fails)."""
-    cmd = [*_sudo(), "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if subprocess.run(cmd, capture_output=True, env=env).returncode == 0:
         return
-    subprocess.run([*_sudo(), "apt-get", "update", "-q"], capture_output=True, env=env)
+    subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
-        raise EngineError(f"apt-get install {' '.join(packages)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        raise EngineError(f"apt-get install {' '.join(packages)} failed: {_last(proc.stderr)}")
+
+
+def _last(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
 
 
 def docker_answers() -> bool:
@@ -78,6 +92,7 @@ def docker_daemon() -> Iterator[None]:
     if shutil.which("docker") and docker_answers():
         yield
         return
+    require_root("starting dockerd")
     if not shutil.which("dockerd"):
         print("installing Debian's docker.io (dockerd) ...", flush=True)
         apt_install("docker.io")
@@ -86,7 +101,7 @@ def docker_daemon() -> Iterator[None]:
     STATE.mkdir(parents=True, exist_ok=True)
     log = STATE / "dockerd.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([*_sudo(), "dockerd", f"--mtu={_mtu()}", "--pidfile", str(STATE / "dockerd.pid")],
+        proc = subprocess.Popen(["dockerd", f"--mtu={_mtu()}", "--pidfile", str(STATE / "dockerd.pid")],
                                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
@@ -142,13 +157,14 @@ def slim(rootfs: Path) -> None:
               *(p for p in (rootfs / "usr/share/locale").glob("*") if p.name != "locale.alias"),
               *(p for p in (rootfs / "usr/share/doc").glob("*/*") if p.name != "copyright")]
     if doomed:
-        subprocess.run([*_sudo(), "rm", "-rf", *map(str, doomed)], check=True)
+        subprocess.run(["rm", "-rf", *map(str, doomed)], check=True)
 
 
 def local_base(ref: str = LOCAL_BASE) -> str:
     """``ref``, made by debootstrap and docker import when it is not there yet."""
     if image_exists(ref):
         return ref
+    require_root("making the local base")
     if not shutil.which("debootstrap"):
         print("installing Debian's debootstrap ...", flush=True)
         apt_install("debootstrap")
@@ -156,21 +172,21 @@ def local_base(ref: str = LOCAL_BASE) -> str:
     with tempfile.TemporaryDirectory(dir=STATE, prefix="rootfs-") as tmp:
         rootfs = Path(tmp) / "root"
         print(f"debootstrap --variant=minbase bookworm ({DEBIAN_MIRROR}) ...", flush=True)
-        proc = subprocess.run([*_sudo(), "debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR],
+        proc = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR],
                               capture_output=True, text=True)
         if proc.returncode:
-            raise EngineError(f"debootstrap failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+            raise EngineError(f"debootstrap failed (exit {proc.returncode}): {_last(proc.stderr or proc.stdout)}")
         slim(rootfs)
-        if HOST_TRUST_STORE.exists():  # local use only: never in a Dockerfile, never pushed
+        if HOST_TRUST_STORE.exists():  # local use only: never in a Dockerfile, never pushed (see above)
             shutil.copy(HOST_TRUST_STORE, rootfs / "etc/pip-ca.crt")
             (rootfs / "etc/pip.conf").write_text("[global]\ncert = /etc/pip-ca.crt\n")
-        tar = subprocess.Popen([*_sudo(), "tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
+        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
                                stdout=subprocess.PIPE)
         imported = subprocess.run(["docker", "import", "--change", 'CMD ["/bin/bash"]', "-", ref],
                                   stdin=tar.stdout, capture_output=True, text=True)
         tar.stdout.close()
         tar.wait()
-        subprocess.run([*_sudo(), "rm", "-rf", str(rootfs)], check=True)
+        subprocess.run(["rm", "-rf", str(rootfs)], check=True)
         if imported.returncode or tar.returncode:
             raise EngineError(f"docker import of the debootstrap tree failed: {imported.stderr.strip()[:300]}")
     print(f"made {ref}", flush=True)

@@ -122,8 +122,13 @@ def installed(venv: Path) -> dict[str, str]:
             "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
     proc = subprocess.run([_python(venv), "-c", code], capture_output=True, text=True, timeout=120)
     if proc.returncode:
-        raise LockError(f"{venv}: cannot list its distributions: {proc.stderr.strip().splitlines()[-1:]}")
+        raise LockError(f"{venv}: cannot list its distributions: {_last(proc.stderr)}")
     return {canonical(name): version for name, version in json.loads(proc.stdout).items()}
+
+
+def strays(venv: Path, env: str) -> list[str]:
+    """Packages installed in ``venv`` that ``env``'s lock does not list."""
+    return sorted(set(installed(venv)) - set(environment_lock(env)) - UNLOCKED)
 
 
 def drift(venv: Path, env: str) -> list[str]:
@@ -156,11 +161,28 @@ def pip_check(venv: Path) -> list[str]:
     return problems
 
 
+def _last(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
 def sync(venv: Path, env: str) -> None:
-    """Install exactly ``env``'s lock into ``venv`` (created when absent), then check it."""
+    """Install exactly ``env``'s lock into ``venv`` (created when absent), then check it.
+
+    Packages the lock does not list are removed first: one that shares files with a locked
+    package (two builds of one module) would take them with it if removed afterwards.
+    """
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = _python(venv)
+    version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()
+    if version != PYTHON_VERSION:
+        raise LockError(f"{venv} runs Python {version}; the locks are resolved for {PYTHON_VERSION}: "
+                        f"remove {venv} and run again with PYTHON=python{PYTHON_VERSION}")
+    if extra := strays(venv, env):
+        print(f"removing from {venv}, not in the lock: {' '.join(extra)}")
+        subprocess.run([python, "-m", "pip", "uninstall", "--quiet", "-y", *extra], check=True)
     main, nodeps = ENVIRONMENTS[env]
     pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--require-hashes", "--no-deps"]
     steps = [pip + ["-r", str(REQ / main)]]
@@ -171,10 +193,6 @@ def sync(venv: Path, env: str) -> None:
         env_vars.pop("PIP_FIND_LINKS", None)  # the registry and the lock's hashes alone
         if subprocess.run(cmd, env=env_vars).returncode:
             raise LockError(f"installing {cmd[-1]} into {venv} failed (pip's output above)")
-    strays = [line.split(" ")[1] for line in drift(venv, env) if line.endswith("is installed but not in the lock")]
-    if strays:
-        print(f"removing from {venv}, not in the lock: {' '.join(strays)}")
-        subprocess.run([python, "-m", "pip", "uninstall", "--quiet", "-y", *strays], check=True)
     check(venv, env)
 
 
@@ -272,7 +290,10 @@ def closure_errors(roots: list[str], locked: dict[str, Locked], metadata: dict[s
                 dep = Requirement(line)
                 if (name, canonical(dep.name)) in skip:
                     continue
-                if dep.marker is None or dep.marker.evaluate({**TARGET_MARKERS, "extra": extra}):
+                wanted = dep.marker is None or dep.marker.evaluate({**TARGET_MARKERS, "extra": extra})
+                if extra and wanted:  # an extra adds what the plain package does not need
+                    wanted = dep.marker is not None and not dep.marker.evaluate({**TARGET_MARKERS, "extra": ""})
+                if wanted:
                     queue.append((dep, f"{name}=={entry.version}" + (f"[{extra}]" if extra else "")))
     reached = {name for name, _ in seen}
     for name in sorted(set(locked) - reached):
@@ -292,7 +313,7 @@ def environment_closure_errors(env: str, venv: Path) -> list[str]:
 
 # --- writing the locks (uv) ---
 
-def _uv() -> str:
+def uv() -> str:
     found = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
     if not found:
         raise LockError("uv not found: pip install uv (the dev extra has it; make install)")
@@ -301,7 +322,7 @@ def _uv() -> str:
 
 def uv_compile(inputs: list[str], output: Path, upgrade: bool, extra_args: list[str] = ()) -> None:
     """uv pip compile ``inputs`` (paths relative to the repository) into ``output`` with hashes."""
-    cmd = [_uv(), "pip", "compile", "--no-config", "--quiet", "--generate-hashes", "--index-url", INDEX_URL,
+    cmd = [uv(), "pip", "compile", "--no-config", "--quiet", "--generate-hashes", "--index-url", INDEX_URL,
            "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM,
            "--custom-compile-command", CUSTOM_COMMAND, "--output-file", str(output.relative_to(ROOT)),
            *extra_args, *inputs]

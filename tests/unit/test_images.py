@@ -419,8 +419,9 @@ def absent_modules(locked: set[str]) -> set[str]:
 
 
 def test_launcher_paths_run_without_what_the_launcher_image_lacks(tmp_path):
-    """`kuberlhf launch`, the KFP component shells and the labeling steps with every package the launcher
-    image does not install (torch, transformers, ...) made unimportable, as in that image."""
+    """`kuberlhf launch`, the KFP component shells and the pipeline compile (the chart's upload job) with
+    every module of the packages the launcher image does not install (torch, transformers, datasets,
+    kfp-kubernetes' if it were left out, ...) made unimportable, as in that image."""
 
     locked = set(check.all_locked("launcher")[0]) | {"kuberlhf"}
     hide = sorted(absent_modules(locked))
@@ -432,3 +433,36 @@ def test_launcher_paths_run_without_what_the_launcher_image_lacks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("imported: []"), proc.stdout
     assert {"rlhf-ppo.yaml", "rlhf-dpo.yaml"} <= {p.name for p in tmp_path.glob("*.yaml")}
+
+
+def test_resolution_covers_every_image_including_the_wheels_only_torch_image(monkeypatch):
+    """The registry look-up itself stubbed: every pin is 'picked' with its first locked hash."""
+    calls = []
+
+    def wheels(pins, timeout):
+        picked = {}
+        for pin in pins:
+            name, version = pin.split("==")
+            for image in IMAGES:
+                entry = check.parse_lock(ROOT / f"images/{image}/requirements.lock")[0].get(name)
+                if entry and entry.version == version:
+                    picked[name, version] = (f"{name}.whl", sorted(entry.hashes)[0])
+        return picked, ""
+
+    monkeypatch.setattr(check, "_pip_dry_run", wheels)
+    monkeypatch.setattr(check, "_pip_source_dry_run", lambda lock, timeout: calls.append(lock.parent.name) or "")
+    assert check.resolve_errors() == []
+    assert images.TORCH_IMAGE not in calls and calls  # source locks resolved once per distinct content
+
+
+def test_build_on_a_local_base_from_make_images_is_named_local(tmp_path, monkeypatch, capsys):
+    """IMAGES_BASE=local/debian:bookworm make images: the images are local/..., whatever the registry says."""
+    log = tmp_path / "calls"
+    _fake_tool(tmp_path / "bin", "docker", f'echo "$@" >> {log}\n')  # info and image inspect answer 0
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("IMAGES_BASE", "local/debian:bookworm")
+    monkeypatch.setenv("KUBERLHF_IMAGE_REGISTRY", "ghcr.io/someone")
+    assert build.main(["build", "launcher"]) == 0
+    built = [line.split() for line in log.read_text().splitlines() if line.startswith("build")]
+    assert [call[call.index("-t") + 1] for call in built] == [f"local/kuberlhf-launcher:{images.image_tag()}"]
+    assert "BASE_IMAGE=local/debian:bookworm" in built[0]

@@ -118,3 +118,32 @@ def test_every_lock_is_hashed():
     for name in ("venv.lock", "venv-nodeps.lock", "label-studio.lock"):
         entries, errors = locks.parse_lock(ROOT / "requirements" / name)
         assert entries and errors == [], errors
+
+
+def test_drift_names_a_locked_package_that_is_not_installed_and_strays_lists_extras(req_copy):
+    lock = req_copy / "venv.lock"
+    lock.write_text(lock.read_text() + "left-pad==1.0 \\\n    --hash=sha256:" + "0" * 64 + "\n")
+    drop_pin(lock, "tqdm")
+    assert "/.venv: left-pad==1.0 is locked but not installed" in "\n".join(locks.drift(VENV, "venv")).replace(
+        str(VENV), "/.venv")
+    assert locks.strays(VENV, "venv") == ["tqdm"]
+
+
+def test_closure_follows_extras_and_markers_for_linux_and_the_locks_python():
+    """Made-up metadata: an extra pulls its own requirements (names normalised), a Windows-only or
+    Python-3.8-only requirement is not needed, a requirement of an extra nobody asks for is not needed."""
+    metadata = {
+        "app": ("1.0", ['lib[Fancy_X]>=2', 'winonly; sys_platform == "win32"', 'old; python_version < "3.9"',
+                        'unasked; extra == "never"']),
+        "lib": ("2.1", ['fancy-dep; extra == "fancy-x"', 'base-dep>=1']),
+        "fancy-dep": ("0.3", []),
+        "base-dep": ("1.2", []),
+    }
+    locked = {name: locks.Locked(name, version) for name, (version, _) in metadata.items()}
+    assert locks.closure_errors(["app"], locked, metadata, "lock") == []
+    without = {k: v for k, v in locked.items() if k != "fancy-dep"}
+    assert locks.closure_errors(["app"], without, metadata, "lock") == [
+        "lock: lib==2.1[fancy-x] requires fancy-dep; extra == \"fancy-x\", which the lock does not pin"]
+    locked["base-dep"] = locks.Locked("base-dep", "0.9")
+    assert "lock: lib==2.1 requires base-dep>=1, the lock pins base-dep==0.9" in locks.closure_errors(
+        ["app"], locked, metadata, "lock")
