@@ -121,6 +121,16 @@ def docker_daemon() -> Iterator[None]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             print(f"stopped dockerd (pid {proc.pid})", flush=True)
+        unmount_leftovers()
+
+
+def unmount_leftovers(prefix: str = "/run/docker/") -> list[str]:
+    """Unmount what a stopped dockerd leaves mounted (its network namespaces under /run/docker/netns)."""
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):  # deepest first
+        subprocess.run(["umount", point], capture_output=True)
+    return points
 
 
 def image_exists(ref: str) -> bool:
