@@ -99,6 +99,10 @@ def docker_daemon() -> Iterator[None]:
     if not shutil.which("docker"):
         raise EngineError("docker.io is installed but there is no docker client on PATH")
     STATE.mkdir(parents=True, exist_ok=True)
+    # what dockerd adds to the host and does not remove when it stops: its bridge and its firewall rules
+    had_bridge = Path("/sys/class/net/docker0").exists()
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout if shutil.which(
+        "iptables-save") else ""
     log = STATE / "dockerd.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(["dockerd", f"--mtu={_mtu()}", "--pidfile", str(STATE / "dockerd.pid")],
@@ -122,10 +126,16 @@ def docker_daemon() -> Iterator[None]:
                 proc.wait()
             print(f"stopped dockerd (pid {proc.pid})", flush=True)
         unmount_leftovers()
+        if not had_bridge:
+            subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
+        if rules:
+            subprocess.run(["iptables-restore"], input=rules, text=True, capture_output=True)
 
 
 def unmount_leftovers(prefix: str = "/run/docker/") -> list[str]:
-    """Unmount what a stopped dockerd leaves mounted (its network namespaces under /run/docker/netns)."""
+    """Unmount what a stopped dockerd leaves mounted (its network namespaces under /run/docker/netns).
+
+    With the bridge removed and the firewall rules restored (above), the host is as it was."""
     with open("/proc/mounts") as mounts:
         points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
     for point in sorted(points, key=len, reverse=True):  # deepest first
