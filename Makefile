@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kuberlhf-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install lock label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-base images-smoke images-push images-pin images-lock images-check
+.PHONY: help install lock label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-base images-smoke cluster-build cluster-up cluster-down images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -66,7 +66,7 @@ faults: install ## fault trials: 30 kill -9 runs over the stages, 10 object-stor
 	$(BIN)/python -m pytest tests -q -m faults
 
 lint: install ## ruff, and the import layers of docs/architecture.md (import-linter)
-	$(BIN)/ruff check src tests bench images requirements
+	$(BIN)/ruff check src tests bench images requirements cluster
 	$(BIN)/lint-imports
 
 helm-lint: install ## Helm chart: lint --strict, render each ci/*-values.yaml, validate objects, bad values refused
@@ -98,6 +98,15 @@ images-lock: install ## re-resolve images/*/requirements.lock and source.lock (u
 
 images-check: install ## Dockerfiles pass hadolint; locks hashed, agree with pyproject, resolve on the registry
 	$(BIN)/python images/check.py
+
+cluster-build: install ## build the test cluster's parts from their Go modules (Kubernetes 1.36.3, etcd, containerd, runc, CNI, CoreDNS, helm, the Kubeflow operators); cached by version
+	$(BIN)/python cluster/build.py
+
+cluster-up: cluster-build ## a one-node Kubernetes on this machine (root): control plane, containerd, kubelet, kube-proxy; KUBECONFIG=.cache/cluster/run/kubeconfig
+	$(BIN)/python cluster/cluster.py up
+
+cluster-down: ## stop what cluster-up started; leaves no process, mount, bridge or route of it
+	$(BIN)/python cluster/cluster.py down
 
 bench: install ## throughput benchmarks; results go to docs/benchmarks.md by hand
 	$(BIN)/python bench/sft_throughput.py --repeats 3

