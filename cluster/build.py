@@ -116,6 +116,21 @@ def _go_env(cgo: bool) -> dict[str, str]:
     return env
 
 
+def c_dependencies() -> None:
+    """runc's seccomp support links libseccomp (cgo): Debian's libseccomp-dev and pkg-config, installed when missing."""
+    if shutil.which("pkg-config") and subprocess.run(["pkg-config", "--exists", "libseccomp"]).returncode == 0:
+        return
+    if os.geteuid() != 0:
+        raise BuildError("runc needs libseccomp-dev and pkg-config (apt-get install libseccomp-dev pkg-config)")
+    print("installing Debian's libseccomp-dev and pkg-config ...", flush=True)
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "libseccomp-dev", "pkg-config"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(cmd, capture_output=True, env=env).returncode:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        if subprocess.run(cmd, capture_output=True, env=env).returncode:
+            raise BuildError("apt-get install libseccomp-dev pkg-config failed")
+
+
 def build(part: Part, verbose: bool = True) -> float:
     """Build ``part`` unless it is built already; returns the seconds it took (0 when cached)."""
     if built(part):
@@ -125,6 +140,8 @@ def build(part: Part, verbose: bool = True) -> float:
         raise BuildError(f"cluster/tools/{part.name}/go.sum is missing: run `go mod tidy` there (make cluster-lock)")
     if not shutil.which("go"):
         raise BuildError("go is not installed (Go 1.26 builds the cluster's parts)")
+    if any(b.cgo for b in part.binaries):
+        c_dependencies()
     started = time.monotonic()
     tmp = part.out.with_name(part.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

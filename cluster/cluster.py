@@ -55,6 +55,7 @@ DNS_IP = "10.96.0.10"
 API_PORT = 6443
 ETCD_PORT = 23790  # not etcd's default: never meet another etcd on this machine
 PAUSE = "registry.k8s.io/pause:kuberlhf"
+SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
 # the order things start in (down stops them in reverse)
 PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
              "kube-proxy", "weed")
@@ -111,7 +112,7 @@ def certificates(ip: str) -> None:
                       "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
                       "serverAuth"),
         "admin": ("/O=system:masters/CN=kuberlhf-admin", None, "clientAuth"),
-        "apiserver-kubelet-client": ("/O=kubeadm:cluster-admins/CN=kube-apiserver-kubelet-client", None, "clientAuth"),
+        "apiserver-kubelet-client": ("/CN=kube-apiserver-kubelet-client", None, "clientAuth"),
         "controller-manager": ("/CN=system:kube-controller-manager", None, "clientAuth"),
         "scheduler": ("/CN=system:kube-scheduler", None, "clientAuth"),
         "kube-proxy": ("/CN=system:kube-proxy", None, "clientAuth"),
@@ -158,6 +159,14 @@ def pid_of(name: str) -> int | None:
     return pid if Path(cmdline).name == name else None
 
 
+STARTED: dict[str, subprocess.Popen] = {}  # what this run started (pid_of reads /proc: racy before exec)
+
+
+def running(name: str) -> bool:
+    proc = STARTED.get(name)
+    return proc.poll() is None if proc else pid_of(name) is not None
+
+
 def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     if pid := pid_of(name):
         return pid
@@ -166,6 +175,7 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         proc = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
                                 env={**os.environ, **(env or {})})
     (RUN / f"{name}.pid").write_text(str(proc.pid))
+    STARTED[name] = proc
     log(f"started {name} (pid {proc.pid}; log {(LOGS / f'{name}.log').relative_to(ROOT)})")
     return proc.pid
 
@@ -178,7 +188,7 @@ def wait(what: str, check, timeout: float, name: str | None = None) -> None:
                 return
         except (OSError, subprocess.SubprocessError, ValueError):
             pass
-        if name and not pid_of(name):
+        if name and not running(name):
             tail = (LOGS / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
             raise ClusterError(f"{name} exited while waiting for {what}: {' | '.join(tail)}")
         if time.monotonic() > deadline:
@@ -188,7 +198,7 @@ def wait(what: str, check, timeout: float, name: str | None = None) -> None:
 
 def kubectl(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([binary("kubernetes", "kubectl"), "--kubeconfig", str(KUBECONFIG), *args],
-                          capture_output=True, text=True, input=input, timeout=300)
+                          capture_output=True, text=True, input=input, timeout=600)
     if check and proc.returncode:
         raise ClusterError(f"kubectl {' '.join(args[:3])} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return proc
@@ -228,6 +238,14 @@ def control_plane(ip: str) -> None:
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local", "--allow-privileged=true",
         "--profiling=false", "--enable-priority-and-fairness=false"])
     wait("the apiserver's /readyz", lambda: _https_ok(f"https://{ip}:{API_PORT}/readyz"), 120, "kube-apiserver")
+    # the apiserver's own client identity at the kubelet (logs, exec): the built-in role for it
+    kubectl("apply", "--server-side", "-f", "-", input=json.dumps({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "kuberlhf:kube-apiserver-kubelet-client"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                      "name": "kube-apiserver-kubelet-client"}],
+    }))
     for part in ("controller-manager", "scheduler", "kube-proxy", "kubelet-client"):
         kubeconfig(RUN / f"{part}.kubeconfig", part, ip)
     start("kube-controller-manager", [
@@ -255,7 +273,13 @@ def network() -> None:
     routes = subprocess.run(["ip", "route", "show", SERVICE_CIDR], capture_output=True, text=True).stdout
     if not routes.strip():
         subprocess.run(["ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE], check=True)
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+    # forwarding, and bridged packets through netfilter (a Service's reply between two pods of the bridge
+    # must meet kube-proxy's rules); the values before are kept and put back by down
+    saved = RUN / "sysctl.json"
+    if not saved.exists():
+        saved.write_text(json.dumps({key: Path(f"/proc/sys/{key}").read_text().strip() for key in SYSCTLS}))
+    for key in SYSCTLS:
+        Path(f"/proc/sys/{key}").write_text("1")
     cni = RUN / "cni" / "net.d"
     cni.mkdir(parents=True, exist_ok=True)
     (cni / "10-kuberlhf.conflist").write_text(json.dumps({
@@ -360,7 +384,8 @@ CLUSTER_IMAGES = {
                           ("ghcr.io/kubeflow/training-v1/training-operator",)),
     "trainer": ("kuberlhf.local/trainer-controller-manager:v2.3.0", "trainer-controller-manager", "/manager",
                 ("ghcr.io/kubeflow/trainer/trainer-controller-manager",)),
-    "jobset": ("kuberlhf.local/jobset:v0.12.0", "jobset-controller", "/manager", ("controller",)),
+    "jobset": ("kuberlhf.local/jobset:v0.12.0", "jobset-controller", "/manager",
+               ("controller", "us-central1-docker.pkg.dev/k8s-staging-images/jobset/jobset")),
 }
 # namespace, Deployment and CRDs each operator must have ready
 OPERATORS = {
@@ -467,7 +492,13 @@ def object_store():
         start("weed", server.command())
     else:
         server.endpoint_url = f"http://{gateway()}:{S3_PORT}"
-    wait("the S3 server", lambda: server.client().list_buckets() is not None, 60, "weed")
+    def answers() -> bool:
+        try:
+            return server.client().list_buckets() is not None
+        except Exception:  # botocore's connection errors are not OSErrors
+            return False
+
+    wait("the S3 server", answers, 60, "weed")
     have = {b["Name"] for b in server.client().list_buckets()["Buckets"]}
     for bucket in set(S3_BUCKETS) - have:
         server.client().create_bucket(Bucket=bucket)
@@ -477,10 +508,16 @@ def object_store():
 def project_images(names: tuple[str, ...] = ("launcher",)) -> None:
     """The project's images, built on the local base (make images-smoke builds the same, cached) and
     imported into the cluster's containerd; the chart's pods run the launcher image."""
+    import importlib.util
+
     sys.path.insert(0, str(ROOT / "images"))
     sys.path.insert(0, str(ROOT / "src"))
-    import build as image_build  # images/build.py
-    import engine
+    import engine  # images/engine.py
+
+    # images/build.py, under another name: "build" here is cluster/build.py
+    spec = importlib.util.spec_from_file_location("images_build", ROOT / "images" / "build.py")
+    image_build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(image_build)
 
     from kuberlhf import images
 
@@ -608,6 +645,15 @@ def down() -> None:
             subprocess.run(["ip", "link", "del", link["ifname"]], capture_output=True)
     subprocess.run(["nft", "delete", "table", "ip", "kube-proxy"], capture_output=True)
     subprocess.run(["nft", "delete", "table", "ip6", "kube-proxy"], capture_output=True)
+    saved = RUN / "sysctl.json"
+    if saved.exists():
+        for key, value in json.loads(saved.read_text()).items():
+            Path(f"/proc/sys/{key}").write_text(value)
+        saved.unlink()
+    for tree in Path("/sys/fs/cgroup").glob("*/kubepods"):  # the kubelet's cgroups (v1), emptied above
+        for group in sorted((p for p in tree.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            group.rmdir()  # an OSError here means a process is still in it: down then fails, saying where
+        tree.rmdir()
     left = _mounts_under(RUN)
     if left:
         raise ClusterError(f"still mounted after down: {', '.join(left[:5])}")
