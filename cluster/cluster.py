@@ -629,9 +629,11 @@ def _mounts_under(prefix: Path) -> list[str]:
 
 def down() -> None:
     if (RUN / "containerd.sock").exists() and pid_of("containerd"):
-        # the pods' processes: stop their tasks before containerd and its shims go
-        for task in ctr("-n", "k8s.io", "tasks", "list", "-q").stdout.split():
-            ctr("-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", task)
+        # the pods first, through the CRI as the kubelet would (sandboxes, containers, their network)
+        _stop("kubelet")
+        crictl = [binary("cri-tools", "crictl"), "--runtime-endpoint", f"unix://{RUN / 'containerd.sock'}",
+                  "--timeout", "60s"]
+        subprocess.run([*crictl, "rmp", "--all", "--force"], capture_output=True, timeout=300)
     for name in reversed(PROCESSES):
         _stop(name)
     for shim in subprocess.run(["pgrep", "-f", f"containerd-shim-runc-v2.*{RUN / 'containerd.sock'}"],
@@ -650,6 +652,13 @@ def down() -> None:
         for key, value in json.loads(saved.read_text()).items():
             Path(f"/proc/sys/{key}").write_text(value)
         saved.unlink()
+    for procs in Path("/sys/fs/cgroup").glob("*/kubepods/**/cgroup.procs"):  # anything the CRI left running
+        for pid in procs.read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    time.sleep(1)
     for tree in Path("/sys/fs/cgroup").glob("*/kubepods"):  # the kubelet's cgroups (v1), emptied above
         for group in sorted((p for p in tree.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             group.rmdir()  # an OSError here means a process is still in it: down then fails, saying where
