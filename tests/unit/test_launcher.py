@@ -28,7 +28,8 @@ from kuberlhf.k8s.spec import load_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = dict(stage="ppo", config="configs/ppo/demo.yaml", overrides=["output_dir=s3://b/ppo"])
-FAST = {"retry_backoff_s": 2.0, "retry_backoff_max_s": 60.0, "timeout_s": 3600, "watch_timeout_s": 300}
+FAST = {"retry_backoff_s": 2.0, "retry_backoff_max_s": 60.0, "timeout_s": 3600, "watch_timeout_s": 300,
+        "problem_check_s": 300}
 EPOCH = 1_800_000_000.0  # the fake cluster's wall clock at fake time 0
 
 
@@ -106,6 +107,9 @@ class FakeApi:
         self.create_errors: list[Exception] = []
         self.deleted: list[tuple[str, str]] = []
         self.logs = logs or {}
+        self.pods: list[dict] = []  # pods with a status, for the launcher's problem report (snake_case)
+        self.events: list[dict] = []
+        self.event_reads: list[tuple[float, str]] = []
 
     # ------------------------------------------------ CustomObjectsApi
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
@@ -157,11 +161,20 @@ class FakeApi:
         """The pods of ``self.logs`` the selector matches: JobSet names them <jobset>-<replicated job>-<job
         index>-<completion index>-<suffix> and labels them with those; newer pods come later in ``self.logs``."""
         labels = dict(part.split("=") for part in label_selector.split(","))
+        if len(labels) == 1:  # every pod of one job (the problem report): by the operator's or JobSet's label
+            (key, job), = labels.items()
+            assert key in ("training.kubeflow.org/job-name", "jobset.sigs.k8s.io/jobset-name")
+            return type("PodList", (), {"items": [p for p in self.pods if p["metadata"]["labels"].get(key) == job]})()
         prefix = f"{labels['jobset.sigs.k8s.io/jobset-name']}-{labels['jobset.sigs.k8s.io/replicatedjob-name']}-"
         index = labels["batch.kubernetes.io/job-completion-index"]
         pods = [{"metadata": {"name": n, "creationTimestamp": f"2027-01-01T00:00:0{i}Z"}}
                 for i, n in enumerate(self.logs) if n.startswith(prefix) and n[len(prefix):].split("-")[1:2] == [index]]
         return type("PodList", (), {"items": pods})()
+
+    def list_namespaced_event(self, namespace, field_selector=None):
+        assert field_selector == "type=Warning"
+        self.event_reads.append((self.now, field_selector))
+        return type("EventList", (), {"items": [e for e in self.events if e["type"] == "Warning"]})()
 
     def read_namespaced_pod_log(self, name, namespace, container=None, tail_lines=None):
         assert container == self.backend.container
@@ -632,3 +645,40 @@ def test_a_reattach_warns_when_the_spec_differs_but_not_for_kueues_suspend(backe
     with caplog.at_level("WARNING", logger="kuberlhf.k8s.launcher"):
         launch(api, cluster={"kueue_queue": "team-a"})
     assert "re-attaching to a job whose spec differs from the one rendered now" in caplog.text
+
+
+def warning_event(name: str, kind: str, reason: str, message: str, type_: str = "Warning") -> dict:
+    return {"type": type_, "reason": reason, "message": message, "involved_object": {"kind": kind, "name": name}}
+
+
+def test_refused_and_stuck_pods_are_shown_within_a_minute_in_the_clusters_own_words(backend, caplog):
+    """Seen on a real cluster: a Worker refused by PodSecurity and an init container whose image cannot be
+    pulled change nothing in the job's status; the launcher says so, once each, and keeps waiting."""
+    quiet = [("sleep", 30)]
+    api = FakeApi(backend, watches=[[("state", NAME, "Created"), ("sleep", 30)], quiet, quiet,
+                                    [("state", NAME, done(backend))]])
+    refused = (f'Error creating: pods "{NAME}-worker-0" is forbidden: violates PodSecurity "restricted:latest": '
+               'allowPrivilegeEscalation != false (container "init-pytorch" must set '
+               'securityContext.allowPrivilegeEscalation=false)')
+    owner, kind = (NAME, "PyTorchJob") if backend == "pytorchjob" else (f"{NAME}-node-0", "Job")
+    label = "training.kubeflow.org/job-name" if backend == "pytorchjob" else "jobset.sigs.k8s.io/jobset-name"
+    api.events = [warning_event(owner, kind, "FailedCreatePod", refused),
+                  warning_event("someone-elses-job", kind, "FailedCreatePod", "not this job's"),
+                  warning_event(owner, kind, "SuccessfulCreatePod", "created", type_="Normal")]
+    api.pods = [{"metadata": {"name": f"{NAME}-master-0", "labels": {label: NAME}},
+                 "status": {"init_container_statuses": [{"name": "init-pytorch", "state": {"waiting": {
+                     "reason": "ErrImagePull", "message": 'failed to pull image "alpine:3.10": dial tcp: i/o timeout'}}}],
+                            "container_statuses": [{"name": "pytorch", "state": {"waiting": {"reason": "PodInitializing"}}}]}},
+                {"metadata": {"name": "unrelated", "labels": {label: "another"}},
+                 "status": {"container_statuses": [{"name": "x", "state": {"waiting": {"reason": "ErrImagePull"}}}]}}]
+    with caplog.at_level("WARNING", logger="kuberlhf.k8s.launcher"):
+        result = launch(api, cluster={"problem_check_s": 30})
+    assert result == result_of(backend, NAME, True)
+    shown = [r.getMessage() for r in caplog.records if "FailedCreatePod" in r.getMessage()
+             or "ErrImagePull" in r.getMessage() or "PodInitializing" in r.getMessage()]
+    where = f"{BACKEND[backend].kind} kuberlhf/{NAME}"
+    assert shown == [f'{where}: pod {NAME}-master-0, init container init-pytorch: ErrImagePull: failed to pull image '
+                     '"alpine:3.10": dial tcp: i/o timeout',
+                     f"{where}: {kind} {owner}: FailedCreatePod: {refused}"]  # once each, over three windows
+    assert api.event_reads and api.event_reads[0][0] <= 60  # the first look within a minute of the start
+    assert {call["timeout_seconds"] for call in api.watch_calls} == {30}

@@ -42,7 +42,7 @@ from typing import Any
 
 from kuberlhf.config import to_dict
 from kuberlhf.errors import ConfigError, KuberlhfError
-from kuberlhf.k8s import pytorchjob, trainjob
+from kuberlhf.k8s import problems, pytorchjob, trainjob
 from kuberlhf.k8s.pytorchjob import ANNOTATION_PREFIX, to_yaml
 from kuberlhf.k8s.spec import BACKENDS, ClusterConfig, load_cluster, split_overrides
 
@@ -252,6 +252,7 @@ class _Launcher:
         self.group, self.version, self.plural = backend.group, backend.version, backend.plural
         self.base, self.namespace = job["metadata"]["name"], job["metadata"]["namespace"]
         self.errors, self.backoff = 0, cluster.retry_backoff_s
+        self.shown: set[str] = set()  # problems already shown (problems.py's keys)
         self._use(1)
 
     def _use(self, attempt: int) -> None:
@@ -432,7 +433,8 @@ class _Launcher:
                     self.plural,
                     field_selector=f"metadata.name={self.name}",
                     resource_version=obj.get("metadata", {}).get("resourceVersion"),
-                    timeout_seconds=max(1, int(min(self.cluster.watch_timeout_s, remaining))))
+                    timeout_seconds=max(1, int(min(self.cluster.watch_timeout_s, self.cluster.problem_check_s,
+                                                   remaining))))
                 try:
                     for event in stream:
                         if event.get("type") == "DELETED":
@@ -460,9 +462,27 @@ class _Launcher:
                 self._retry("watch", f"{type(err).__name__}: {err}")
             # a window ended or the stream broke: re-list, a transition may be missed
             if state not in self.backend.terminal:
+                self.show_problems()
                 obj = self._get()
                 state = self._report(obj, state)
         return obj
+
+    def show_problems(self) -> None:
+        """Say, once each, why the job's pods are refused or stuck: Warning events and waiting containers,
+        in the cluster's words. Only informs: the operator keeps retrying, and so does the wait."""
+        try:
+            pods = self.apis.core.list_namespaced_pod(
+                self.namespace, label_selector=problems.pod_selector(self.backend.name, self.name))
+            names = {self.name, f"{self.name}-{trainjob.NODE}-0", *problems.pod_names(pods)}
+            events = self.apis.core.list_namespaced_event(self.namespace, field_selector="type=Warning")
+            found = problems.pod_problems(pods) + problems.event_problems(events, names)
+        except Exception as err:  # a hint only: never let reading it end the wait
+            found = [("unreadable", f"events and pods unreadable ({getattr(err, 'status', '')} "
+                                    f"{getattr(err, 'reason', err)}); waiting without them")]
+        for key, line in found:
+            if key not in self.shown:
+                self.shown.add(key)
+                log.warning("%s: %s", self.where, line)
 
     def _report(self, obj: dict, previous: str | None) -> str:
         state, cond = self.state(obj)

@@ -109,6 +109,8 @@ class ClusterConfig:
     run_as_user: int = option(USER_ID, "UID (and GID) of the training container (the images' user); never 0")
     timeout_s: int = option(86400, "the launcher deletes the job and fails after this long")
     watch_timeout_s: int = option(300, "seconds per watch request before the launcher re-reads the job")
+    problem_check_s: int = option(
+        30, "while waiting, every this many seconds show the job's Warning events and stuck pods (once each)")
     retry_backoff_s: float = option(2.0, "first wait after a Kubernetes API error (doubles each time)")
     retry_backoff_max_s: float = option(60.0, "longest wait between retries after API errors")
     max_api_errors: int = option(20, "consecutive Kubernetes API errors before the launcher gives up")
@@ -156,7 +158,7 @@ class ClusterConfig:
         require(all(isinstance(v, str) for v in self.node_selector.values()), "cluster.node_selector",
                 "values must be strings (quote them in YAML)")
         require(self.run_as_user > 0, "cluster.run_as_user", "must be a non-root UID (> 0)")
-        for key in ("timeout_s", "watch_timeout_s", "max_api_errors", "log_tail_lines"):
+        for key in ("timeout_s", "watch_timeout_s", "problem_check_s", "max_api_errors", "log_tail_lines"):
             require(getattr(self, key) > 0, f"cluster.{key}", "must be positive")
         require(0 < self.retry_backoff_s <= self.retry_backoff_max_s, "cluster.retry_backoff_s",
                 "must be positive and at most cluster.retry_backoff_max_s")
