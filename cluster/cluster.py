@@ -424,8 +424,13 @@ def module_dir(part: str) -> Path:
 def operator_manifests(part: str) -> str:
     """The operator's own install manifests, rendered by kustomize (kubectl's), as a user installs them."""
     root = module_dir(part)
-    if part == "training-operator":
-        overlay = root / "manifests/overlays/standalone"
+    if part == "training-operator":  # with the project's component: a restricted init container, no pull
+        overlay = RUN / "kustomize" / "training-operator"
+        overlay.mkdir(parents=True, exist_ok=True)
+        (overlay / "kustomization.yaml").write_text(json.dumps({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [str(root / "manifests/overlays/standalone")],
+            "components": [str(ROOT / "manifests/training-operator")]}, indent=1) + "\n")
     elif part == "jobset":
         overlay = root / "config/default"
     else:  # Trainer's manager overlay also fetches JobSet from a download URL: the same parts without it
@@ -451,7 +456,20 @@ def swap_images(text: str, part: str) -> str:
         for container in pod.get("containers", []):
             if container["image"].split("@")[0].rsplit(":", 1)[0] in upstream:
                 container["image"], container["imagePullPolicy"] = ref, "IfNotPresent"
+            container["args"] = [INIT_IMAGE_ARG + local_image("launcher") if arg.startswith(INIT_IMAGE_ARG) else arg
+                                 for arg in container.get("args", [])]
     return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+INIT_IMAGE_ARG = "--pytorch-init-container-image="
+
+
+def local_image(name: str) -> str:
+    """The project's image ``name`` as built here and loaded into the cluster's containerd."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from kuberlhf import images
+
+    return images.image_ref(name, "local")
 
 
 def addons() -> None:

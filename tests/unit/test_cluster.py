@@ -112,3 +112,27 @@ def test_the_scripts_parse_and_list_their_parts():
     proc = subprocess.run([sys.executable, str(ROOT / "cluster/cluster.py"), "--help"], capture_output=True,
                           text=True)
     assert proc.returncode == 0 and "up" in proc.stdout and "down" in proc.stdout
+
+
+def test_the_operators_init_container_is_restricted_and_runs_the_launcher_image():
+    """The Training Operator's default init container (alpine:3.10, no securityContext) is refused under the
+    restricted Pod Security Standard: the component's template is admitted and its image is the launcher's."""
+    import yaml
+    from k8schecks import pss_restricted_errors
+
+    from kuberlhf import images
+
+    folder = ROOT / "manifests" / "training-operator"
+    template = (folder / "init-container.yaml").read_text()
+    filled = (template.replace("{{.InitContainerImage}}", "img").replace("{{.MaxTries}}", "3")
+              .replace("{{.MasterAddr}}", "job-master-0"))
+    containers = yaml.safe_load(filled)
+    assert [c["name"] for c in containers] == ["init-pytorch"] and containers[0]["image"] == "img"
+    pod = {"kind": "Pod", "spec": {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                                   "initContainers": containers, "containers": [dict(containers[0], name="main")]}}
+    assert pss_restricted_errors(pod) == []
+    code = containers[0]["command"][2]
+    compile(code, "init-pytorch", "exec")  # the wait is valid Python
+    component = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    args = component["patches"][0]["patch"]
+    assert f"--pytorch-init-container-image={images.image_ref('launcher', images.DEFAULT_REGISTRY)}" in args
