@@ -102,6 +102,8 @@ def build(selected: list[str], allow_unpinned: bool, engine: str = "", base: str
         cmd = [tool, "build"] if tool != "buildah" else [tool, "build", "--layers"]
         cmd += ["--platform", "linux/amd64", "-f", str(check.image_dir(image) / "Dockerfile"), "-t", ref,
                 "--build-arg", f"VERSION={images.image_tag()}", "--build-arg", f"SOURCE={images.SOURCE_URL}"]
+        if base:  # the local base's daemon (images/engine.py) has no bridge: RUN steps use the host's network
+            cmd += ["--network", "host"]
         if check.on_torch(image):
             cmd += ["--build-arg", f"TORCH_IMAGE={images.image_ref(images.TORCH_IMAGE, registry)}"]
         elif base:

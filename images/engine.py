@@ -78,12 +78,10 @@ def docker_answers() -> bool:
         return False
 
 
-def _mtu() -> int:
-    """eth0's MTU: containers on the default bridge must not send larger packets than the host can."""
-    try:
-        return int(Path("/sys/class/net/eth0/mtu").read_text())
-    except (OSError, ValueError):
-        return 1500
+# a dockerd started here adds nothing to the host's network: no bridge (docker0), no firewall rules (it
+# would set the FORWARD policy to DROP, which drops the traffic between a test cluster's pods on their own
+# bridge); its builds and containers use the host's network (images/build.py, images/smoke.py)
+DOCKERD = ["dockerd", "--bridge=none", "--iptables=false"]
 
 
 @contextlib.contextmanager
@@ -99,13 +97,9 @@ def docker_daemon() -> Iterator[None]:
     if not shutil.which("docker"):
         raise EngineError("docker.io is installed but there is no docker client on PATH")
     STATE.mkdir(parents=True, exist_ok=True)
-    # what dockerd adds to the host and does not remove when it stops: its bridge and its firewall rules
-    had_bridge = Path("/sys/class/net/docker0").exists()
-    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout if shutil.which(
-        "iptables-save") else ""
     log = STATE / "dockerd.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen(["dockerd", f"--mtu={_mtu()}", "--pidfile", str(STATE / "dockerd.pid")],
+        proc = subprocess.Popen(DOCKERD + ["--pidfile", str(STATE / "dockerd.pid")],
                                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
@@ -126,16 +120,11 @@ def docker_daemon() -> Iterator[None]:
                 proc.wait()
             print(f"stopped dockerd (pid {proc.pid})", flush=True)
         unmount_leftovers()
-        if not had_bridge:
-            subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
-        if rules:
-            subprocess.run(["iptables-restore"], input=rules, text=True, capture_output=True)
 
 
 def unmount_leftovers(prefix: str = "/run/docker/") -> list[str]:
-    """Unmount what a stopped dockerd leaves mounted (its network namespaces under /run/docker/netns).
-
-    With the bridge removed and the firewall rules restored (above), the host is as it was."""
+    """Unmount what a stopped dockerd leaves mounted (its network namespaces under /run/docker/netns): then the
+    host is as it was (a dockerd started here made no bridge and no firewall rules)."""
     with open("/proc/mounts") as mounts:
         points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
     for point in sorted(points, key=len, reverse=True):  # deepest first

@@ -259,6 +259,7 @@ def test_build_on_a_local_base_names_images_local_and_push_refuses_them(tree, tm
     assert refs == [f"local/kuberlhf-torch:{images.image_tag()}", f"local/kuberlhf-sft:{images.image_tag()}"]
     torch = log.read_text().splitlines()[1].split()
     assert "BASE_IMAGE=local/debian:bookworm" in torch
+    assert torch[torch.index("--network") + 1] == "host"  # the local daemon has no bridge
     monkeypatch.setenv("KUBERLHF_IMAGE_REGISTRY", "local")
     assert build.main(["push", "sft"]) == 2
     assert "refusing to push local/kuberlhf-torch" in capsys.readouterr().err
@@ -466,3 +467,35 @@ def test_build_on_a_local_base_from_make_images_is_named_local(tmp_path, monkeyp
     built = [line.split() for line in log.read_text().splitlines() if line.startswith("build")]
     assert [call[call.index("-t") + 1] for call in built] == [f"local/kuberlhf-launcher:{images.image_tag()}"]
     assert "BASE_IMAGE=local/debian:bookworm" in built[0]
+
+
+def test_a_dockerd_started_here_adds_no_bridge_and_no_firewall_rules(tmp_path, monkeypatch):
+    """Seen: a dockerd started on a machine without iptables installed docker.io (and iptables), then set the
+    FORWARD policy to DROP and left it so; a test cluster's pods on their own bridge could no longer reach its
+    DNS. The daemon started here gets neither a bridge nor firewall rules."""
+    import engine
+
+    started = []
+
+    class Proc:
+        pid = 4242
+
+        def poll(self):
+            return None
+
+        def wait(self, timeout=None):
+            return 0
+
+    answers = iter([False, True])
+    monkeypatch.setattr(engine, "docker_answers", lambda: next(answers))
+    monkeypatch.setattr(engine, "require_root", lambda what: None)
+    monkeypatch.setattr(engine.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(engine, "STATE", tmp_path)
+    monkeypatch.setattr(engine, "ROOT", tmp_path)
+    monkeypatch.setattr(engine.subprocess, "Popen", lambda argv, **kw: started.append(argv) or Proc())
+    monkeypatch.setattr(engine.os, "killpg", lambda pid, sig: None)
+    monkeypatch.setattr(engine, "unmount_leftovers", lambda: [])
+    with engine.docker_daemon():
+        pass
+    (argv,) = started
+    assert argv[0] == "dockerd" and "--bridge=none" in argv and "--iptables=false" in argv
