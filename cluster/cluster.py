@@ -56,6 +56,7 @@ API_PORT = 6443
 ETCD_PORT = 23790  # not etcd's default: never meet another etcd on this machine
 PAUSE = "registry.k8s.io/pause:kuberlhf"
 SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
+FORWARD_RULE = ["-i", BRIDGE, "-o", BRIDGE, "-m", "comment", "--comment", "kuberlhf test cluster", "-j", "ACCEPT"]
 # the order things start in (down stops them in reverse)
 PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
              "kube-proxy", "weed")
@@ -280,6 +281,11 @@ def network() -> None:
         saved.write_text(json.dumps({key: Path(f"/proc/sys/{key}").read_text().strip() for key in SYSCTLS}))
     for key in SYSCTLS:
         Path(f"/proc/sys/{key}").write_text("1")
+    # bridged packets now meet the host's firewall: a FORWARD policy of DROP (Docker sets one) would cut pods
+    # off from each other and from the cluster's DNS; one rule lets the bridge's own traffic through
+    if shutil.which("iptables") and subprocess.run(["iptables", "-C", "FORWARD", *FORWARD_RULE],
+                                                   capture_output=True).returncode:
+        subprocess.run(["iptables", "-I", "FORWARD", *FORWARD_RULE], check=True, capture_output=True)
     cni = RUN / "cni" / "net.d"
     cni.mkdir(parents=True, exist_ok=True)
     (cni / "10-kuberlhf.conflist").write_text(json.dumps({
@@ -429,8 +435,8 @@ def operator_manifests(part: str) -> str:
         overlay.mkdir(parents=True, exist_ok=True)
         (overlay / "kustomization.yaml").write_text(json.dumps({
             "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [str(root / "manifests/overlays/standalone")],
-            "components": [str(ROOT / "manifests/training-operator")]}, indent=1) + "\n")
+            "resources": [os.path.relpath(root / "manifests/overlays/standalone", overlay)],  # kustomize: relative
+            "components": [os.path.relpath(ROOT / "manifests/training-operator", overlay)]}, indent=1) + "\n")
     elif part == "jobset":
         overlay = root / "config/default"
     else:  # Trainer's manager overlay also fetches JobSet from a download URL: the same parts without it
@@ -546,15 +552,14 @@ def project_images(names: tuple[str, ...] = ("launcher",)) -> None:
         return
     with engine.docker_daemon():
         image_build.build(missing, False, "docker", base=engine.local_base(), registry=engine.LOCAL_REGISTRY)
-        for name in missing:
-            save = subprocess.Popen(["docker", "save", refs[name]], stdout=subprocess.PIPE)
-            proc = subprocess.run([binary("containerd", "ctr"), "--address", str(RUN / "containerd.sock"), "-n",
-                                   "k8s.io", "images", "import", "-"], stdin=save.stdout, capture_output=True,
-                                  text=True)
-            save.stdout.close()
-            if save.wait() or proc.returncode:
-                raise ClusterError(f"loading {refs[name]} into containerd failed: {proc.stderr.strip()[-200:]}")
-            log(f"loaded {refs[name]} into containerd")
+        wanted = [refs[name] for name in missing]  # one archive: the layers the images share go once
+        save = subprocess.Popen(["docker", "save", *wanted], stdout=subprocess.PIPE)
+        proc = subprocess.run([binary("containerd", "ctr"), "--address", str(RUN / "containerd.sock"), "-n",
+                               "k8s.io", "images", "import", "-"], stdin=save.stdout, capture_output=True, text=True)
+        save.stdout.close()
+        if save.wait() or proc.returncode:
+            raise ClusterError(f"loading {', '.join(wanted)} into containerd failed: {proc.stderr.strip()[-200:]}")
+        log(f"loaded {', '.join(wanted)} into containerd")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -663,6 +668,9 @@ def down() -> None:
     for link in json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout):
         if link.get("master") == BRIDGE or link["ifname"] == BRIDGE:
             subprocess.run(["ip", "link", "del", link["ifname"]], capture_output=True)
+    while shutil.which("iptables") and not subprocess.run(["iptables", "-D", "FORWARD", *FORWARD_RULE],
+                                                           capture_output=True).returncode:
+        pass
     subprocess.run(["nft", "delete", "table", "ip", "kube-proxy"], capture_output=True)
     subprocess.run(["nft", "delete", "table", "ip6", "kube-proxy"], capture_output=True)
     saved = RUN / "sysctl.json"

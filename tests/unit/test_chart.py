@@ -348,6 +348,17 @@ def _allowed_by(role: dict):
     return allowed
 
 
+def test_helm_test_says_when_the_cluster_dns_does_not_answer():
+    script = _helm_test_script()
+
+    def no_dns(name, port):
+        raise OSError(-3, "Temporary failure in name resolution")
+
+    assert script.dns_failure(lambda name, port: [("ok",)]) == ""
+    assert script.dns_failure(no_dns) == ("kubernetes.default.svc does not resolve ([Errno -3] Temporary failure in "
+                                          "name resolution): the job's pods would not find each other")
+
+
 def test_helm_test_pod_runs_the_check_script():
     (pod,) = [o for o in objs(None) if o["kind"] == "Pod"]
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"

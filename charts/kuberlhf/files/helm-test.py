@@ -3,7 +3,8 @@
 Checks, one line each, exit status 1 when one fails:
 - the ServiceAccount may do what the launcher needs and nothing more (SelfSubjectAccessReview), and with
   ClusterTrainingRuntimes (RUNTIME_KIND) read those four and no other;
-- the object store answers and accepts the credentials of the storage Secret.
+- the object store answers and accepts the credentials of the storage Secret;
+- the cluster's DNS answers in the namespace (the training pods of one job find each other by name).
 """
 
 import os
@@ -72,6 +73,17 @@ def s3_failure() -> str:
     return ""
 
 
+def dns_failure(resolve=None, name: str = "kubernetes.default.svc") -> str:
+    """'' when ``name`` resolves through the pod's DNS (a job's Workers reach its Master by name)."""
+    import socket
+
+    try:
+        (resolve or socket.getaddrinfo)(name, 443)
+    except OSError as err:
+        return f"{name} does not resolve ({err}): the job's pods would not find each other"
+    return ""
+
+
 def main() -> int:
     from kubernetes import client, config
 
@@ -97,7 +109,9 @@ def main() -> int:
     print("launcher RBAC:", "ok" if not failures else "; ".join(failures))
     store = s3_failure()
     print("object store:", store or "ok")
-    return 1 if failures or store else 0
+    dns = dns_failure()
+    print("cluster DNS:", dns or "ok")
+    return 1 if failures or store or dns else 0
 
 
 if __name__ == "__main__":
