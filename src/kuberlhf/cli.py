@@ -74,6 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     except KuberlhfError as err:
         print(f"kuberlhf {args.verb}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except Exception as err:
+        from kuberlhf.distributed import lost_peer
+        from kuberlhf.errors import EXIT_TRANSIENT
+
+        if not lost_peer(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"kuberlhf {args.verb}: error: another process of the run was lost ({first}); exiting "
+              f"{EXIT_TRANSIENT}, retryable: the job restarts its pods and the run resumes from its last checkpoint",
+              file=sys.stderr)
+        return EXIT_TRANSIENT
     from kuberlhf.distributed import is_world_main
 
     if is_world_main():

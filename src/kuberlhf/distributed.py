@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import os
 
+# what gloo and NCCL say when the other end of a collective is gone (its pod deleted, its node lost)
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "gloo/transport",
+              "NCCL communicator was aborted", "Socket Timeout")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` means another process of the run was lost mid-collective: worth a restart of the job's
+    pods (which resume from the last checkpoint), not a permanent failure."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in _LOST_PEER)
+
 
 def world_rank() -> int:
     return int(os.environ.get("RANK", "0"))

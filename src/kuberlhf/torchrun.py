@@ -22,6 +22,7 @@ def exit_code_of(err: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as err:
         code = exit_code_of(err)
         print(f"kuberlhf.torchrun: a worker failed; exiting {code}", file=sys.stderr)
+        return code
+    except SignalException as err:  # SIGTERM of a deleted or preempted pod: retryable, as its signal says
+        code = 128 + int(err.sigval)
+        print(f"kuberlhf.torchrun: stopped by {err.sigval.name}; exiting {code}", file=sys.stderr)
         return code
     return 0
 
