@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kuberlhf-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install lock label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-base images-smoke cluster-build cluster-up cluster-down images-push images-pin images-lock images-check
+.PHONY: help install lock label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-base images-smoke cluster-build cluster-up cluster-down e2e images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -100,10 +100,13 @@ images-check: install ## Dockerfiles pass hadolint; locks hashed, agree with pyp
 	$(BIN)/python images/check.py
 
 cluster-build: install ## build the test cluster's parts from their Go modules (Kubernetes 1.36.3, etcd, containerd, runc, CNI, CoreDNS, helm, the Kubeflow operators); cached by version
-	$(BIN)/python cluster/build.py
+	$(BIN)/python cluster/parts.py
 
 cluster-up: cluster-build ## a one-node Kubernetes on this machine (root): control plane, containerd, kubelet, kube-proxy; KUBECONFIG=.cache/cluster/run/kubeconfig
 	$(BIN)/python cluster/cluster.py up
+
+e2e: cluster-build ## tests/e2e on the test cluster (root): up if not up (down afterwards), the stage images loaded; the training stages as real PyTorchJobs and TrainJobs
+	$(BIN)/python cluster/e2e.py
 
 cluster-down: ## stop what cluster-up started; leaves no process, mount, bridge or route of it
 	$(BIN)/python cluster/cluster.py down

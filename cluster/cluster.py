@@ -7,7 +7,7 @@ $ .venv/bin/python cluster/cluster.py status
 Like Kubernetes' own hack/local-up-cluster.sh: certificates made here (openssl), etcd,
 kube-apiserver (RBAC, Node authorisation, PodSecurity admission, ServiceAccount tokens),
 kube-controller-manager, kube-scheduler, containerd 2 with runc and a CNI bridge, a kubelet,
-kube-proxy (nftables). Every binary comes from cluster/build.py (upstream Go modules at pinned
+kube-proxy (nftables). Every binary comes from cluster/parts.py (upstream Go modules at pinned
 versions). State, logs and the kubeconfig live under ``.cache/cluster/run/``
 (``kubeconfig``, ``logs/<part>.log``); each process's PID is kept there and ``down`` stops those
 PIDs alone.
@@ -39,10 +39,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import build  # noqa: E402  (cluster/build.py)
 import oci  # noqa: E402  (cluster/oci.py)
+import parts  # noqa: E402  (cluster/parts.py)
 
-ROOT = build.ROOT
+ROOT = parts.ROOT
 RUN = ROOT / ".cache" / "cluster" / "run"
 LOGS = RUN / "logs"
 PKI = RUN / "pki"
@@ -71,7 +71,7 @@ def log(message: str) -> None:
 
 
 def binary(part: str, name: str) -> str:
-    path = build.PARTS[part].path(name)
+    path = parts.PARTS[part].path(name)
     if not path.exists():
         raise ClusterError(f"{path.relative_to(ROOT)} is missing: run make cluster-build")
     return str(path)
@@ -302,7 +302,7 @@ def network() -> None:
 def containerd() -> None:
     state = RUN / "containerd"
     (state / "root").mkdir(parents=True, exist_ok=True)
-    bins = ":".join(str(build.PARTS[p].out) for p in ("containerd", "runc"))
+    bins = ":".join(str(parts.PARTS[p].out) for p in ("containerd", "runc"))
     config = f"""version = 3
 root = "{state / 'root'}"
 state = "{state / 'state'}"
@@ -318,11 +318,11 @@ state = "{state / 'state'}"
   restrict_oom_score_adj = true
 
 [plugins.'io.containerd.cri.v1.runtime'.cni]
-  bin_dirs = ["{build.PARTS['cni-plugins'].out}"]
+  bin_dirs = ["{parts.PARTS['cni-plugins'].out}"]
   conf_dir = "{RUN / 'cni' / 'net.d'}"
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-  BinaryName = "{build.PARTS['runc'].path('runc')}"
+  BinaryName = "{parts.PARTS['runc'].path('runc')}"
   SystemdCgroup = false
 """
     (state / "config.toml").write_text(config)
@@ -332,7 +332,7 @@ state = "{state / 'state'}"
     images = ctr("-n", "k8s.io", "images", "list", "-q").stdout.split()
     if PAUSE not in images:
         tar = RUN / "images" / "pause.tar"
-        oci.archive(PAUSE, {"/pause": build.PARTS["pause"].path("pause")}, tar, entrypoint=["/pause"])
+        oci.archive(PAUSE, {"/pause": parts.PARTS["pause"].path("pause")}, tar, entrypoint=["/pause"])
         import_image(tar)
 
 
@@ -410,14 +410,14 @@ def cluster_images() -> None:
         if ref in have:
             continue
         tar = RUN / "images" / f"{part}.tar"
-        oci.archive(ref, {path: build.PARTS[part].path(name)}, tar, entrypoint=[path], dirs={"/tmp": 0o1777})
+        oci.archive(ref, {path: parts.PARTS[part].path(name)}, tar, entrypoint=[path], dirs={"/tmp": 0o1777})
         import_image(tar)
         log(f"imported {ref}")
 
 
 def module_dir(part: str) -> Path:
     """Where the Go module cache holds ``part``'s upstream module (its manifests come with it)."""
-    spec = build.PARTS[part]
+    spec = parts.PARTS[part]
     module = {"training-operator": "github.com/kubeflow/training-operator", "trainer": "github.com/kubeflow/trainer/v2",
               "jobset": "sigs.k8s.io/jobset"}[part]
     gomodcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
@@ -486,7 +486,7 @@ def addons() -> None:
     for part in ("training-operator", "jobset", "trainer"):  # Trainer exits without JobSet's CRD
         manifests = swap_images(operator_manifests(part), part)
         kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=manifests)
-        log(f"applied {part} {build.PARTS[part].version} from its own manifests")
+        log(f"applied {part} {parts.PARTS[part].version} from its own manifests")
     kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=180s")
     for part, (namespace, deployment, crds) in OPERATORS.items():
         kubectl("wait", "--for=condition=Established", "--timeout=120s", *(f"crd/{crd}" for crd in crds))
@@ -538,7 +538,7 @@ def project_images(names: tuple[str, ...] = ("launcher",)) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import engine  # images/engine.py
 
-    # images/build.py, under another name: "build" here is cluster/build.py
+    # images/build.py, loaded under a name of its own (two scripts named build.py would meet in sys.modules)
     spec = importlib.util.spec_from_file_location("images_build", ROOT / "images" / "build.py")
     image_build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(image_build)

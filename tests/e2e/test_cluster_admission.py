@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "cluster"))
 
 
 def kubectl(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
-    import build  # cluster/build.py: where the cluster's kubectl is
+    import parts  # cluster/parts.py: where the cluster's kubectl is
 
-    binary = build.PARTS["kubernetes"].path("kubectl")
+    binary = parts.PARTS["kubernetes"].path("kubectl")
     return subprocess.run([str(binary), "--kubeconfig", KUBECONFIG, *args], capture_output=True, text=True,
                           input=input, timeout=120)
 

@@ -1,6 +1,6 @@
 """The test cluster's build and scripts, checked without a cluster (make cluster-up is its own tier).
 
-cluster/build.py builds each part from a Go module under cluster/tools/<part>/ pinned in go.mod and
+cluster/parts.py builds each part from a Go module under cluster/tools/<part>/ pinned in go.mod and
 go.sum; cluster/oci.py packs the cluster's own images; cluster/cluster.py starts and stops it.
 """
 
@@ -19,17 +19,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "cluster"))
 
-import build  # noqa: E402  (cluster/build.py)
 import oci  # noqa: E402  (cluster/oci.py)
+import parts  # noqa: E402  (cluster/parts.py)
 
 
 def go_mod(part: str) -> str:
     return (ROOT / "cluster/tools" / part / "go.mod").read_text()
 
 
-@pytest.mark.parametrize("part", sorted(build.PARTS))
+@pytest.mark.parametrize("part", sorted(parts.PARTS))
 def test_each_part_is_a_pinned_module_of_the_version_it_is_built_as(part):
-    spec = build.PARTS[part]
+    spec = parts.PARTS[part]
     text = go_mod(part)
     assert (ROOT / "cluster/tools" / part / "go.sum").exists(), f"{part}: no go.sum (go mod tidy)"
     if part in ("etcd", "pause"):  # wrappers of our own: main.go calls the upstream entry point
@@ -54,34 +54,34 @@ def test_kubernetes_staging_modules_are_the_published_release():
     text = go_mod("kubernetes")
     staging = re.findall(r"^\s*(k8s\.io/\S+) => (k8s\.io/\S+) (v\S+)$", text, re.M)
     assert len(staging) >= 30
-    release = "v0." + build.KUBERNETES.removeprefix("v1.")
+    release = "v0." + parts.KUBERNETES.removeprefix("v1.")
     assert {version for _, _, version in staging} == {release}
     assert all(old == new for old, new, _ in staging)
-    stamp = " ".join(build.PARTS["kubernetes"].binaries[0].ldflags)
-    assert f"gitVersion={build.KUBERNETES}" in stamp and "gitMinor=36" in stamp
+    stamp = " ".join(parts.PARTS["kubernetes"].binaries[0].ldflags)
+    assert f"gitVersion={parts.KUBERNETES}" in stamp and "gitMinor=36" in stamp
 
 
 def test_the_docs_name_the_versions_the_cluster_is_built_from():
     text = (ROOT / "docs/deploy.md").read_text()
     for part in ("kubernetes", "etcd", "containerd", "runc", "coredns", "helm", "training-operator", "trainer",
                  "jobset"):
-        version = build.PARTS[part].version
+        version = parts.PARTS[part].version
         assert version.lstrip("v") in text, f"docs/deploy.md does not name {part} {version}"
 
 
 def test_a_part_is_rebuilt_only_when_its_module_changes(tmp_path, monkeypatch):
-    monkeypatch.setattr(build, "TOOLS", tmp_path / "tools")
-    monkeypatch.setattr(build, "BIN", tmp_path / "bin")
-    part = build.Part("demo", "v1", (build.Binary("demo", "example.com/demo"),))
+    monkeypatch.setattr(parts, "TOOLS", tmp_path / "tools")
+    monkeypatch.setattr(parts, "BIN", tmp_path / "bin")
+    part = parts.Part("demo", "v1", (parts.Binary("demo", "example.com/demo"),))
     (tmp_path / "tools/demo").mkdir(parents=True)
     (tmp_path / "tools/demo/go.mod").write_text("module example.com/demo\n")
     (tmp_path / "tools/demo/go.sum").write_text("")
     part.out.mkdir(parents=True)
     part.path("demo").write_text("binary")
-    (part.out / ".built").write_text(build.module_digest(part))
-    assert build.built(part)
+    (part.out / ".built").write_text(parts.module_digest(part))
+    assert parts.built(part)
     (tmp_path / "tools/demo/go.sum").write_text("example.com/x v1.0.0 h1:abc=\n")
-    assert not build.built(part)
+    assert not parts.built(part)
 
 
 def test_oci_archive_is_what_ctr_import_reads_and_is_deterministic(tmp_path):
@@ -106,9 +106,9 @@ def test_oci_archive_is_what_ctr_import_reads_and_is_deterministic(tmp_path):
 
 
 def test_the_scripts_parse_and_list_their_parts():
-    out = subprocess.run([sys.executable, str(ROOT / "cluster/build.py"), "--list"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(ROOT / "cluster/parts.py"), "--list"], capture_output=True, text=True,
                          check=True).stdout
-    assert [line.split()[0] for line in out.splitlines()] == list(build.PARTS)
+    assert [line.split()[0] for line in out.splitlines()] == list(parts.PARTS)
     proc = subprocess.run([sys.executable, str(ROOT / "cluster/cluster.py"), "--help"], capture_output=True,
                           text=True)
     assert proc.returncode == 0 and "up" in proc.stdout and "down" in proc.stdout

@@ -1,4 +1,4 @@
-// cni-plugins, built from github.com/containernetworking/plugins@v1.9.1 by cluster/build.py
+// cni-plugins, built from github.com/containernetworking/plugins@v1.9.1 by cluster/parts.py
 module kuberlhf.dev/cluster/cni-plugins
 
 go 1.26.0

@@ -1,4 +1,4 @@
-// containerd, built from github.com/containerd/containerd/v2@v2.3.7 by cluster/build.py
+// containerd, built from github.com/containerd/containerd/v2@v2.3.7 by cluster/parts.py
 module kuberlhf.dev/cluster/containerd
 
 go 1.26.8

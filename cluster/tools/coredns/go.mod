@@ -1,4 +1,4 @@
-// coredns, built from github.com/coredns/coredns@v1.12.4 by cluster/build.py
+// coredns, built from github.com/coredns/coredns@v1.12.4 by cluster/parts.py
 module kuberlhf.dev/cluster/coredns
 
 go 1.26.0

@@ -1,4 +1,4 @@
-// cri-tools, built from sigs.k8s.io/cri-tools@v1.37.0 by cluster/build.py
+// cri-tools, built from sigs.k8s.io/cri-tools@v1.37.0 by cluster/parts.py
 module kuberlhf.dev/cluster/cri-tools
 
 go 1.26.6

@@ -1,4 +1,4 @@
-// etcd v3.6.16: etcdmain.Main from go.etcd.io/etcd/server/v3, built by cluster/build.py
+// etcd v3.6.16: etcdmain.Main from go.etcd.io/etcd/server/v3, built by cluster/parts.py
 module kuberlhf.dev/cluster/etcd
 
 go 1.26.0

@@ -1,4 +1,4 @@
-// helm, built from helm.sh/helm/v4@v4.3.2 by cluster/build.py
+// helm, built from helm.sh/helm/v4@v4.3.2 by cluster/parts.py
 module kuberlhf.dev/cluster/helm
 
 go 1.26.0

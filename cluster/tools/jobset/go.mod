@@ -1,4 +1,4 @@
-// jobset, built from sigs.k8s.io/jobset@v0.12.0 by cluster/build.py
+// jobset, built from sigs.k8s.io/jobset@v0.12.0 by cluster/parts.py
 module kuberlhf.dev/cluster/jobset
 
 go 1.26.0

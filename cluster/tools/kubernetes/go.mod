@@ -1,5 +1,5 @@
 // Kubernetes v1.36.3, built from k8s.io/kubernetes: the staging modules it points at ./staging are
-// replaced by their published v0.36.3 (cluster/build.py builds the tools below).
+// replaced by their published v0.36.3 (cluster/parts.py builds the tools below).
 module kuberlhf.dev/cluster/kubernetes
 
 go 1.26.0

@@ -1,4 +1,4 @@
-// runc, built from github.com/opencontainers/runc@v1.4.4 by cluster/build.py
+// runc, built from github.com/opencontainers/runc@v1.4.4 by cluster/parts.py
 module kuberlhf.dev/cluster/runc
 
 go 1.26.0

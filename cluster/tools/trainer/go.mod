@@ -1,4 +1,4 @@
-// trainer, built from github.com/kubeflow/trainer/v2@v2.3.0 by cluster/build.py
+// trainer, built from github.com/kubeflow/trainer/v2@v2.3.0 by cluster/parts.py
 module kuberlhf.dev/cluster/trainer
 
 go 1.26.0

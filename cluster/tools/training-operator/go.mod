@@ -1,4 +1,4 @@
-// training-operator, built from github.com/kubeflow/training-operator@v1.9.4 by cluster/build.py
+// training-operator, built from github.com/kubeflow/training-operator@v1.9.4 by cluster/parts.py
 module kuberlhf.dev/cluster/training-operator
 
 go 1.26.0

@@ -1,8 +1,8 @@
 """Build the test cluster's parts from their upstream Go modules, at pinned versions (`make cluster-build`).
 
-$ .venv/bin/python cluster/build.py            # every part; a part already built is not built again
-$ .venv/bin/python cluster/build.py kubernetes etcd
-$ .venv/bin/python cluster/build.py --list      # part, version, binaries
+$ .venv/bin/python cluster/parts.py            # every part; a part already built is not built again
+$ .venv/bin/python cluster/parts.py kubernetes etcd
+$ .venv/bin/python cluster/parts.py --list      # part, version, binaries
 
 Each part is a small Go module under cluster/tools/<part>/ that requires one upstream module at
 one version (go.mod and go.sum pin every dependency; the Go module proxy is the only source) and
