@@ -333,7 +333,7 @@ state = "{state / 'state'}"
     if PAUSE not in images:
         tar = RUN / "images" / "pause.tar"
         oci.archive(PAUSE, {"/pause": parts.PARTS["pause"].path("pause")}, tar, entrypoint=["/pause"])
-        import_image(tar)
+        import_image(tar, PAUSE)
 
 
 def ctr(*args: str, input_file: Path | None = None) -> subprocess.CompletedProcess:
@@ -344,10 +344,23 @@ def ctr(*args: str, input_file: Path | None = None) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
-def import_image(tar: Path) -> None:
+def import_image(tar: Path, ref: str) -> None:
     proc = ctr("-n", "k8s.io", "images", "import", "--no-unpack=false", "-", input_file=tar)
     if proc.returncode:
         raise ClusterError(f"ctr images import {tar.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    pin(ref)
+
+
+# no image here can be pulled again: the kubelet's image garbage collection (and its eviction manager, under
+# disk pressure) removes unused images unless the runtime reports them pinned, which containerd does for this label
+PINNED = "io.cri-containerd.pinned=pinned"
+
+
+def pin(ref: str) -> None:
+    name = ref if "." in ref.split("/")[0] else f"docker.io/{ref}"  # as containerd names it
+    proc = ctr("-n", "k8s.io", "images", "label", name, PINNED)
+    if proc.returncode:
+        raise ClusterError(f"pinning {name} in containerd failed: {proc.stderr.strip().splitlines()[-1:]}")
 
 
 def kubelet(ip: str) -> None:
@@ -408,10 +421,11 @@ def cluster_images() -> None:
     have = set(ctr("-n", "k8s.io", "images", "list", "-q").stdout.split())
     for part, (ref, name, path, _) in CLUSTER_IMAGES.items():
         if ref in have:
+            pin(ref)  # (again: a cluster made before images were pinned)
             continue
         tar = RUN / "images" / f"{part}.tar"
         oci.archive(ref, {path: parts.PARTS[part].path(name)}, tar, entrypoint=[path], dirs={"/tmp": 0o1777})
-        import_image(tar)
+        import_image(tar, ref)
         log(f"imported {ref}")
 
 
@@ -548,6 +562,8 @@ def project_images(names: tuple[str, ...] = ("launcher",)) -> None:
     have = set(ctr("-n", "k8s.io", "images", "list", "-q").stdout.split())
     refs = {name: images.image_ref(name, engine.LOCAL_REGISTRY) for name in names}
     missing = [name for name, ref in refs.items() if f"docker.io/{ref}" not in have and ref not in have]
+    for name in set(refs) - set(missing):
+        pin(refs[name])
     if not missing:
         return
     with engine.docker_daemon():
@@ -559,7 +575,9 @@ def project_images(names: tuple[str, ...] = ("launcher",)) -> None:
         save.stdout.close()
         if save.wait() or proc.returncode:
             raise ClusterError(f"loading {', '.join(wanted)} into containerd failed: {proc.stderr.strip()[-200:]}")
-        log(f"loaded {', '.join(wanted)} into containerd")
+        for ref in wanted:
+            pin(ref)
+        log(f"loaded {', '.join(wanted)} into containerd (pinned)")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -136,3 +136,17 @@ def test_the_operators_init_container_is_restricted_and_runs_the_launcher_image(
     component = yaml.safe_load((folder / "kustomization.yaml").read_text())
     args = component["patches"][0]["patch"]
     assert f"--pytorch-init-container-image={images.image_ref('launcher', images.DEFAULT_REGISTRY)}" in args
+
+
+def test_every_image_loaded_into_the_cluster_is_pinned(monkeypatch, tmp_path):
+    """Seen: under disk pressure the kubelet removed the launcher and stage images, which nothing can pull
+    again; containerd reports an image pinned (never garbage-collected) when it carries this label."""
+    import cluster
+
+    calls = []
+    monkeypatch.setattr(cluster, "ctr", lambda *args, **kw: calls.append(args) or subprocess.CompletedProcess(args, 0))
+    cluster.import_image(tmp_path / "x.tar", "kuberlhf.local/coredns:v1.12.4")
+    cluster.pin("local/kuberlhf-launcher:0.1.0")
+    labels = [c for c in calls if c[2:4] == ("images", "label")]
+    assert [c[4:] for c in labels] == [("kuberlhf.local/coredns:v1.12.4", "io.cri-containerd.pinned=pinned"),
+                                       ("docker.io/local/kuberlhf-launcher:0.1.0", "io.cri-containerd.pinned=pinned")]
