@@ -41,3 +41,15 @@ def test_only_warning_events_about_the_jobs_objects():
 def test_selectors_are_the_operators_labels():
     assert problems.pod_selector("pytorchjob", "j") == "training.kubeflow.org/job-name=j"
     assert problems.pod_selector("trainjob", "j") == "jobset.sigs.k8s.io/jobset-name=j"
+
+
+def test_events_that_repeat_a_waiting_container_or_themselves_are_said_once():
+    events = {"items": [
+        {"type": "Warning", "reason": "Failed", "message": "Failed to pull image", "involved_object": {"name": "p"}},
+        {"type": "Warning", "reason": "ErrImagePull", "message": "pull", "involved_object": {"name": "j"}},
+        {"type": "Warning", "reason": "FailedScheduling", "message": "0/1 nodes: disk-pressure",
+         "involved_object": {"kind": "Pod", "name": "p"}},
+        {"type": "Warning", "reason": "FailedScheduling", "message": "0/1 nodes: disk-pressure (again)",
+         "involved_object": {"kind": "Pod", "name": "p"}}]}
+    found = problems.event_problems(events, {"j", "p"})
+    assert len({key for key, _ in found}) == 1 and found[0][1] == "Pod p: FailedScheduling: 0/1 nodes: disk-pressure"

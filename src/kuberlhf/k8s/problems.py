@@ -20,6 +20,10 @@ STUCK = frozenset({
 })
 
 
+# event reasons whose news a container's waiting state already tells (a pull failing, a back-off)
+SAID = STUCK | {"Failed", "BackOff"}
+
+
 def pod_selector(backend: str, name: str) -> str:
     """Label selector of every pod of the job: the Training Operator's job-name label, or JobSet's."""
     if backend == "pytorchjob":
@@ -65,10 +69,10 @@ def event_problems(events: Any, names: set[str]) -> list[tuple[str, str]]:
     found = []
     for event in _items(events):
         involved = event.get("involved_object") or {}
-        if event.get("type") != "Warning" or involved.get("name") not in names:
+        if event.get("type") != "Warning" or involved.get("name") not in names or event.get("reason") in SAID:
             continue
         message = (event.get("message") or "").strip()
-        found.append((f"{involved.get('name')}/{event.get('reason')}/{message}",
+        found.append((f"{involved.get('name')}/{event.get('reason')}",  # once per object and reason
                       f"{involved.get('kind') or 'object'} {involved.get('name')}: {event.get('reason')}: {message}"))
     return found
 
