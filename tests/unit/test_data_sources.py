@@ -503,3 +503,25 @@ def test_streaming_a_parquet_file_holds_no_more_of_it_as_it_goes(tmp_path):
     assert seen == groups * rows
     growth = rss[groups * rows] - rss[groups // 2 * rows]
     assert growth < 32, f"RSS grew by {growth:.0f} MiB over the last 64 MiB of rows"
+
+
+def test_a_mistyped_relative_model_dir_is_named_before_the_hubs_answer(tmp_path, monkeypatch):
+    """``outputs/sft-typo`` has the form of a hub name: the error says first that there is no such local
+    directory, then what the hub said (it used to read as a failed download only)."""
+    from kuberlhf.errors import KuberlhfError
+    from kuberlhf.models.loading import _load
+
+    class Hub:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KuberlhfError) as info:
+        _load(Hub, "outputs/sft-typo", "tokenizer")
+    assert str(info.value) == (f"cannot load tokenizer from 'outputs/sft-typo': there is no local directory "
+                               f"'outputs/sft-typo' (in {tmp_path}), and as a hub name: We couldn't connect to "
+                               "'https://huggingface.co' to load the files.")
+    (tmp_path / "outputs/sft-typo").mkdir(parents=True)  # a directory that exists but does not load: as before
+    with pytest.raises(KuberlhfError, match=r"^cannot load tokenizer from 'outputs/sft-typo': We couldn't"):
+        _load(Hub, "outputs/sft-typo", "tokenizer")

@@ -62,6 +62,9 @@ def _load(loader: Any, path: str, what: str, **kwargs: Any) -> Any:
         return loader.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "/" in path and not _looks_local(path) and not Path(path).exists():  # org/name, or a mistyped dir/name
+            raise KuberlhfError(f"cannot load {what} from {path!r}: there is no local directory {path!r} "
+                                f"(in {Path.cwd()}), and as a hub name: {first}") from err
         raise KuberlhfError(f"cannot load {what} from {path!r}: {first}") from err
 
 
