@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kuberlhf.artifacts import checkpoints, lease, rundir, storage
+from kuberlhf.artifacts import checkpoints, lease, rundir, s3, storage
 from kuberlhf.errors import EXIT_TRANSIENT, AlreadyFinished, ConfigError, KuberlhfError, TransientStorageError
 
 
@@ -189,3 +189,24 @@ def test_the_lease_names_its_holder(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
     assert lease.run_id() == socket.gethostname()
+
+
+def test_an_object_store_that_does_not_answer_is_named_at_the_first_failure(monkeypatch, caplog):
+    """Seen: an unreachable endpoint kept a stage silent for its whole retry budget (botocore's retries,
+    then retrying()'s). The first failed request names the address, the reason and how long retries go on."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(s3, "_unanswered", set())
+    opts = s3.StorageOptions(endpoint_url=f"http://127.0.0.1:{port}", access_key_id="k", secret_access_key="s",
+                             max_attempts=3, timeout_s=2, retry_budget_s=120)
+    from botocore.exceptions import EndpointConnectionError
+
+    with caplog.at_level("WARNING", logger="kuberlhf.artifacts.s3"), pytest.raises(EndpointConnectionError):
+        s3.s3_client(opts).list_buckets()
+    said = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
+    assert len(said) == 1, said  # once, though the request was tried three times
+    assert said[0].startswith(f"object store http://127.0.0.1:{port} does not answer (EndpointConnectionError: ")
+    assert "tried 3 times (2 s timeout)" in said[0] and "storage.retry_budget_s=120 s" in said[0]

@@ -9,6 +9,7 @@ Every failure raises :class:`~kuberlhf.errors.StorageError` naming the URI at fa
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -135,7 +136,27 @@ def s3_client(options: StorageOptions | None = None) -> Any:
 
     o = _opts(options)
     session, region = _session(o)
-    return session.client("s3", endpoint_url=_endpoint(o), region_name=region, config=Config(**_botocore_config(o)))
+    client = session.client("s3", endpoint_url=_endpoint(o), region_name=region, config=Config(**_botocore_config(o)))
+    client.meta.events.register("needs-retry.s3", functools.partial(_say_unreachable, o, client.meta.endpoint_url))
+    return client
+
+
+_unanswered: set[str] = set()  # endpoints already reported as not answering (once per process)
+
+
+def _say_unreachable(o: StorageOptions, address: str, caught_exception: BaseException | None = None,
+                     **_: Any) -> None:
+    """At a request's first failure to reach the store, say which address, why, and how long retries go on
+    (botocore's retries and retrying() are otherwise silent for minutes). Returns None: retries are unchanged."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if not isinstance(caught_exception, BotoConnectionError) or address in _unanswered:
+        return
+    _unanswered.add(address)
+    log.warning("object store %s does not answer (%s: %s); each request is tried %d times (%g s timeout), "
+                "each operation again for up to storage.retry_budget_s=%g s; the run goes on when it answers",
+                address, type(caught_exception).__name__, _one_line(caught_exception), o.max_attempts, o.timeout_s,
+                o.retry_budget_s)
 
 
 def _client_error(exc: BaseException):
