@@ -181,3 +181,59 @@ def resolve_precision(precision: str, use_cpu: bool = False) -> str:
 
     on_gpu = torch.cuda.is_available() and not use_cpu
     return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+
+
+class StopSignal:
+    """SIGTERM taken as a request to stop at the next safe point rather than at once: Kubernetes sends it
+    to a pod it deletes, preempts or drains, then waits ``terminationGracePeriodSeconds``.
+
+    Installed in the main thread for the duration of a training loop (``with StopSignal() as stop``);
+    ``stop.requested(device)`` is collective: every process learns at the same step that one of them got
+    the signal, so all save the same checkpoint. A second signal ends the process as if this were not
+    installed; a checkpoint is sealed last, so one cut short is never taken for complete.
+    """
+
+    def __init__(self, signals: tuple[int, ...] | None = None) -> None:
+        import signal
+
+        self.signals = signals if signals is not None else (signal.SIGTERM,)
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignal:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        import logging
+        import signal
+
+        if self.received is not None:  # asked twice: stop now
+            self.restore()
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        logging.getLogger(__name__).warning("%s received: stopping after this step, with a checkpoint",
+                                            signal.Signals(signum).name)
+
+    def requested(self, device: object = None) -> bool:
+        """Whether any process of the run got the signal (collective under a process group)."""
+        import torch
+
+        local = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
+        return bool(all_gather(local).max().item() > 0)

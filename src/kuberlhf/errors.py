@@ -57,3 +57,12 @@ class AlreadyFinished(KuberlhfError):  # noqa: N818 (an outcome, not a failure)
     def __init__(self, message: str, metrics: dict) -> None:
         super().__init__(message)
         self.metrics = metrics
+
+
+class Preempted(KuberlhfError):
+    """Stopped by a signal (a pod deleted, preempted or drained) after sealing a checkpoint: exit 128 + N,
+    which a pod's restart policy treats as retryable; the same command resumes from that checkpoint."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

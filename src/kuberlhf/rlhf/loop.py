@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ from tqdm.auto import tqdm
 
 from kuberlhf.artifacts import checkpoints, rundir
 from kuberlhf.config import flatten, to_dict
-from kuberlhf.distributed import all_gather
-from kuberlhf.errors import ConfigError, KuberlhfError, StorageError
+from kuberlhf.distributed import StopSignal, all_gather
+from kuberlhf.errors import ConfigError, KuberlhfError, Preempted, StorageError
 from kuberlhf.models import generation
 from kuberlhf.models import loading as modeling
 from kuberlhf.rlhf import learner as learners
@@ -324,9 +325,8 @@ class PpoLoop:
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> dict:
-        acc, t, a = self.accelerator, self.cfg.training, self.cfg.ppo
-        stopped = ""
-        started, gen_time, train_time, samples = time.perf_counter(), 0.0, 0.0, 0
+        acc, t = self.accelerator, self.cfg.training
+        started = time.perf_counter()
         if self.resume:
             log.info("resuming from %s at step %d", self.resume, self.step)
         trackers = [r for r in t.report_to if r != "none"]
@@ -334,6 +334,13 @@ class PpoLoop:
             acc.init_trackers(t.run_name or "kuberlhf-ppo", config=flatten(to_dict(self.cfg)))
         progress = tqdm(total=t.max_steps, initial=self.step, desc="ppo",
                         disable=t.disable_tqdm or not acc.is_main_process)
+        with StopSignal() as self.stop_signal:
+            return self._train_steps(progress, trackers, started)
+
+    def _train_steps(self, progress: Any, trackers: list, started: float) -> dict:
+        acc, t, a = self.accelerator, self.cfg.training, self.cfg.ppo
+        stopped = ""
+        gen_time, train_time, samples = 0.0, 0.0, 0
         while self.step < t.max_steps:
             t0 = time.perf_counter()
             with acc.autocast():  # training.precision; the prepared models' updates run under the same
@@ -378,8 +385,13 @@ class PpoLoop:
             if seq_kl > a.max_kl:
                 stopped = f"mean KL {seq_kl:.3g} exceeded ppo.max_kl={a.max_kl} at step {self.step}"
                 log.warning("stopping early: %s", stopped)
-            if self.step % t.save_steps == 0 or stopped:
+            preempted = self.stop_signal.requested(self.device)  # collective: the same answer everywhere
+            if self.step % t.save_steps == 0 or stopped or preempted:
                 self.save_checkpoint()
+            if preempted:
+                signum = self.stop_signal.received or signal.SIGTERM
+                raise Preempted(signum, f"stopped by {signal.Signals(signum).name} at step {self.step}: "
+                                        f"checkpoint-{self.step} is sealed; the same command resumes from it")
             if stopped:
                 break
         progress.close()
