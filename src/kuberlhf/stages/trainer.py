@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kuberlhf.artifacts import cards, checkpoints, rundir
 from kuberlhf.data import DataStats
+from kuberlhf.distributed import StopSignal
+from kuberlhf.errors import Preempted
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,24 @@ def checkpoint_callback(run: rundir.RunDir, keep: int) -> Any:
     return SealCheckpoint()
 
 
+def stop_callback(stop: Any) -> Any:
+    """A TrainerCallback that, once any process got SIGTERM (``distributed.StopSignal``, asked on every
+    process after every optimizer step), has the Trainer save (and the seal callback seal) that step's
+    checkpoint and stop; ``stopped_at`` is then its step."""
+    from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        stopped_at: int | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.requested(args.device):
+                self.stopped_at = state.global_step
+                control.should_save = control.should_training_stop = True
+            return control
+
+    return StopOnSignal()
+
+
 def run_trainer_stage(cfg: Any, stage: str, kind: str, hooks: TrainerHooks, *, merge_from_base: bool = False) -> dict:
     """Train one Trainer stage and publish its model to ``cfg.output_dir``; returns its metrics.
 
@@ -186,9 +207,15 @@ def run_trainer_stage(cfg: Any, stage: str, kind: str, hooks: TrainerHooks, *, m
                  for role, (name, task, seed) in hooks.models(cfg).items()}
         resume = rundir.resume_point(run_dir)
     run = StageRun(run_dir, train_ds, eval_ds, stats, paths, resume)
-    callbacks = [checkpoint_callback(run_dir, cfg.training.save_total_limit)]
-    trainer = hooks.trainer(cfg, args, run, callbacks)
-    result, metrics = train(trainer, resume, cfg.finetune, stats)
+    with StopSignal() as stop:
+        stopper = stop_callback(stop)
+        callbacks = [checkpoint_callback(run_dir, cfg.training.save_total_limit), stopper]
+        trainer = hooks.trainer(cfg, args, run, callbacks)
+        result, metrics = train(trainer, resume, cfg.finetune, stats)
+    if stopper.stopped_at is not None:
+        signum = stop.received or signal.SIGTERM
+        raise Preempted(signum, f"stopped by {signal.Signals(signum).name} at step {stopper.stopped_at}: "
+                                f"checkpoint-{stopper.stopped_at} is sealed; the same command resumes from it")
     metrics.update(hooks.metrics(cfg, trainer, run, result))
 
     staging = run_dir.staging
