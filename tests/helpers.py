@@ -83,3 +83,39 @@ def base_weights(name: str, task: str) -> dict:
     from kuberlhf.models.loading import resolve_model_path
 
     return load_state(resolve_model_path(name, task, 0))
+
+
+def stage_command(nproc: int, *argv: str) -> list[str]:
+    """``kuberlhf ARGV`` in one process, or under ``kuberlhf.torchrun`` (a training pod's launcher)."""
+    if nproc == 1:
+        return cli_command(*argv)
+    return [sys.executable, "-m", "kuberlhf.torchrun", f"--nproc_per_node={nproc}", "-m", "kuberlhf.cli",
+            *map(str, argv)]
+
+
+def sealed_steps(out) -> list[int]:
+    """The steps of ``out``'s sealed checkpoints."""
+    return sorted(int(p.name.split("-")[1]) for p in (Path(out) / "checkpoints").glob("checkpoint-*")
+                  if (p / "manifest.json").exists())
+
+
+def stop_with_sigterm(cmd: list[str], out, ready) -> int:
+    """Start ``cmd``; once ``ready(text so far)`` send SIGTERM (as Kubernetes does to a pod it stops); check
+    that the run exits 143 with exactly one sealed checkpoint (save_steps must not have made one) and no
+    finished artifact; returns that checkpoint's step."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    for line in proc.stdout:
+        seen += line
+        if ready(seen):
+            break
+    proc.send_signal(signal.SIGTERM)
+    seen += proc.stdout.read()
+    assert proc.wait(timeout=180) == 143, seen[-4000:]
+    assert "stopped by SIGTERM at step" in seen
+    saved = sealed_steps(out)
+    assert len(saved) == 1 and saved[0] >= 2, saved
+    assert not (Path(out) / "metrics.json").exists()
+    return saved[0]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import pytest
-from helpers import REPO, cli_command, run, run_cli, torchrun_command
+from helpers import REPO, cli_command, run, run_cli, stage_command, stop_with_sigterm, torchrun_command
 from test_distributed import _kill_after_first_checkpoint
 
 
@@ -178,10 +177,6 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_runs_no_code(tmp_path, 
     assert code == 2 and "state.pt" in err and "refusing to load" in err, err[-2000:]
 
 
-def _sealed(out) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*")
-                  if (p / "manifest.json").exists())
-
 
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.faults)])  # torchrun: make faults
 def test_sigterm_stops_ppo_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, trained,
@@ -189,34 +184,13 @@ def test_sigterm_stops_ppo_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uni
     """SIGTERM (a pod deleted or preempted) mid-run: every process stops at the same step, seals a checkpoint
     of it, and the run exits 143, retryable; the same command then resumes from it, no step redone, and
     ends as a run that was never stopped. Under torchrun the signal goes to the launcher, as in a pod."""
-    import signal
-    import subprocess
-
-    from helpers import subprocess_env
 
     def command(out, *extra):
-        argv = ppo_args(out, trained, "training.save_steps=1000", "training.lr_scheduler_type=constant", *extra)
-        if nproc == 1:
-            return cli_command(*argv)
-        return [sys.executable, "-m", "kuberlhf.torchrun", f"--nproc_per_node={nproc}", "-m", "kuberlhf.cli",
-                *map(str, argv)]
+        return stage_command(nproc, *ppo_args(out, trained, "training.save_steps=1000",
+                                              "training.lr_scheduler_type=constant", *extra))
 
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(command(stopped, "training.max_steps=500"), env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "ppo step=2 " in line:
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=180) == 143, "".join(seen)[-2000:] + rest[-3000:]
-    assert "stopped by SIGTERM at step" in rest
-    saved = _sealed(stopped)
-    assert len(saved) == 1 and saved[0] >= 2, saved  # the SIGTERM checkpoint alone (save_steps=1000)
-    n = saved[0]
-    assert not (stopped / "metrics.json").exists()
+    n = stop_with_sigterm(command(stopped, "training.max_steps=500"), stopped, lambda text: "ppo step=2 " in text)
     resumed = run(command(stopped, f"training.max_steps={n + 2}"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight = tmp_path / "straight"

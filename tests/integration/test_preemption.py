@@ -7,46 +7,19 @@ rloo, grpo and ReST's Improve step share it), with one process and under kuberlh
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 
 import pytest
-from helpers import cli_command, run, sft_args, subprocess_env
-
-
-def _sealed(out) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*")
-                  if (p / "manifest.json").exists())
+from helpers import run, sft_args, stage_command, stop_with_sigterm
 
 
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.faults)])  # torchrun: make faults
 def test_sigterm_stops_sft_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, nproc):
     def command(out, *extra):
-        argv = sft_args(out, "training.save_steps=1000", "training.logging_steps=1", "data.train=demo://sft?n=2000",
-                        *extra)
-        if nproc == 1:
-            return cli_command(*argv)
-        return [sys.executable, "-m", "kuberlhf.torchrun", f"--nproc_per_node={nproc}", "-m", "kuberlhf.cli",
-                *map(str, argv)]
+        return stage_command(nproc, *sft_args(out, "training.save_steps=1000", "training.logging_steps=1",
+                                              "data.train=demo://sft?n=2000", *extra))
 
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(command(stopped, "training.max_steps=400"), env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen, losses = [], 0
-    for line in proc.stdout:
-        seen.append(line)
-        losses += line.count("'loss'")
-        if losses >= 2:
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stdout.read()
-    assert proc.wait(timeout=180) == 143, "".join(seen)[-2000:] + rest[-3000:]
-    assert "stopped by SIGTERM at step" in rest
-    saved = _sealed(stopped)
-    assert len(saved) == 1 and saved[0] >= 2, saved  # the SIGTERM checkpoint alone (save_steps=1000)
-    n = saved[0]
-    assert not (stopped / "metrics.json").exists()
+    n = stop_with_sigterm(command(stopped, "training.max_steps=400"), stopped, lambda text: text.count("'loss'") >= 2)
     resumed = run(command(stopped, f"training.max_steps={n + 2}"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight = tmp_path / "straight"
