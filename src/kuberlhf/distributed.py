@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
+
+log = logging.getLogger(__name__)
 
 # what gloo and NCCL say when the other end of a collective is gone (its pod deleted, its node lost)
 _LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "gloo/transport",
@@ -194,16 +199,11 @@ class StopSignal:
     """
 
     def __init__(self, signals: tuple[int, ...] | None = None) -> None:
-        import signal
-
         self.signals = signals if signals is not None else (signal.SIGTERM,)
         self.received: int | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignal:
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -213,23 +213,17 @@ class StopSignal:
         self.restore()
 
     def restore(self) -> None:
-        import signal
-
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
 
     def _handle(self, signum: int, frame: object) -> None:
-        import logging
-        import signal
-
         if self.received is not None:  # asked twice: stop now
             self.restore()
             os.kill(os.getpid(), signum)
             return
         self.received = signum
-        logging.getLogger(__name__).warning("%s received: stopping after this step, with a checkpoint",
-                                            signal.Signals(signum).name)
+        log.warning("%s received: stopping after this step, with a checkpoint", signal.Signals(signum).name)
 
     def requested(self, device: object = None) -> bool:
         """Whether any process of the run got the signal (collective under a process group)."""
