@@ -329,8 +329,7 @@ state = "{state / 'state'}"
     start("containerd", [binary("containerd", "containerd"), "--config", str(state / "config.toml")],
           env={"PATH": f"{bins}:{os.environ['PATH']}"})
     wait("containerd's socket", lambda: ctr("version").returncode == 0, 60, "containerd")
-    images = ctr("-n", "k8s.io", "images", "list", "-q").stdout.split()
-    if PAUSE not in images:
+    if PAUSE not in loaded_images():
         tar = RUN / "images" / "pause.tar"
         oci.archive(PAUSE, {"/pause": parts.PARTS["pause"].path("pause")}, tar, entrypoint=["/pause"])
         import_image(tar, PAUSE)
@@ -356,8 +355,18 @@ def import_image(tar: Path, ref: str) -> None:
 PINNED = "io.cri-containerd.pinned=pinned"
 
 
+def containerd_name(ref: str) -> str:
+    """``ref`` as containerd names it (a name without a registry host is Docker Hub's)."""
+    return ref if "." in ref.split("/")[0] else f"docker.io/{ref}"
+
+
+def loaded_images() -> set[str]:
+    """The images in the cluster's containerd, by their containerd names."""
+    return set(ctr("-n", "k8s.io", "images", "list", "-q").stdout.split())
+
+
 def pin(ref: str) -> None:
-    name = ref if "." in ref.split("/")[0] else f"docker.io/{ref}"  # as containerd names it
+    name = containerd_name(ref)
     proc = ctr("-n", "k8s.io", "images", "label", name, PINNED)
     if proc.returncode:
         raise ClusterError(f"pinning {name} in containerd failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -418,9 +427,9 @@ OPERATORS = {
 
 def cluster_images() -> None:
     """The cluster's own images (static binaries on an empty base, non-root, a writable /tmp), imported."""
-    have = set(ctr("-n", "k8s.io", "images", "list", "-q").stdout.split())
+    have = loaded_images()
     for part, (ref, name, path, _) in CLUSTER_IMAGES.items():
-        if ref in have:
+        if containerd_name(ref) in have:
             pin(ref)  # (again: a cluster made before images were pinned)
             continue
         tar = RUN / "images" / f"{part}.tar"
@@ -559,9 +568,9 @@ def project_images(names: tuple[str, ...] = ("launcher",)) -> None:
 
     from kuberlhf import images
 
-    have = set(ctr("-n", "k8s.io", "images", "list", "-q").stdout.split())
+    have = loaded_images()
     refs = {name: images.image_ref(name, engine.LOCAL_REGISTRY) for name in names}
-    missing = [name for name, ref in refs.items() if f"docker.io/{ref}" not in have and ref not in have]
+    missing = [name for name, ref in refs.items() if containerd_name(ref) not in have]
     for name in set(refs) - set(missing):
         pin(refs[name])
     if not missing:
