@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import run, sft_args, stage_command, stop_with_sigterm
+from helpers import run, run_cli, sft_args, stage_command, stop_with_sigterm
 
 
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.faults)])  # torchrun: make faults
@@ -27,3 +27,106 @@ def test_sigterm_stops_sft_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uni
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, stopped))
     assert b["resumed_from_step"] == n and b["global_step"] == a["global_step"] == n + 2
     assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4, abs=1e-6)  # the same weights at the end
+
+
+# ------------------------------------------------------------------ the stages that work in sealed parts
+
+
+def test_sigterm_stops_generate_after_the_part_in_hand_and_the_rerun_writes_what_a_whole_run_writes(tmp_path,
+                                                                                                   trained):
+    import signal
+    import subprocess
+
+    from helpers import cli_command, sealed_steps, subprocess_env
+    from test_generate import generate_args, rows_of
+
+    def argv(out):
+        return generate_args(out, trained, "data.train=demo://prompts?n=60", "save_every=4")
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(cli_command(*argv(stopped)), env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    for line in proc.stdout:
+        seen += line
+        if "part 1/15" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    seen += proc.stdout.read()
+    assert proc.wait(timeout=120) == 143, seen[-3000:]
+    assert "stopped by SIGTERM after sealing part" in seen
+    parts = sealed_steps(stopped)
+    assert parts == list(range(1, len(parts) + 1)) and 2 <= len(parts) < 15, parts  # the part in hand sealed too
+    assert not (stopped / "manifest.json").exists()
+    assert run(cli_command(*argv(stopped))).returncode == 0
+    assert json.loads((stopped / "metrics.json").read_text())["resumed_prompts"] == 4 * len(parts)
+    straight = tmp_path / "straight"
+    assert run(cli_command(*argv(straight))).returncode == 0
+    assert rows_of(stopped) == rows_of(straight)
+
+
+@pytest.fixture
+def sigterm_kept_from_pytest():
+    """SIGTERM sent to this process by a test: recorded here when no stage has taken it, never the default
+    (which would end the test session)."""
+    import signal
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    yield got
+    signal.signal(signal.SIGTERM, previous)
+
+
+def sigterm_in_part(real, part):
+    """A stand-in for a part's work that gets SIGTERM in the middle of the ``part``-th call (1-based)."""
+    import os
+    import signal
+
+    calls = []
+
+    def work(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == part:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    work.calls = calls
+    return work
+
+
+def test_sigterm_stops_rlaif_after_sealing_the_part_in_hand(tmp_path, trained, candidates, monkeypatch,
+                                                            sigterm_kept_from_pytest):
+    from helpers import sealed_steps
+    from test_rlaif import rlaif_args
+
+    from kuberlhf.stages import rlaif
+
+    out = tmp_path / "rlaif"
+    with monkeypatch.context() as patch:
+        patch.setattr(rlaif, "_label_part", sigterm_in_part(rlaif._label_part, 2))
+        assert run_cli(rlaif_args(out, trained, candidates)) == 143
+    assert not sigterm_kept_from_pytest  # the stage took it
+    assert sealed_steps(out) == [1, 2] and not (out / "manifest.json").exists()
+    assert run_cli(rlaif_args(out, trained, candidates)) == 0
+    assert json.loads((out / "metrics.json").read_text())["prompts_judged_now"] == 2  # parts 1 and 2 kept
+
+
+def test_sigterm_stops_a_rest_grow_after_sealing_the_part_in_hand(tmp_path, trained, monkeypatch,
+                                                                  sigterm_kept_from_pytest):
+    from helpers import sealed_steps
+    from test_rest import rest_args
+
+    from kuberlhf.stages import generate
+
+    out = tmp_path / "rest"
+    argv = rest_args(out, trained, "iterations=1", "save_every=4")
+    with monkeypatch.context() as patch:
+        patch.setattr(generate, "generate_part", sigterm_in_part(generate.generate_part, 2))
+        assert run_cli(argv) == 143
+    assert not sigterm_kept_from_pytest
+    assert sealed_steps(out / "checkpoints/grow-1") == [1, 2] and not (out / "manifest.json").exists()
+    resumed = sigterm_in_part(generate.generate_part, 0)
+    with monkeypatch.context() as patch:
+        patch.setattr(generate, "generate_part", resumed)
+        assert run_cli(argv) == 0
+    assert len(resumed.calls) == 6 - 2  # 24 prompts in parts of 4: the two sealed ones not sampled again

@@ -11,17 +11,6 @@ from helpers import REPO, run_cli
 from kuberlhf.demo.task import Demonstrator, format_prompt
 
 
-@pytest.fixture
-def candidates(tmp_path):
-    demo, rows = Demonstrator(7), []
-    for _ in range(10):
-        question, topic = demo.question()
-        rows.append({"prompt": format_prompt(question), "candidates": [" " + demo.response(topic) for _ in range(3)]})
-    path = tmp_path / "candidates.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def rlaif_args(out, trained, candidates, *extra):
     return ["rlaif", "--config", str(REPO / "configs/rlaif/demo.yaml"), f"output_dir={out}",
             f"judge.name_or_path={trained / 'sft'}", f"data.train={candidates}", "save_every=4",

@@ -133,9 +133,8 @@ def run(cfg: GenerateConfig) -> dict:
     tokenizer = loading.load_tokenizer(cfg.policy, path, padding_side="left")
     policy = loading.load_causal_lm(cfg.policy, path)
     started, generated, truncated = time.perf_counter(), 0, 0
-    for part, span in enumerate(parts):
-        if part in done:
-            continue
+    for part in resumable.each(p for p in range(len(parts)) if p not in done):
+        span = parts[part]
         rows, cut = generate_part(policy, tokenizer, [prompts[i] for i in span], [ids[i] for i in span],
                                   cfg.sampling, settings, cfg.sampling.seed + part)
         resumable.seal(run_dir, part, rows, settings, len(parts))

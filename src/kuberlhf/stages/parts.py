@@ -1,15 +1,19 @@
 """Resumable work in parts: each finished part of a long pass over rows (candidates to generate, pairs to
 label) is sealed as ``checkpoints/checkpoint-N`` (uploaded at once for an ``s3://`` output), so a killed
 run redoes nothing it finished. A part records the row ids it covers and the settings it was made with;
-a rerun with other rows or settings is refused rather than mixed."""
+a rerun with other rows or settings is refused rather than mixed. SIGTERM (a pod deleted, preempted or
+drained) ends the run after the part in hand is sealed (:func:`each`)."""
 
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kuberlhf.artifacts import checkpoints, rundir
-from kuberlhf.errors import ConfigError
+from kuberlhf.distributed import StopSignal
+from kuberlhf.errors import ConfigError, Preempted
 
 ROWS, SETTINGS = "part.jsonl", "settings.json"
 
@@ -47,3 +51,24 @@ def seal(run_dir: rundir.RunDir, part: int, rows: list[dict], settings: dict, pa
     (folder / ROWS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / SETTINGS).write_text(json.dumps(settings, sort_keys=True) + "\n")
     checkpoints.seal_checkpoint(run_dir, name, keep=parts)
+
+
+def each(todo: Iterable[int]) -> Iterator[int]:
+    """The parts of ``todo`` in order; the caller seals each before asking for the next. After SIGTERM the
+    part in hand is finished and sealed, then :class:`~kuberlhf.errors.Preempted` (exit 143) stops the run
+    instead of the next part (or the publishing, after the last): the same command resumes after it."""
+    last = None
+    with StopSignal() as stop:
+        for part in todo:
+            _stop_if_asked(stop, last)
+            yield part
+            last = part
+        _stop_if_asked(stop, last)
+
+
+def _stop_if_asked(stop: StopSignal, last: int | None) -> None:
+    if stop.received is None:
+        return
+    where = f"after sealing part {last + 1}" if last is not None else "before its first part"
+    raise Preempted(stop.received, f"stopped by {signal.Signals(stop.received).name} {where}; the same command "
+                                   "resumes after the sealed parts")

@@ -178,7 +178,7 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
             policy = loading.load_causal_lm(cfg.policy, path)
         reward = RewardModelJudge.load(reward_path, cfg.reward_max_length)
         gold = pick_judge(prompts, gold=cfg.gold_eval, fallback=None)
-        for part in todo:
+        for part in resumable.each(todo):
             span = spans[part]
             rows, _ = generate_part(policy, tokenizer, [prompts[i] for i in span], [ids[i] for i in span],
                                     cfg.sampling, {}, cfg.sampling.seed + 1000 * cfg.iteration + part)

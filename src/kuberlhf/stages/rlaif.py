@@ -172,9 +172,8 @@ def run(cfg: RlaifConfig) -> dict:
     done = resumable.sealed(run_dir, [[rows[i]["id"] for i in s] for s in spans], settings, "data.train",
                             "constitution")
     started, labeled_now = time.perf_counter(), 0
-    for part, span in enumerate(spans):
-        if part in done:
-            continue
+    for part in resumable.each(p for p in range(len(spans)) if p not in done):
+        span = spans[part]
         done[part] = _label_part(ask, constitution, [rows[i] for i in span], cfg.labeling.seed, cfg.labeling.mode)
         resumable.seal(run_dir, part, done[part], settings, len(spans))
         labeled_now += len(span)
