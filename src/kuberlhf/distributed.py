@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,10 @@ def resolve_precision(precision: str, use_cpu: bool = False) -> str:
     return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
 
 
+# the pod's terminationGracePeriodSeconds, set by the job builders: how long a stage has after SIGTERM
+GRACE_ENV = "KUBERLHF_GRACE_PERIOD_S"
+
+
 class StopSignal:
     """SIGTERM taken as a request to stop at the next safe point rather than at once: Kubernetes sends it
     to a pod it deletes, preempts or drains, then waits ``terminationGracePeriodSeconds``.
@@ -195,13 +200,17 @@ class StopSignal:
     Installed in the main thread for the duration of a training loop (``with StopSignal() as stop``);
     ``stop.requested(device)`` is collective: every process learns at the same step that one of them got
     the signal, so all save the same checkpoint. A second signal ends the process as if this were not
-    installed; a checkpoint is sealed last, so one cut short is never taken for complete.
+    installed; a checkpoint is sealed last, so one cut short is never taken for complete. ``stop.save_fits(seconds)``
+    says whether a save that long still fits in the grace period (``KUBERLHF_GRACE_PERIOD_S``).
     """
 
     def __init__(self, signals: tuple[int, ...] | None = None) -> None:
         self.signals = signals if signals is not None else (signal.SIGTERM,)
         self.received: int | None = None
+        self.received_at = 0.0
         self._previous: dict[int, object] = {}
+        grace = os.environ.get(GRACE_ENV, "")
+        self.grace_s = float(grace) if grace.replace(".", "", 1).isdigit() else None
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
@@ -222,7 +231,7 @@ class StopSignal:
             self.restore()
             os.kill(os.getpid(), signum)
             return
-        self.received = signum
+        self.received, self.received_at = signum, time.monotonic()
         log.warning("%s received: stopping after this step, with a checkpoint", signal.Signals(signum).name)
 
     def requested(self, device: object = None) -> bool:
@@ -231,3 +240,32 @@ class StopSignal:
 
         local = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
         return bool(all_gather(local).max().item() > 0)
+
+    def left_s(self) -> float | None:
+        """Seconds of the grace period left since the signal; None = no known grace period."""
+        if self.grace_s is None or self.received is None:
+            return None
+        return self.grace_s - (time.monotonic() - self.received_at)
+
+    def save_fits(self, save_s: float | None, device: object = None) -> bool:
+        """Whether a save as long as ``save_s`` (the last one's; None = none yet) fits in what is left of the
+        grace period, with half as much again and 5 s to spare; collective: False if not on any process."""
+        import torch
+
+        left = self.left_s()
+        fits = left is None or save_s is None or left > 1.5 * save_s + 5.0
+        return bool(all_gather(torch.tensor([1.0 if fits else 0.0], device=device)).min().item() > 0)
+
+    def stopped(self, step: int, saved: bool, save_s: float | None = None) -> Exception:
+        """The error (``errors.Preempted``: exit 128 + N) a run stopped at ``step`` ends with: that step's
+        checkpoint sealed, or (``saved`` False) none begun, the grace period left being too short for one."""
+        from kuberlhf.errors import Preempted
+
+        signum = self.received or signal.SIGTERM
+        name = signal.Signals(signum).name
+        if saved:
+            return Preempted(signum, f"stopped by {name} at step {step}: checkpoint-{step} is sealed; the same "
+                                     "command resumes from it")
+        return Preempted(signum, f"stopped by {name} at step {step} without a checkpoint: {self.left_s() or 0:.0f} s "
+                                 f"of the grace period left, the last save took {save_s or 0:.0f} s; the same "
+                                 "command resumes from the newest sealed checkpoint")

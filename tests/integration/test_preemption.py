@@ -29,6 +29,39 @@ def test_sigterm_stops_sft_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uni
     assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4, abs=1e-6)  # the same weights at the end
 
 
+
+def test_a_grace_period_too_short_for_a_checkpoint_stops_without_starting_one(tmp_path):
+    """KUBERLHF_GRACE_PERIOD_S (the pod's terminationGracePeriodSeconds) of 1 s cannot fit a save that took
+    anything at all (with its margin of 5 s): the stage exits 143 at once, its periodic checkpoints intact and
+    none half-written, and the rerun resumes from the newest of them."""
+    import re
+    import signal
+    import subprocess
+
+    from helpers import cli_command, sealed_steps, subprocess_env
+
+    out = tmp_path / "sft"
+    argv = sft_args(out, "training.save_steps=2", "training.logging_steps=1", "data.train=demo://sft?n=2000",
+                    "training.max_steps=400")
+    proc = subprocess.Popen(cli_command(*argv), env=subprocess_env(KUBERLHF_GRACE_PERIOD_S="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    for line in proc.stdout:
+        seen += line
+        if seen.count("'loss'") >= 5:  # checkpoint-2 and -4 saved: how long a save takes is known
+            break
+    proc.send_signal(signal.SIGTERM)
+    seen += proc.stdout.read()
+    assert proc.wait(timeout=180) == 143, seen[-4000:]
+    stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+) without a checkpoint", seen).group(1))
+    saved = sealed_steps(out)
+    assert saved and all(s % 2 == 0 and s < stopped_at for s in saved), (saved, stopped_at)
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == [f"checkpoint-{s}" for s in saved]
+    resumed = run(cli_command(*argv[:-1], f"training.max_steps={saved[-1] + 1}"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == saved[-1]
+
+
 # ------------------------------------------------------------------ the stages that work in sealed parts
 
 

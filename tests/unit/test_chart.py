@@ -270,6 +270,7 @@ def test_cluster_yaml_is_a_valid_cluster_config(case, monkeypatch, tmp_path):
     assert cluster.gpu_product == values.get("gpuProduct", "")
     assert cluster.kueue_queue == values.get("kueueQueue", "")
     assert cluster.storage_secret == "kuberlhf-s3"
+    assert cluster.termination_grace_period_seconds == values.get("terminationGracePeriodSeconds", 300)
 
 
 def test_cluster_values_map_to_cluster_config_keys():

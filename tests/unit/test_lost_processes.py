@@ -57,3 +57,24 @@ def test_other_errors_keep_their_meaning(monkeypatch):
     _stage_raising(monkeypatch, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     with pytest.raises(RuntimeError, match="shapes"):  # a bug: a traceback, never a retry
         cli.main(["ppo", "--config", "configs/ppo/demo.yaml"])
+
+
+def test_a_save_is_begun_after_sigterm_only_when_the_grace_period_left_fits_it(monkeypatch):
+    import signal
+
+    from kuberlhf.distributed import GRACE_ENV, StopSignal
+
+    monkeypatch.setenv(GRACE_ENV, "10")
+    with StopSignal() as stop:
+        assert stop.save_fits(60.0)  # no signal yet: nothing to fit into
+        stop._handle(signal.SIGTERM, None)
+        assert 9 < stop.left_s() <= 10
+        assert stop.save_fits(None) and stop.save_fits(1.0)  # none saved yet; 1.5 x 1 s + 5 s fits in 10 s
+        assert not stop.save_fits(4.0)  # 1.5 x 4 s + 5 s does not
+        err = stop.stopped(7, saved=False, save_s=4.0)
+        assert err.exit_code == 143 and "at step 7 without a checkpoint" in str(err) and "took 4 s" in str(err)
+        assert "checkpoint-7 is sealed" in str(stop.stopped(7, saved=True))
+    monkeypatch.delenv(GRACE_ENV)
+    with StopSignal() as stop:  # outside a pod: no grace period known, always save
+        stop._handle(signal.SIGTERM, None)
+        assert stop.left_s() is None and stop.save_fits(1e6)

@@ -328,3 +328,24 @@ def test_a_digest_image_reference_is_used_as_given():
     ref = "ghcr.io/kuberlhf/kuberlhf-sft@sha256:" + "ab" * 32
     job = build_pytorchjob("sft", "configs/sft/demo.yaml", [], load_cluster({"image": ref}), "sft-run-1")
     assert {c["image"] for _, _, c in containers(job)} == {ref}
+
+
+def test_pods_get_the_grace_period_a_stage_needs_to_checkpoint_after_sigterm():
+    """terminationGracePeriodSeconds (Kubernetes' 30 s default is short for a checkpoint of a large model) and
+    the same figure in KUBERLHF_GRACE_PERIOD_S, where a stage reads how long it has; a runtime differing in it
+    is named."""
+    from kuberlhf.distributed import GRACE_ENV
+    from kuberlhf.k8s import trainjob
+
+    for seconds, cluster in ((300, load_cluster({})), (900, load_cluster({"termination_grace_period_seconds": 900}))):
+        job = build_pytorchjob("sft", "configs/sft/demo.yaml", [], cluster, "sft-run-1234abcd")
+        for replica in job["spec"]["pytorchReplicaSpecs"].values():
+            assert replica["template"]["spec"]["terminationGracePeriodSeconds"] == seconds
+            (container,) = replica["template"]["spec"]["containers"]
+            assert {"name": GRACE_ENV, "value": str(seconds)} in container["env"]
+        runtime = trainjob.build_runtime("sft", cluster)
+        assert trainjob.runtime_pod(runtime)["spec"]["terminationGracePeriodSeconds"] == seconds
+    assert trainjob.runtime_differences(trainjob.build_runtime("sft", cluster), trainjob.build_runtime("sft", load_cluster({}))) == [
+        "termination_grace_period_seconds: the runtime has 300, the cluster settings want 900"]
+    with pytest.raises(ConfigError, match="cluster.termination_grace_period_seconds"):
+        load_cluster({"termination_grace_period_seconds": -1})

@@ -107,7 +107,7 @@ def test_a_trainjob_runs_what_the_pytorchjob_of_the_same_stage_runs(opts):
         assert {e["name"]: e for e in ours["env"]} == {e["name"]: e for e in theirs["env"]}, stage
         assert sorted(ours["volumeMounts"], key=str) == sorted(theirs["volumeMounts"], key=str)
         for key in ("serviceAccountName", "automountServiceAccountToken", "securityContext", "nodeSelector",
-                    "tolerations", "priorityClassName", "imagePullSecrets"):
+                    "tolerations", "priorityClassName", "imagePullSecrets", "terminationGracePeriodSeconds"):
             assert pod["spec"].get(key) == torch_pod["spec"].get(key), (stage, key)
         assert sorted(pod["spec"]["volumes"], key=str) == sorted(torch_pod["spec"]["volumes"], key=str)
         assert pod["metadata"]["labels"] == torch_pod["metadata"]["labels"]

@@ -198,6 +198,7 @@ that have no value here are written as kuberlhf's defaults: config_map (the char
   "backoff_limit" $c.backoffLimit
   "ttl_seconds_after_finished" $c.ttlSecondsAfterFinished
   "active_deadline_seconds" $c.activeDeadlineSeconds
+  "termination_grace_period_seconds" $c.terminationGracePeriodSeconds
   "clean_pod_policy" $c.cleanPodPolicy
   "elastic_min_nodes" $c.elasticMinNodes
   "elastic_max_nodes" $c.elasticMaxNodes

@@ -82,6 +82,7 @@ spec:
                     fsGroup: {{ $uid }}
                     seccompProfile:
                       type: RuntimeDefault
+                  terminationGracePeriodSeconds: {{ $c.termination_grace_period_seconds | toJson }}
                   {{- with $c.priority_class }}
                   priorityClassName: {{ . | quote }}
                   {{- end }}

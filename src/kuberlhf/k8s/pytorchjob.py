@@ -23,6 +23,7 @@ import hashlib
 import json
 from typing import Any
 
+from kuberlhf.distributed import GRACE_ENV
 from kuberlhf.images import DATA_DIR
 from kuberlhf.k8s.spec import GPU_PRODUCTS, ClusterConfig
 from kuberlhf.stages.registry import stage_argv
@@ -63,7 +64,8 @@ def container_env(cluster: ClusterConfig) -> list[dict]:
 
 
 def plain_env(cluster: ClusterConfig) -> list[dict]:
-    plain = {"HOME": "/tmp"}  # any UID can write there (an emptyDir): caches of HF, torch, triton
+    plain = {"HOME": "/tmp",  # any UID can write there (an emptyDir): caches of HF, torch, triton
+             GRACE_ENV: str(cluster.termination_grace_period_seconds)}  # what a stage has after SIGTERM
     if cluster.gpus_per_node:
         plain["NCCL_DEBUG"] = "WARN"
         plain["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"  # a hung collective ends the process, the pod restarts
@@ -158,6 +160,7 @@ def deployment_pod_spec(cluster: ClusterConfig) -> dict:
         "serviceAccountName": cluster.service_account,
         "automountServiceAccountToken": False,  # training pods talk to object storage, never to the API
         "securityContext": pod_security_context(cluster),
+        "terminationGracePeriodSeconds": cluster.termination_grace_period_seconds,
     }
     if cluster.priority_class:
         spec["priorityClassName"] = cluster.priority_class

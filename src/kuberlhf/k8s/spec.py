@@ -90,6 +90,10 @@ class ClusterConfig:
     backoff_limit: int = option(3, "restarts before the job is Failed (0-20)")
     ttl_seconds_after_finished: int = option(86400, "delete the finished job (and its pods) after this long")
     active_deadline_seconds: int = option(0, "fail the job after this long; 0 = no deadline")
+    termination_grace_period_seconds: int = option(
+        300, "how long a pod that is deleted, preempted or drained has after SIGTERM: a stage saves a checkpoint "
+        "at its next step and exits 143; one that cannot fit in what is left exits without starting one"
+    )
     clean_pod_policy: Literal["Running", "All", "None"] = option(
         "Running", "pods deleted when the job ends: Running (keeps failed pods' logs), All, None"
     )
@@ -147,7 +151,7 @@ class ClusterConfig:
                     "cluster.deepspeed_config", f"must be a configs/deepspeed/*.json path, got {path!r}")
             require(self.launcher == "deepspeed", "cluster.deepspeed_config", "is used only with launcher=deepspeed")
         require(0 <= self.backoff_limit <= 20, "cluster.backoff_limit", f"must be in 0..20, got {self.backoff_limit}")
-        for key in ("ttl_seconds_after_finished", "active_deadline_seconds"):
+        for key in ("ttl_seconds_after_finished", "active_deadline_seconds", "termination_grace_period_seconds"):
             require(getattr(self, key) >= 0, f"cluster.{key}", "must be 0 or more")
         self._check_elastic()
         self._check_env()

@@ -172,6 +172,7 @@ def runtime_settings(runtime: dict) -> dict[str, Any]:
         "restart_policy": "ExitCode" if fails_fast else "OnFailure",
         "backoff_limit": job.get("backoffLimit"),
         "ttl_seconds_after_finished": runtime["spec"]["template"]["spec"].get("ttlSecondsAfterFinished"),
+        "termination_grace_period_seconds": pod.get("terminationGracePeriodSeconds"),
         "priority_class": pod.get("priorityClassName", ""),
         "image_pull_secret": ",".join(s.get("name", "") for s in pod.get("imagePullSecrets") or []),
         "image_pull_policy": container.get("imagePullPolicy"),

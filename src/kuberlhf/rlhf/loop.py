@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from tqdm.auto import tqdm
 from kuberlhf.artifacts import checkpoints, rundir
 from kuberlhf.config import flatten, to_dict
 from kuberlhf.distributed import StopSignal, all_gather
-from kuberlhf.errors import ConfigError, KuberlhfError, Preempted, StorageError
+from kuberlhf.errors import ConfigError, KuberlhfError, StorageError
 from kuberlhf.models import generation
 from kuberlhf.models import loading as modeling
 from kuberlhf.rlhf import learner as learners
@@ -34,6 +33,7 @@ class PpoLoop:
     def __init__(self, cfg: Any, run_dir: rundir.RunDir):
         self.cfg, self.run_dir = cfg, run_dir
         self.zero = bool(cfg.training.deepspeed)
+        self.save_s: float | None = None  # how long the last checkpoint took to save
         self._setup_accelerator()
         policy_path, reward_path = self._setup_paths()
         self.prompts, self.eval_prompts = self._load_prompts()
@@ -386,12 +386,11 @@ class PpoLoop:
                 stopped = f"mean KL {seq_kl:.3g} exceeded ppo.max_kl={a.max_kl} at step {self.step}"
                 log.warning("stopping early: %s", stopped)
             preempted = self.stop_signal.requested(self.device)  # collective: the same answer everywhere
-            if self.step % t.save_steps == 0 or stopped or preempted:
+            save = preempted and self.stop_signal.save_fits(self.save_s, self.device)
+            if self.step % t.save_steps == 0 or stopped or save:
                 self.save_checkpoint()
             if preempted:
-                signum = self.stop_signal.received or signal.SIGTERM
-                raise Preempted(signum, f"stopped by {signal.Signals(signum).name} at step {self.step}: "
-                                        f"checkpoint-{self.step} is sealed; the same command resumes from it")
+                raise self.stop_signal.stopped(self.step, save, self.save_s)
             if stopped:
                 break
         progress.close()
@@ -435,7 +434,7 @@ class PpoLoop:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> None:
-        acc = self.accelerator
+        started, acc = time.perf_counter(), self.accelerator
         name = f"checkpoint-{self.step}"
         directory = self.run_dir.checkpoints / name
         acc.wait_for_everyone()
@@ -460,6 +459,7 @@ class PpoLoop:
         torch.save(rng, directory / f"rng_state_{acc.process_index}.pt")
         checkpoints.seal_checkpoint_collective(self.run_dir, name, self.cfg.training.save_total_limit)
         acc.wait_for_everyone()
+        self.save_s = time.perf_counter() - started  # what the next one needs of a grace period
 
     def _load_state(self, directory: Path) -> None:
         state = load_plain(directory / "state.pt")

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kuberlhf.artifacts import cards, checkpoints, rundir
 from kuberlhf.data import DataStats
 from kuberlhf.distributed import StopSignal
-from kuberlhf.errors import Preempted
 
 log = logging.getLogger(__name__)
 
@@ -171,16 +169,31 @@ def checkpoint_callback(run: rundir.RunDir, keep: int) -> Any:
 def stop_callback(stop: Any) -> Any:
     """A TrainerCallback that, once any process got SIGTERM (``distributed.StopSignal``, asked on every
     process after every optimizer step), has the Trainer save (and the seal callback seal) that step's
-    checkpoint and stop; ``stopped_at`` is then its step."""
+    checkpoint and stop; ``stopped_at`` is then its step. When the grace period left cannot fit a save as
+    long as the last one, it stops without starting one (``saved`` False): the previous checkpoint stays
+    the newest."""
+    import time
+
     from transformers import TrainerCallback
 
     class StopOnSignal(TrainerCallback):
         stopped_at: int | None = None
+        saved = False
+        save_s: float | None = None  # how long the last checkpoint took to save
+        _save_started: float | None = None
 
         def on_step_end(self, args, state, control, **kwargs):
             if stop.requested(args.device):
                 self.stopped_at = state.global_step
-                control.should_save = control.should_training_stop = True
+                self.saved = stop.save_fits(self.save_s, args.device)
+                control.should_save, control.should_training_stop = self.saved, True
+            if control.should_save:
+                self._save_started = time.monotonic()
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            if self._save_started is not None:
+                self.save_s, self._save_started = time.monotonic() - self._save_started, None
             return control
 
     return StopOnSignal()
@@ -213,9 +226,7 @@ def run_trainer_stage(cfg: Any, stage: str, kind: str, hooks: TrainerHooks, *, m
         trainer = hooks.trainer(cfg, args, run, callbacks)
         result, metrics = train(trainer, resume, cfg.finetune, stats)
     if stopper.stopped_at is not None:
-        signum = stop.received or signal.SIGTERM
-        raise Preempted(signum, f"stopped by {signal.Signals(signum).name} at step {stopper.stopped_at}: "
-                                f"checkpoint-{stopper.stopped_at} is sealed; the same command resumes from it")
+        raise stop.stopped(stopper.stopped_at, stopper.saved, stopper.save_s)
     metrics.update(hooks.metrics(cfg, trainer, run, result))
 
     staging = run_dir.staging
