@@ -1,7 +1,9 @@
 """Fault trials: runs killed with SIGKILL and rerun, object-store outages, corrupted artifacts.
 
-$ .venv/bin/python tests/faults.py                  # make faults: 30 kill trials, 10 outages, 12 corruptions
-$ .venv/bin/python tests/faults.py --kills 6 --outages 2 --seed 3
+$ .venv/bin/python tests/faults.py     # make faults: 30 kill trials, 24 SIGTERM trials, 10 outages, 12 corruptions
+$ .venv/bin/python tests/faults.py --kills 6 --sigterms 4 --outages 2 --seed 3
+
+The SIGTERM trials are described in tests/sigterm_trials.py.
 
 Each kill trial runs a stage (sft, reward, ppo, dpo, rloo, grpo, on the demo task) in its own process
 and kills it (SIGKILL: no cleanup) at one moment: at a random time before its first checkpoint (from
@@ -384,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--outages", type=int, default=10)
+    parser.add_argument("--sigterms", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the tallies here")
     args = parser.parse_args(argv)
@@ -395,25 +398,32 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     if args.kills:
         results["kill -9"] = kill_trials(kill_plan(args.kills), root / "kills", models, rng)
+    if args.sigterms:
+        from sigterm_trials import sigterm_trials
+
+        results["sigterm"] = sigterm_trials(args.sigterms, root / "sigterms", models, rng)
     if args.outages:
         results["outages"] = outage_trials(args.outages, root / "outages", rng)
     results["corruption"] = corruption_trials(root / "corruption", models)
     print(f"\nfault trials (seed {args.seed}, {time.monotonic() - started:.0f} s):")
     for what, tally in results.items():
-        print(tally.line(what))
+        print(tally.line() if what == "sigterm" else tally.line(what))
         for note in tally.notes:
             print(f"    {note}")
     k = results.get("kill -9")
     if k:
         print(f"  kill -9 by stage: {k.by}; resumed from a checkpoint {k.resumed}, started clean {k.clean}, "
               f"already finished {k.finished}")
+    if "sigterm" in results:
+        for trial in results["sigterm"].saved_steps:
+            print(f"    {trial}")
     if "outages" in results:
         o = results["outages"]
         print(f"  outages: rode out {o.resumed}, exited 200 (retryable) {o.clean}")
     if args.json:
         Path(args.json).write_text(json.dumps({w: t.__dict__ for w, t in results.items()}, indent=2))
     shutil.rmtree(root, ignore_errors=True)
-    return 0 if all(t.lost == 0 and t.corrupt == 0 and t.diverged == 0 for t in results.values()) else 1
+    return 0 if all(t.lost == 0 and t.corrupt == 0 and getattr(t, "diverged", 0) == 0 for t in results.values()) else 1
 
 
 if __name__ == "__main__":

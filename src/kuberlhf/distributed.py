@@ -204,8 +204,10 @@ class StopSignal:
     says whether a save that long still fits in the grace period (``KUBERLHF_GRACE_PERIOD_S``).
     """
 
-    def __init__(self, signals: tuple[int, ...] | None = None) -> None:
+    def __init__(self, signals: tuple[int, ...] | None = None,
+                 then: str = "stopping after this step, with a checkpoint") -> None:
         self.signals = signals if signals is not None else (signal.SIGTERM,)
+        self.then = then  # what the stage does about it, for the log
         self.received: int | None = None
         self.received_at = 0.0
         self._previous: dict[int, object] = {}
@@ -232,7 +234,14 @@ class StopSignal:
             os.kill(os.getpid(), signum)
             return
         self.received, self.received_at = signum, time.monotonic()
-        log.warning("%s received: stopping after this step, with a checkpoint", signal.Signals(signum).name)
+        log.warning("%s received: %s", signal.Signals(signum).name, self.then)
+
+    @classmethod
+    def finishing(cls) -> StopSignal:
+        """For what a stage does after its last step (held-out scores, publishing): SIGTERM then lets it
+        finish, the artifact complete, rather than losing the steps since the last checkpoint; a second
+        signal stops it at once (the publish writes the manifest last: nothing cut short looks complete)."""
+        return cls(then="finishing the artifact first (a second signal stops at once)")
 
     def requested(self, device: object = None) -> bool:
         """Whether any process of the run got the signal (collective under a process group)."""

@@ -163,3 +163,24 @@ def test_sigterm_stops_a_rest_grow_after_sealing_the_part_in_hand(tmp_path, trai
         patch.setattr(generate, "generate_part", resumed)
         assert run_cli(argv) == 0
     assert len(resumed.calls) == 6 - 2  # 24 prompts in parts of 4: the two sealed ones not sampled again
+
+
+def test_sigterm_after_the_last_step_lets_the_stage_finish_publishing(tmp_path, monkeypatch, sigterm_kept_from_pytest):
+    """Dying mid-publish would leave the rerun to redo every step since the last checkpoint: the stage takes the
+    signal and finishes the artifact instead."""
+    import os
+    import signal
+
+    from kuberlhf.artifacts import cards
+
+    real = cards.publish
+
+    def publish(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cards, "publish", publish)
+    out = tmp_path / "sft"
+    assert run_cli(sft_args(out, "training.max_steps=2")) == 0
+    assert not sigterm_kept_from_pytest  # the stage took it
+    assert (out / "manifest.json").is_file()

@@ -171,7 +171,7 @@ def run(cfg: PpoConfig) -> dict:
     """Train the policy with PPO and publish it to ``cfg.output_dir``; returns the metrics."""
     from kuberlhf.artifacts import cards, rundir
     from kuberlhf.artifacts.s3 import configure_from
-    from kuberlhf.distributed import is_world_main
+    from kuberlhf.distributed import StopSignal, is_world_main
     from kuberlhf.models.publish import save_policy
     from kuberlhf.rlhf.loop import PpoLoop
     from kuberlhf.stages.trainer import tracking_env
@@ -185,12 +185,13 @@ def run(cfg: PpoConfig) -> dict:
     tracking_env(cfg.training, str(run_dir.work_dir))
     loop = PpoLoop(cfg, run_dir)
     metrics = loop.train()
-    if loop.accelerator.is_main_process:
-        staging = run_dir.staging
-        lora = cfg.finetune == "lora"
-        save_policy(loop.final, loop.tokenizer, staging, lora=lora, merge=lora and cfg.lora.merge)
-        cards.write_train_log(staging, loop.history)
-        cards.collect_logs(run_dir.work_dir, staging)
-        cards.publish(run_dir, staging, metrics, cards.model_card("ppo", cfg, metrics, cfg.policy.name_or_path))
-    loop.accelerator.wait_for_everyone()
+    with StopSignal.finishing():
+        if loop.accelerator.is_main_process:
+            staging = run_dir.staging
+            lora = cfg.finetune == "lora"
+            save_policy(loop.final, loop.tokenizer, staging, lora=lora, merge=lora and cfg.lora.merge)
+            cards.write_train_log(staging, loop.history)
+            cards.collect_logs(run_dir.work_dir, staging)
+            cards.publish(run_dir, staging, metrics, cards.model_card("ppo", cfg, metrics, cfg.policy.name_or_path))
+        loop.accelerator.wait_for_everyone()
     return metrics

@@ -227,21 +227,22 @@ def run_trainer_stage(cfg: Any, stage: str, kind: str, hooks: TrainerHooks, *, m
         result, metrics = train(trainer, resume, cfg.finetune, stats)
     if stopper.stopped_at is not None:
         raise stop.stopped(stopper.stopped_at, stopper.saved, stopper.save_s)
-    metrics.update(hooks.metrics(cfg, trainer, run, result))
+    with StopSignal.finishing():
+        metrics.update(hooks.metrics(cfg, trainer, run, result))
 
-    staging = run_dir.staging
-    lora = cfg.finetune != "full"
-    trainer.save_model(str(staging / ADAPTER) if lora else str(staging))  # collective: gathers ZeRO-3 shards
-    if trainer.is_world_process_zero():
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        metrics.update(hooks.held_out(cfg, trainer, run, policy))
-        model_cfg = _trained_model_config(cfg)
-        base = (lambda: loading.load_causal_lm(model_cfg, run.paths["policy"])) if merge_from_base else None
-        save_policy(policy, run.tokenizer, staging, lora=lora, merge=lora and cfg.lora.merge, base=base,
-                    saved=True)
-        cards.collect_logs(run_dir.work_dir, staging)
-        card = cards.model_card(stage, cfg, metrics, model_cfg.name_or_path)
-        cards.publish(run_dir, staging, metrics, card)
+        staging = run_dir.staging
+        lora = cfg.finetune != "full"
+        trainer.save_model(str(staging / ADAPTER) if lora else str(staging))  # collective: gathers ZeRO-3 shards
+        if trainer.is_world_process_zero():
+            policy = trainer.accelerator.unwrap_model(trainer.model)
+            metrics.update(hooks.held_out(cfg, trainer, run, policy))
+            model_cfg = _trained_model_config(cfg)
+            base = (lambda: loading.load_causal_lm(model_cfg, run.paths["policy"])) if merge_from_base else None
+            save_policy(policy, run.tokenizer, staging, lora=lora, merge=lora and cfg.lora.merge, base=base,
+                        saved=True)
+            cards.collect_logs(run_dir.work_dir, staging)
+            card = cards.model_card(stage, cfg, metrics, model_cfg.name_or_path)
+            cards.publish(run_dir, staging, metrics, card)
     return metrics
 
 
