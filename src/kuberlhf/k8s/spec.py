@@ -34,10 +34,11 @@ GPU_PRODUCTS = {"a100": "NVIDIA-A100-SXM4-80GB", "h100": "NVIDIA-H100-80GB-HBM3"
 # credentials reach pods only from Secrets: plain env may not carry them
 CREDENTIAL_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+AFFINITY_KEYS = {"nodeAffinity", "podAffinity", "podAntiAffinity"}
 # what a run's cluster.* overrides may set: the size, placement and duration of its job; the rest only from files
 RUN_KEYS = frozenset({
     "backend", "nodes", "procs_per_node", "gpus_per_node", "gpu_product", "node_selector", "tolerations",
-    "cpu", "memory", "cpu_limit", "memory_limit", "shm_size",
+    "affinity", "cpu", "memory", "cpu_limit", "memory_limit", "shm_size",
     "launcher", "deepspeed_config", "elastic_min_nodes", "elastic_max_nodes", "elastic_max_restarts",
     "timeout_s", "active_deadline_seconds", "backoff_limit",
 })
@@ -79,6 +80,8 @@ class ClusterConfig:
     )
     node_selector: dict[str, str] = option({}, "extra node selector labels (override the gpu_product label too)")
     tolerations: list[dict] = option([], "extra tolerations (key, operator, value, effect, tolerationSeconds)")
+    affinity: dict[str, Any] = option(
+        {}, "affinity of the pods, as in a pod spec (nodeAffinity, podAffinity, podAntiAffinity); {} = none")
     cpu: str | int | float = option("2", "CPU request per pod")
     memory: str = option("8Gi", "memory request per pod")
     cpu_limit: str | int | float = option("", "CPU limit per pod; '' = none (no throttling)")
@@ -157,6 +160,10 @@ class ClusterConfig:
                     f"unknown field(s) {unknown}; use {sorted(TOLERATION_KEYS)}")
         require(all(isinstance(v, str) for v in self.node_selector.values()), "cluster.node_selector",
                 "values must be strings (quote them in YAML)")
+        unknown = sorted(set(self.affinity) - AFFINITY_KEYS)
+        require(not unknown, "cluster.affinity", f"unknown field(s) {unknown}; use {sorted(AFFINITY_KEYS)}")
+        require(all(isinstance(v, dict) for v in self.affinity.values()), "cluster.affinity",
+                "each field must be a mapping, as in a pod spec")
         require(self.run_as_user > 0, "cluster.run_as_user", "must be a non-root UID (> 0)")
         for key in ("timeout_s", "watch_timeout_s", "problem_check_s", "max_api_errors", "log_tail_lines"):
             require(getattr(self, key) > 0, f"cluster.{key}", "must be positive")
