@@ -219,6 +219,8 @@ def test_launch_ppo_dry_run_prints_a_valid_restricted_job(tmp_path):
     (["cluster.nodes=0"], "cluster.nodes"),
     (["cluster.gpu_product=v100"], "cluster.gpu_product"),
     (["cluster.memory=lots"], "cluster.memory"),
+    (["cluster.memory_limit=4Gi"], "cluster.memory_limit"),  # below the request (8Gi)
+    (["cluster.cpu=4", "cluster.cpu_limit=500m"], "cluster.cpu_limit"),
     (["cluster.affinity={nodeAfinity: {}}"], "cluster.affinity"),
     (["cluster.launcher=deepspeed"], "cluster.deepspeed_config"),
     (["cluster.launcher=deepspeed", "cluster.deepspeed_config=configs/deepspeed/zero9.json"], "training.deepspeed"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +52,8 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIXES = {"": Decimal(1), "m": Decimal("0.001"), **{p: Decimal(1000) ** (i + 1) for i, p in enumerate("kMGTPE")},
+             **{f"{p}i": Decimal(1024) ** (i + 1) for i, p in enumerate("KMGTPE")}}
 
 
 @dataclass
@@ -135,6 +138,10 @@ class ClusterConfig:
             require(bool(value) or not required, f"cluster.{key}", "required (a Kubernetes quantity such as 2 or 8Gi)")
             require(not value or bool(_QUANTITY.match(value)), f"cluster.{key}",
                     f"not a Kubernetes quantity: {value!r}")
+        for request, limit in (("cpu", "cpu_limit"), ("memory", "memory_limit")):
+            low, high = getattr(self, request), getattr(self, limit)
+            require(not high or quantity(low) <= quantity(high), f"cluster.{limit}",
+                    f"{high} is below the request cluster.{request}={low} (Kubernetes refuses such a pod)")
         require(self.nodes >= 1, "cluster.nodes", f"must be at least 1, got {self.nodes}")
         require(self.procs_per_node >= 1, "cluster.procs_per_node", f"must be at least 1, got {self.procs_per_node}")
         require(self.gpus_per_node >= 0, "cluster.gpus_per_node", f"must be 0 or more, got {self.gpus_per_node}")
@@ -192,6 +199,15 @@ class ClusterConfig:
     @property
     def elastic(self) -> bool:
         return self.elastic_max_nodes > 0
+
+
+def quantity(text: str) -> Decimal:
+    """The number a Kubernetes quantity stands for (``500m`` -> 0.5, ``8Gi`` -> 8589934592), to compare two."""
+    match = _QUANTITY.match(str(text))
+    if not match:
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    number, suffix = Decimal(match.group(1)), match.group(3) or ""
+    return number * _SUFFIXES[suffix] if suffix in _SUFFIXES else number.scaleb(int(suffix[1:]))  # or e<exponent>
 
 
 def check_name(value: str, key: str, pattern: re.Pattern, required: bool = False) -> None:
