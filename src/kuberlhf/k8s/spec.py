@@ -189,16 +189,24 @@ class ClusterConfig:
 
     def _check_env(self) -> None:
         for name, value in list(self.env.items()):
-            require(bool(_ENV_NAME.match(str(name))), "cluster.env", f"{name!r} is not a valid variable name")
-            require(not CREDENTIAL_ENV.search(str(name)), "cluster.env",
-                    f"{name!r} looks like a credential: put it in a Secret "
-                    "(cluster.storage_secret, cluster.wandb_secret)")
-            require(isinstance(value, str | int | float | bool), "cluster.env", f"{name!r} must be a plain value")
+            problem = env_problem(name, value)
+            require(problem is None, "cluster.env", str(problem))
             self.env[name] = str(value).lower() if isinstance(value, bool) else str(value)
 
     @property
     def elastic(self) -> bool:
         return self.elastic_max_nodes > 0
+
+
+def env_problem(name: Any, value: Any) -> str | None:
+    """Why ``name=value`` may not be a plain variable of the training container; None when it may."""
+    if not _ENV_NAME.match(str(name)):
+        return f"{name!r} is not a valid variable name"
+    if CREDENTIAL_ENV.search(str(name)):
+        return f"{name!r} looks like a credential: put it in a Secret (cluster.storage_secret, cluster.wandb_secret)"
+    if not isinstance(value, str | int | float | bool):
+        return f"{name!r} must be a plain value"
+    return None
 
 
 def quantity(text: str) -> Decimal:
@@ -228,19 +236,28 @@ def load_cluster(source: ClusterConfig | str | Path | dict | None = None,
     apply). Overrides may carry the ``cluster.`` prefix of the ``kuberlhf launch`` command line; they
     are a run's, and may set only :data:`RUN_KEYS`.
     """
+    return with_overrides(cluster_data(source), overrides)
+
+
+def with_overrides(data: dict, overrides: list[str] | None) -> ClusterConfig:
+    """A ClusterConfig from cluster keys ``data`` and a run's ``key=value`` overrides (only :data:`RUN_KEYS`)."""
     overrides = [o.removeprefix("cluster.") for o in overrides or []]
     check_run_overrides(overrides)
-    if isinstance(source, ClusterConfig):
-        data = to_dict(source)
-    else:
-        data = read_yaml(cluster_file()) if os.path.isfile(cluster_file()) else {}
-        if isinstance(source, str | Path):
-            data = _deep_merge(data, read_yaml(source))
-        elif isinstance(source, dict):
-            data = _deep_merge(data, dict(source))
-        elif source is not None:
-            raise TypeError(f"cluster: expected None, a path, a dict or a ClusterConfig, got {type(source).__name__}")
     return from_dict(ClusterConfig, merge_overrides(data, overrides), prefix="cluster.")
+
+
+def cluster_data(source: ClusterConfig | str | Path | dict | None = None) -> dict:
+    """The keys the deployment gives (the mounted cluster.yaml, then ``source``), before a run's overrides."""
+    if isinstance(source, ClusterConfig):
+        return to_dict(source)
+    data = read_yaml(cluster_file()) if os.path.isfile(cluster_file()) else {}
+    if isinstance(source, str | Path):
+        data = _deep_merge(data, read_yaml(source))
+    elif isinstance(source, dict):
+        data = _deep_merge(data, dict(source))
+    elif source is not None:
+        raise TypeError(f"cluster: expected None, a path, a dict or a ClusterConfig, got {type(source).__name__}")
+    return data
 
 
 def check_run_overrides(overrides: list[str]) -> None:
