@@ -10,7 +10,8 @@ endpoint, environment, UID, queue, priority, pod and retry policies) come only f
 chart's ConfigMap or ``--cluster FILE``. A run's ``cluster.key=value`` overrides (a pipeline
 parameter, the ``kuberlhf launch`` command line) may set only :data:`RUN_KEYS`, the size and shape of
 its job: whoever may start a pipeline run may not thereby pick the image, the credentials or the
-account its pods run under.
+account its pods run under. A pipeline step puts its KFP task's settings (resources, placement, plain env)
+between the files and the overrides, checked the same way (:mod:`kuberlhf.k8s.taskconfig`).
 
 $ kuberlhf launch sft --config configs/sft/demo.yaml --cluster configs/cluster/a100.yaml cluster.nodes=4
 """
