@@ -217,6 +217,8 @@ def test_the_run_beats_the_task_which_beats_the_cluster_file(tmp_path, monkeypat
     ({"env": [{"name": "WANDB_BASE_URL", "value": "http://elsewhere"}]}, "task config env.WANDB_BASE_URL"),
     ({"env": [{"name": "PET_NNODES", "value": "9"}]}, "task config env.PET_NNODES"),
     ({"env": [{"name": "KUBERLHF_FAILPOINTS", "value": "x"}]}, "task config env.KUBERLHF_FAILPOINTS"),
+    ({"env": [{"name": "DEBUG_KEYS", "value": "$(AWS_SECRET_ACCESS_KEY)"}]},
+     "task config env.DEBUG_KEYS (set_env_variable): '$(' is expanded by the kubelet"),
     ({"env": [{"name": "1BAD", "value": "x"}]}, "task config env.1BAD (set_env_variable): '1BAD' is not a valid"),
     ({"nodeSelector": {"pool": 1}}, "task config nodeSelector.pool (kubernetes.add_node_selector): values must be"),
     ({"tolerations": [{"key": "a", "tolerationSecs": 5}]},

@@ -28,7 +28,8 @@ label, variable or affinity kind replaces only the file's one of the same name.
 
 Checked like ``cluster.*`` (quantities, toleration and affinity fields, variable names, no credentials in plain
 env); a task's env may also not set the names the deployment, the operators or kuberlhf set
-(:data:`RESERVED_ENV_PREFIXES`: the object store's endpoint and keys, W&B's, torchrun's ``PET_*``). An error
+(:data:`RESERVED_ENV_PREFIXES`: the object store's endpoint and keys, W&B's, torchrun's ``PET_*``), nor hold
+``$(``, which the kubelet would expand from the pod's other variables, Secrets included. An error
 names the field (``task config resources.limits.cpu``). Not forwarded: env from Secrets, ConfigMaps or pod
 fields (``valueFrom``: a job's Secrets are the deployment's), volumes (a job mounts its own), and accelerators
 other than ``nvidia.com/gpu``, which are refused.
@@ -218,6 +219,8 @@ def _env(env: Any) -> dict[str, str]:
         if problem is None and name.startswith(RESERVED_ENV_PREFIXES):
             problem = (f"{name!r} is set by the deployment, the training operators or kuberlhf "
                        f"(names starting {', '.join(RESERVED_ENV_PREFIXES)}); a task may not set it")
+        if problem is None and "$(" in str(value):  # a TrainJob's pod lists the runtime's Secrets before it
+            problem = "'$(' is expanded by the kubelet from the variables before it, Secrets included; remove it"
         if problem:
             raise _fail(f"env.{name}", problem)
         plain[name] = str(value).lower() if isinstance(value, bool) else str(value)
