@@ -125,15 +125,20 @@ def test_steps_carry_images_retries_caching_config_and_secrets(name, tmp_path):
         assert not any("value" in e for s in config["secretAsEnv"] for e in s["keyToEnv"]), "literal secret"
 
 
-def top_level_imports(source: str) -> set[str]:
-    """Root module names imported at a module's top level (not inside functions)."""
+def top_level_modules(source: str) -> set[str]:
+    """Modules imported at a module's top level (not inside functions)."""
     names = set()
     for node in ast.parse(source).body:
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            names.add((node.module or "").split(".")[0])
+            names.add(node.module or "")
     return names
+
+
+def top_level_imports(source: str) -> set[str]:
+    """Root module names imported at a module's top level (not inside functions)."""
+    return {name.split(".")[0] for name in top_level_modules(source)}
 
 
 def test_top_level_import_scan_sees_a_heavy_import():
@@ -143,9 +148,14 @@ def test_top_level_import_scan_sees_a_heavy_import():
 COMPONENTS = REPO / "src" / "kuberlhf" / "workflow" / "components"
 
 
+# a sibling the components share, itself one of the modules checked here (the launching steps' passthroughs)
+KFP_ONLY_SIBLINGS = {"kuberlhf.workflow.components.passthrough"}
+
+
 @pytest.mark.parametrize("module", sorted(p.stem for p in COMPONENTS.glob("*.py")))
 def test_components_import_only_kfp_at_module_level(module):
-    assert top_level_imports((COMPONENTS / f"{module}.py").read_text()) <= {"kfp", "typing"}
+    modules = top_level_modules((COMPONENTS / f"{module}.py").read_text()) - KFP_ONLY_SIBLINGS
+    assert {name.split(".")[0] for name in modules} <= {"kfp", "typing"}
 
 
 def test_every_package_is_found_under_src():
@@ -361,8 +371,8 @@ def test_cluster_modes_launch_the_stage_once_and_report_its_metrics(tmp_path, mo
 
     launched = []
 
-    def launch_stage(stage, config, overrides, *, run_id, task, cluster, manifest_out, backend):
-        launched.append((stage, config, overrides, run_id, task, cluster, backend))
+    def launch_stage(stage, config, overrides, *, run_id, task, cluster, manifest_out, backend, task_config):
+        launched.append((stage, config, overrides, run_id, task, cluster, backend, task_config))
         Path(manifest_out).write_text("kind: PyTorchJob\n")
         output = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
         fake_artifact(Path(output), {"reward": 0.5, "kl": 1.25, "stopped_early": False, "steps": 3})
@@ -372,11 +382,13 @@ def test_cluster_modes_launch_the_stage_once_and_report_its_metrics(tmp_path, mo
     kwargs = dict(mode=mode, config=str(REPO / "configs/ppo/demo.yaml"), overrides=["ppo.kl_coef=0.1"],
                   inputs={"policy": "minio://mlpipeline/run/merge/merged", "reward_model": "s3://b/reward"},
                   output_path=str(tmp_path / "local-model"), output_uri=f"file://{out}",
-                  manifest_path=str(tmp_path / "job.yaml"), run_id="run-1", task="ppo")
+                  manifest_path=str(tmp_path / "job.yaml"), run_id="run-1", task="ppo",
+                  task_config={"resources": {"limits": {"nvidia.com/gpu": "2"}}})
     metrics = run_stage("ppo", **kwargs)
     assert metrics["kl"] == 1.25
-    ((stage, config, overrides, run_id, task, cluster, backend),) = launched
+    ((stage, config, overrides, run_id, task, cluster, backend, task_config),) = launched
     assert (stage, run_id, task, cluster, backend) == ("ppo", "run-1", "ppo", None, mode)
+    assert task_config == {"resources": {"limits": {"nvidia.com/gpu": "2"}}}  # the KFP task's settings, to the job
     assert overrides == ["training.disable_tqdm=true", "ppo.kl_coef=0.1", "policy.name_or_path=s3://mlpipeline/run/merge/merged",
                          "reward_model.name_or_path=s3://b/reward", f"output_dir={out}"]
     assert (tmp_path / "job.yaml").read_text() == "kind: PyTorchJob\n"
@@ -433,7 +445,8 @@ def test_report_holds_plots_scores_and_samples(tmp_path, monkeypatch):
         report.write_report(str(out), sft_dir=sft, policy_dir=ppo, policy_stage="sac")
 
 
-def test_local_mode_runs_the_stage_here_without_cluster_keys(tmp_path, monkeypatch):
+def test_local_mode_runs_the_stage_here_without_cluster_keys(tmp_path, monkeypatch, caplog):
+    """Nor the KFP task's settings: they are said to have reached no pod, and the stage runs all the same."""
     from kuberlhf.workflow import steps
 
     ran = []
@@ -446,10 +459,13 @@ def test_local_mode_runs_the_stage_here_without_cluster_keys(tmp_path, monkeypat
 
     monkeypatch.setattr(steps, "run_local", run_local)
     model = tmp_path / "sft" / "model"
+    task_config = {"resources": {"limits": {"nvidia.com/gpu": "1"}}, "nodeSelector": {"pool": "gpu"},
+                   "env": [{"name": "FOO", "value": "bar"}], "tolerations": None, "affinity": None}
     metrics = steps.run_stage("sft", mode="local", config="", overrides=["training.max_steps=3", "cluster.nodes=4"],
                               inputs={}, output_path=str(model), output_uri=str(model),
-                              manifest_path=str(tmp_path / "sft" / "job_manifest"), procs=2)
+                              manifest_path=str(tmp_path / "sft" / "job_manifest"), procs=2, task_config=task_config)
     assert metrics == {"train_loss": 1.5}
+    assert "mode=local: the task's resources, nodeSelector reached no pod" in caplog.text
     assert ran == [("sft", ["training.disable_tqdm=true", "training.max_steps=3", f"output_dir={model}"], 2)]
     assert "mode=local" in (tmp_path / "sft" / "job_manifest").read_text()
     assert not (model / "checkpoints").exists()  # the published artifact is what travels downstream
@@ -528,3 +544,22 @@ def test_only_steps_that_can_launch_carry_the_launcher_pod_label(name, tmp_path)
         executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
         labels = (k8s.get(executor, {}).get("podMetadata") or {}).get("labels") or {}
         assert (labels == LAUNCHER_POD_LABELS) == ("retryPolicy" in task), task_name  # retried = launching steps
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_steps_that_can_launch_forward_their_task_settings_to_the_job(name, tmp_path):
+    """Their components declare KFP's task config passthroughs and take the TaskConfig input (k8s.taskconfig);
+    the other steps keep their task settings on their own pods."""
+    spec, _ = compiled(name, tmp_path)
+    # forwarded only (a launcher holds no GPU); env and volumes also stay on the step's pod (its Secrets, its config)
+    expected = [{"field": "RESOURCES"}, {"field": "KUBERNETES_NODE_SELECTOR"}, {"field": "KUBERNETES_TOLERATIONS"},
+                {"field": "KUBERNETES_AFFINITY"}, {"field": "ENV", "applyToTask": True},
+                {"field": "KUBERNETES_VOLUMES", "applyToTask": True}]
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        component = spec["components"][task["componentRef"]["name"]]
+        params = component.get("inputDefinitions", {}).get("parameters", {})
+        if "retryPolicy" in task:  # a launching step
+            assert component["taskConfigPassthroughs"] == expected, task_name
+            assert params["task_config"]["parameterType"] == "TASK_CONFIG", task_name
+        else:
+            assert "taskConfigPassthroughs" not in component and "task_config" not in params, task_name

@@ -37,6 +37,9 @@ def containers(job):
 # ---------------------------------------------------------------- the option matrix
 GPU = {"cpu": {}, "a100": {"gpus_per_node": 8, "procs_per_node": 8, "gpu_product": "a100"},
        "h100": {"gpus_per_node": 8, "procs_per_node": 8, "gpu_product": "h100"}}
+ZONE_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+    "nodeSelectorTerms": [{"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In",
+                                                 "values": ["zone-a"]}]}]}}}
 LAUNCHER = {"torchrun": {}, "accelerate": {"launcher": "accelerate"},
             "deepspeed": {"launcher": "deepspeed", "deepspeed_config": "configs/deepspeed/zero3.json"}}
 BASE = [(f"nodes{n}-{g}-{launcher}", {"nodes": n, **GPU[g], **LAUNCHER[launcher]})
@@ -59,7 +62,8 @@ for i, (restart, elastic, kueue, secrets, clean) in enumerate(
         opts.update(storage_secret="", wandb_secret="", config_map="")
     if i % 4 == 0:
         opts.update(active_deadline_seconds=3600, cpu_limit=8, memory_limit="16Gi", shm_size="",
-                    node_selector={"pool": "train"}, tolerations=[{"key": "spot", "operator": "Exists"}])
+                    node_selector={"pool": "train"}, tolerations=[{"key": "spot", "operator": "Exists"}],
+                    affinity=ZONE_AFFINITY)
     EXTRA.append((f"{restart}-{'elastic' if elastic else 'fixed'}-{'kueue' if kueue else 'nokueue'}-"
                   f"{'secrets' if secrets else 'nosecrets'}-{clean}", opts))
 
@@ -93,6 +97,7 @@ def test_every_option_combination_is_a_valid_restricted_pytorchjob(opts):
         if cluster.gpu_product:
             assert pod["nodeSelector"]["nvidia.com/gpu.product"].startswith(f"NVIDIA-{cluster.gpu_product.upper()}")
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert pod.get("affinity", {}) == cluster.affinity
         shm = [v for v in pod["volumes"] if v["name"] == "dshm"]
         assert shm == ([{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}}]
                        if cluster.shm_size else [])
@@ -214,6 +219,9 @@ def test_launch_ppo_dry_run_prints_a_valid_restricted_job(tmp_path):
     (["cluster.nodes=0"], "cluster.nodes"),
     (["cluster.gpu_product=v100"], "cluster.gpu_product"),
     (["cluster.memory=lots"], "cluster.memory"),
+    (["cluster.memory_limit=4Gi"], "cluster.memory_limit"),  # below the request (8Gi)
+    (["cluster.cpu=4", "cluster.cpu_limit=500m"], "cluster.cpu_limit"),
+    (["cluster.affinity={nodeAfinity: {}}"], "cluster.affinity"),
     (["cluster.launcher=deepspeed"], "cluster.deepspeed_config"),
     (["cluster.launcher=deepspeed", "cluster.deepspeed_config=configs/deepspeed/zero9.json"], "training.deepspeed"),
     (["training.max_stepz=3"], "training.max_stepz"),

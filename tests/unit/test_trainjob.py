@@ -39,6 +39,9 @@ def pod_of(pod_template: dict) -> dict:
 # ---------------------------------------------------------------- the option matrix
 GPU = {"cpu": {}, "a100": {"gpus_per_node": 8, "procs_per_node": 8, "gpu_product": "a100"},
        "h100": {"gpus_per_node": 4, "procs_per_node": 2, "gpu_product": "h100"}}
+ZONE_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+    "nodeSelectorTerms": [{"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In",
+                                                 "values": ["zone-a"]}]}]}}}
 LAUNCHER = {"torchrun": {}, "accelerate": {"launcher": "accelerate"},
             "deepspeed": {"launcher": "deepspeed", "deepspeed_config": "configs/deepspeed/zero3.json"}}
 MATRIX = []
@@ -54,7 +57,8 @@ for i, (nodes, gpu, launcher, restart, kueue) in enumerate(
         opts.update(storage_secret="", wandb_secret="", config_map="", shm_size="")
     if i % 4 == 0:
         opts.update(active_deadline_seconds=3600, cpu_limit=8, memory_limit="16Gi",
-                    node_selector={"pool": "train"}, tolerations=[{"key": "spot", "operator": "Exists"}])
+                    node_selector={"pool": "train"}, tolerations=[{"key": "spot", "operator": "Exists"}],
+                    affinity=ZONE_AFFINITY)
     MATRIX.append((f"nodes{nodes}-{gpu}-{launcher}-{restart}-{'kueue' if kueue else 'nokueue'}", opts))
 IDS, OPTS = [i for i, _ in MATRIX], [o for _, o in MATRIX]
 
@@ -107,7 +111,7 @@ def test_a_trainjob_runs_what_the_pytorchjob_of_the_same_stage_runs(opts):
         assert {e["name"]: e for e in ours["env"]} == {e["name"]: e for e in theirs["env"]}, stage
         assert sorted(ours["volumeMounts"], key=str) == sorted(theirs["volumeMounts"], key=str)
         for key in ("serviceAccountName", "automountServiceAccountToken", "securityContext", "nodeSelector",
-                    "tolerations", "priorityClassName", "imagePullSecrets", "terminationGracePeriodSeconds"):
+                    "tolerations", "affinity", "priorityClassName", "imagePullSecrets", "terminationGracePeriodSeconds"):
             assert pod["spec"].get(key) == torch_pod["spec"].get(key), (stage, key)
         assert sorted(pod["spec"]["volumes"], key=str) == sorted(torch_pod["spec"]["volumes"], key=str)
         assert pod["metadata"]["labels"] == torch_pod["metadata"]["labels"]

@@ -42,9 +42,9 @@ from typing import Any
 
 from kuberlhf.config import to_dict
 from kuberlhf.errors import ConfigError, KuberlhfError
-from kuberlhf.k8s import problems, pytorchjob, trainjob
+from kuberlhf.k8s import problems, pytorchjob, taskconfig, trainjob
 from kuberlhf.k8s.pytorchjob import ANNOTATION_PREFIX, to_yaml
-from kuberlhf.k8s.spec import BACKENDS, ClusterConfig, load_cluster, split_overrides
+from kuberlhf.k8s.spec import BACKENDS, ClusterConfig, split_overrides
 
 log = logging.getLogger(__name__)
 # job names leave room for the operator's pod and service names, <job>-worker-<index>, within 63
@@ -179,18 +179,19 @@ def validate_stage_config(stage: str, config: str | None, overrides: list[str], 
 
 def render(stage: str, config: str | None, overrides: list[str] | None, run_id: str, task: str,
            cluster: ClusterConfig | str | Path | dict | None = None, name: str | None = None,
-           backend: str | None = None) -> tuple[ClusterConfig, dict]:
+           backend: str | None = None, task_config: dict | None = None) -> tuple[ClusterConfig, dict]:
     """Check everything, then build the job's first attempt: (cluster settings, manifest). No API call.
 
     ``backend`` (pytorchjob, trainjob) overrides ``cluster.backend``. An empty ``run_id`` is derived from the
-    resolved configs (:func:`content_run_id`)."""
+    resolved configs (:func:`content_run_id`). ``task_config``: the KFP task's settings (a step's
+    ``dsl.TaskConfig``), between the cluster settings and the run's overrides (:mod:`kuberlhf.k8s.taskconfig`)."""
     if backend is not None and backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
     check_no_expansion(config, list(overrides or []))
     stage_overrides, cluster_overrides = split_overrides(overrides)
     if backend:
         cluster_overrides = [*cluster_overrides, f"cluster.backend={backend}"]
-    cluster_cfg = load_cluster(cluster, cluster_overrides)
+    cluster_cfg = taskconfig.cluster_settings(cluster, cluster_overrides, task_config)
     if cluster_cfg.backend == "trainjob":
         trainjob.check_backend(cluster_cfg)
     stage_cfg = validate_stage_config(stage, config, stage_overrides, cluster_cfg)
@@ -207,7 +208,8 @@ def render(stage: str, config: str | None, overrides: list[str] | None, run_id: 
 
 def launch_stage(stage: str, config: str | None, overrides: list[str] | None, run_id: str, task: str,
                  cluster: ClusterConfig | str | Path | dict | None = None, manifest_out: str | Path | None = None,
-                 backend: str | None = None, apis: KubeApis | None = None, name: str | None = None) -> dict:
+                 backend: str | None = None, apis: KubeApis | None = None, name: str | None = None,
+                 task_config: dict | None = None) -> dict:
     """Create (or re-attach to) the stage's PyTorchJob or TrainJob and wait for it to succeed.
 
     Returns ``{"name", "namespace", "kind", "state": "Succeeded", "created", "attempt"}``; raises
@@ -215,7 +217,7 @@ def launch_stage(stage: str, config: str | None, overrides: list[str] | None, ru
     spent, its TrainingRuntime is missing or differs from the cluster settings, or the API refuses
     the launcher.
     """
-    cluster_cfg, job = render(stage, config, overrides, run_id, task, cluster, name, backend)
+    cluster_cfg, job = render(stage, config, overrides, run_id, task, cluster, name, backend, task_config)
     run_id = job["metadata"]["annotations"][f"{ANNOTATION_PREFIX}run-id"]
     _write_manifest(manifest_out, job)
     apis = apis or default_apis()

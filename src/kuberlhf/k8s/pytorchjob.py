@@ -144,14 +144,15 @@ def pod_security_context(cluster: ClusterConfig) -> dict:
 
 
 def placement(cluster: ClusterConfig) -> dict:
-    """``nodeSelector`` and ``tolerations`` of the pods (each only when there is one)."""
+    """``nodeSelector``, ``tolerations`` and ``affinity`` of the pods (each only when there is one)."""
     selector = dict(cluster.node_selector)
     tolerations = [dict(t) for t in cluster.tolerations]
     if cluster.gpu_product:
         selector = {"nvidia.com/gpu.product": GPU_PRODUCTS[cluster.gpu_product], **selector}
     if cluster.gpus_per_node:
         tolerations.insert(0, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
-    return {k: v for k, v in (("nodeSelector", selector), ("tolerations", tolerations)) if v}
+    fields = (("nodeSelector", selector), ("tolerations", tolerations), ("affinity", copy.deepcopy(cluster.affinity)))
+    return {k: v for k, v in fields if v}
 
 
 def deployment_pod_spec(cluster: ClusterConfig) -> dict:

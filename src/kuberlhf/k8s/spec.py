@@ -10,7 +10,8 @@ endpoint, environment, UID, queue, priority, pod and retry policies) come only f
 chart's ConfigMap or ``--cluster FILE``. A run's ``cluster.key=value`` overrides (a pipeline
 parameter, the ``kuberlhf launch`` command line) may set only :data:`RUN_KEYS`, the size and shape of
 its job: whoever may start a pipeline run may not thereby pick the image, the credentials or the
-account its pods run under.
+account its pods run under. A pipeline step puts its KFP task's settings (resources, placement, plain env)
+between the files and the overrides, checked the same way (:mod:`kuberlhf.k8s.taskconfig`).
 
 $ kuberlhf launch sft --config configs/sft/demo.yaml --cluster configs/cluster/a100.yaml cluster.nodes=4
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,10 +36,11 @@ GPU_PRODUCTS = {"a100": "NVIDIA-A100-SXM4-80GB", "h100": "NVIDIA-H100-80GB-HBM3"
 # credentials reach pods only from Secrets: plain env may not carry them
 CREDENTIAL_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+AFFINITY_KEYS = {"nodeAffinity", "podAffinity", "podAntiAffinity"}
 # what a run's cluster.* overrides may set: the size, placement and duration of its job; the rest only from files
 RUN_KEYS = frozenset({
     "backend", "nodes", "procs_per_node", "gpus_per_node", "gpu_product", "node_selector", "tolerations",
-    "cpu", "memory", "cpu_limit", "memory_limit", "shm_size",
+    "affinity", "cpu", "memory", "cpu_limit", "memory_limit", "shm_size",
     "launcher", "deepspeed_config", "elastic_min_nodes", "elastic_max_nodes", "elastic_max_restarts",
     "timeout_s", "active_deadline_seconds", "backoff_limit",
 })
@@ -50,6 +53,8 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIXES = {"": Decimal(1), "m": Decimal("0.001"), **{p: Decimal(1000) ** (i + 1) for i, p in enumerate("kMGTPE")},
+             **{f"{p}i": Decimal(1024) ** (i + 1) for i, p in enumerate("KMGTPE")}}
 
 
 @dataclass
@@ -79,6 +84,8 @@ class ClusterConfig:
     )
     node_selector: dict[str, str] = option({}, "extra node selector labels (override the gpu_product label too)")
     tolerations: list[dict] = option([], "extra tolerations (key, operator, value, effect, tolerationSeconds)")
+    affinity: dict[str, Any] = option(
+        {}, "affinity of the pods, as in a pod spec (nodeAffinity, podAffinity, podAntiAffinity); {} = none")
     cpu: str | int | float = option("2", "CPU request per pod")
     memory: str = option("8Gi", "memory request per pod")
     cpu_limit: str | int | float = option("", "CPU limit per pod; '' = none (no throttling)")
@@ -136,6 +143,10 @@ class ClusterConfig:
             require(bool(value) or not required, f"cluster.{key}", "required (a Kubernetes quantity such as 2 or 8Gi)")
             require(not value or bool(_QUANTITY.match(value)), f"cluster.{key}",
                     f"not a Kubernetes quantity: {value!r}")
+        for request, limit in (("cpu", "cpu_limit"), ("memory", "memory_limit")):
+            low, high = getattr(self, request), getattr(self, limit)
+            require(not high or quantity(low) <= quantity(high), f"cluster.{limit}",
+                    f"{high} is below the request cluster.{request}={low} (Kubernetes refuses such a pod)")
         require(self.nodes >= 1, "cluster.nodes", f"must be at least 1, got {self.nodes}")
         require(self.procs_per_node >= 1, "cluster.procs_per_node", f"must be at least 1, got {self.procs_per_node}")
         require(self.gpus_per_node >= 0, "cluster.gpus_per_node", f"must be 0 or more, got {self.gpus_per_node}")
@@ -161,6 +172,10 @@ class ClusterConfig:
                     f"unknown field(s) {unknown}; use {sorted(TOLERATION_KEYS)}")
         require(all(isinstance(v, str) for v in self.node_selector.values()), "cluster.node_selector",
                 "values must be strings (quote them in YAML)")
+        unknown = sorted(set(self.affinity) - AFFINITY_KEYS)
+        require(not unknown, "cluster.affinity", f"unknown field(s) {unknown}; use {sorted(AFFINITY_KEYS)}")
+        require(all(isinstance(v, dict) for v in self.affinity.values()), "cluster.affinity",
+                "each field must be a mapping, as in a pod spec")
         require(self.run_as_user > 0, "cluster.run_as_user", "must be a non-root UID (> 0)")
         for key in ("timeout_s", "watch_timeout_s", "problem_check_s", "max_api_errors", "log_tail_lines"):
             require(getattr(self, key) > 0, f"cluster.{key}", "must be positive")
@@ -179,16 +194,33 @@ class ClusterConfig:
 
     def _check_env(self) -> None:
         for name, value in list(self.env.items()):
-            require(bool(_ENV_NAME.match(str(name))), "cluster.env", f"{name!r} is not a valid variable name")
-            require(not CREDENTIAL_ENV.search(str(name)), "cluster.env",
-                    f"{name!r} looks like a credential: put it in a Secret "
-                    "(cluster.storage_secret, cluster.wandb_secret)")
-            require(isinstance(value, str | int | float | bool), "cluster.env", f"{name!r} must be a plain value")
+            problem = env_problem(name, value)
+            require(problem is None, "cluster.env", str(problem))
             self.env[name] = str(value).lower() if isinstance(value, bool) else str(value)
 
     @property
     def elastic(self) -> bool:
         return self.elastic_max_nodes > 0
+
+
+def env_problem(name: Any, value: Any) -> str | None:
+    """Why ``name=value`` may not be a plain variable of the training container; None when it may."""
+    if not _ENV_NAME.match(str(name)):
+        return f"{name!r} is not a valid variable name"
+    if CREDENTIAL_ENV.search(str(name)):
+        return f"{name!r} looks like a credential: put it in a Secret (cluster.storage_secret, cluster.wandb_secret)"
+    if not isinstance(value, str | int | float | bool):
+        return f"{name!r} must be a plain value"
+    return None
+
+
+def quantity(text: str) -> Decimal:
+    """The number a Kubernetes quantity stands for (``500m`` -> 0.5, ``8Gi`` -> 8589934592), to compare two."""
+    match = _QUANTITY.match(str(text))
+    if not match:
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    number, suffix = Decimal(match.group(1)), match.group(3) or ""
+    return number * _SUFFIXES[suffix] if suffix in _SUFFIXES else number.scaleb(int(suffix[1:]))  # or e<exponent>
 
 
 def check_name(value: str, key: str, pattern: re.Pattern, required: bool = False) -> None:
@@ -209,19 +241,28 @@ def load_cluster(source: ClusterConfig | str | Path | dict | None = None,
     apply). Overrides may carry the ``cluster.`` prefix of the ``kuberlhf launch`` command line; they
     are a run's, and may set only :data:`RUN_KEYS`.
     """
+    return with_overrides(cluster_data(source), overrides)
+
+
+def with_overrides(data: dict, overrides: list[str] | None) -> ClusterConfig:
+    """A ClusterConfig from cluster keys ``data`` and a run's ``key=value`` overrides (only :data:`RUN_KEYS`)."""
     overrides = [o.removeprefix("cluster.") for o in overrides or []]
     check_run_overrides(overrides)
-    if isinstance(source, ClusterConfig):
-        data = to_dict(source)
-    else:
-        data = read_yaml(cluster_file()) if os.path.isfile(cluster_file()) else {}
-        if isinstance(source, str | Path):
-            data = _deep_merge(data, read_yaml(source))
-        elif isinstance(source, dict):
-            data = _deep_merge(data, dict(source))
-        elif source is not None:
-            raise TypeError(f"cluster: expected None, a path, a dict or a ClusterConfig, got {type(source).__name__}")
     return from_dict(ClusterConfig, merge_overrides(data, overrides), prefix="cluster.")
+
+
+def cluster_data(source: ClusterConfig | str | Path | dict | None = None) -> dict:
+    """The keys the deployment gives (the mounted cluster.yaml, then ``source``), before a run's overrides."""
+    if isinstance(source, ClusterConfig):
+        return to_dict(source)
+    data = read_yaml(cluster_file()) if os.path.isfile(cluster_file()) else {}
+    if isinstance(source, str | Path):
+        data = _deep_merge(data, read_yaml(source))
+    elif isinstance(source, dict):
+        data = _deep_merge(data, dict(source))
+    elif source is not None:
+        raise TypeError(f"cluster: expected None, a path, a dict or a ClusterConfig, got {type(source).__name__}")
+    return data
 
 
 def check_run_overrides(overrides: list[str]) -> None:

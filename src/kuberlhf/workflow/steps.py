@@ -12,6 +12,10 @@ The KFP components (``components/``) are thin shells around :func:`run_stage_ste
 * ``mode=trainjob``: the same, with a Kubeflow Trainer v2 TrainJob on the stage's
   TrainingRuntime (``kuberlhf-<image>``, installed by the chart) instead of a PyTorchJob.
 
+In the cluster modes the step also forwards its KFP task's settings (``dsl.TaskConfig``: resources, node
+selector, tolerations, affinity, env; the components declare them as ``task_config_passthroughs``) to the job
+(:mod:`kuberlhf.k8s.taskconfig`); in ``local`` mode they are ignored.
+
 Inputs of a stage (the SFT policy, the reward model, the training data of a ``data`` step:
 :mod:`kuberlhf.workflow.data`) are handed over as config overrides: local paths in ``local``
 mode, ``s3://`` URIs in the cluster modes (``pytorchjob``, ``trainjob``).
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("local", "pytorchjob", "trainjob")  # the cluster modes are the launcher's backends
 LOCAL_MODE_NOTE = "# mode=local: the stage ran in the step's own process; no job was created.\n"
+# what KFP hands a launching step instead of applying it to the step's own pod (components/passthrough.py)
+FORWARDED_ONLY = ("resources", "nodeSelector", "tolerations", "affinity")
 
 
 def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, str], output_dir: str,
@@ -150,13 +156,15 @@ def run_stage(
     task: str = "",
     train_data: str = "",
     train_data_eval: bool | None = False,
+    task_config: dict | None = None,
 ) -> dict:
     """Run one pipeline step of ``stage``; returns the stage's ``metrics.json``.
 
     ``inputs`` maps the component's input names to where the stage reads them: local paths in
     local mode, the artifacts' URIs in the cluster modes; so does ``train_data``, the folder of a data
     step's ``Dataset`` (``train_data_eval``: it holds eval data too; None: it is another stage's artifact, read as
-    a folder; empty: the config's own data). A
+    a folder; empty: the config's own data). ``task_config``: the KFP task's settings, the driver's dict of
+    the step's ``dsl.TaskConfig``; forwarded to the job in the cluster modes, ignored in local mode. A
     step whose output already holds a finished artifact (a retry after the stage published) reports it
     instead of training again.
     """
@@ -173,6 +181,10 @@ def run_stage(
         if skipped:
             log.info("mode=local: ignoring cluster overrides %s", " ".join(skipped))
         overrides = [o for o in overrides or [] if not o.startswith("cluster.")]
+        unapplied = [key for key in FORWARDED_ONLY if (task_config or {}).get(key)]
+        if unapplied:
+            log.warning("mode=local: the task's %s reached no pod: KFP hands them to the job a cluster mode "
+                        "launches (mode=pytorchjob or trainjob), not to this step's own pod", ", ".join(unapplied))
     if train_data:
         location = train_data if mode == "local" else artifact_uri(train_data)
         data = data_overrides(location, train_data_eval)
@@ -191,7 +203,7 @@ def run_stage(
 
         Path(output_path).mkdir(parents=True, exist_ok=True)  # KFP uploads this (empty) folder afterwards
         result = launch_stage(stage, config, args, run_id=run_id, task=task, cluster=None,
-                              manifest_out=manifest_path, backend=mode)
+                              manifest_out=manifest_path, backend=mode, task_config=task_config)
         log.info("%s finished: %s", stage, result)
     if mode == "local":
         Path(manifest_path).parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +232,8 @@ def run_stage_step(stage: str, inputs: dict[str, Any], model: Any, metrics: Any,
     """:func:`run_stage` for a KFP component: its artifacts in (models in ``inputs``, a ``Dataset`` in
     ``train_data``), metrics logged on ``metrics``."""
     mode = kwargs.get("mode", "local")
+    if "task_config" in kwargs:
+        kwargs["task_config"] = task_config_dict(kwargs["task_config"])
     wired = {name: (artifact.path if mode == "local" else artifact.uri) for name, artifact in inputs.items()}
     if train_data is not None:
         kwargs["train_data"] = train_data.path if mode == "local" else train_data.uri
@@ -230,6 +244,16 @@ def run_stage_step(stage: str, inputs: dict[str, Any], model: Any, metrics: Any,
         metrics.log_metric(key, value)
     model.metadata.update({"stage": stage, "mode": mode})
     return result
+
+
+def task_config_dict(task_config: Any) -> dict | None:
+    """A step's ``dsl.TaskConfig`` as the dict the KFP driver handed it (``kfp.dsl.executor`` made the one from
+    the other, renaming two keys)."""
+    if task_config is None or isinstance(task_config, dict):
+        return task_config
+    return {"affinity": task_config.affinity, "tolerations": task_config.tolerations,
+            "nodeSelector": task_config.node_selector, "env": task_config.env, "volumes": task_config.volumes,
+            "volumeMounts": task_config.volume_mounts, "resources": task_config.resources}
 
 
 # ---------------------------------------------------------------------- the labeling round (rlhf-human)

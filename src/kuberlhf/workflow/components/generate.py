@@ -3,11 +3,13 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
+from kuberlhf.workflow.components.passthrough import TASK_CONFIG_PASSTHROUGHS
+
 
 def generate_op(image: str):
     """The ``generate`` component running in ``image``."""
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, task_config_passthroughs=TASK_CONFIG_PASSTHROUGHS)
     def generate(
         policy: Input[Model],
         train_data: Input[Dataset],
@@ -21,12 +23,13 @@ def generate_op(image: str):
         procs: int = 1,
         run_id: str = "",
         task: str = "generate",
+        task_config: dsl.TaskConfig = None,
     ):
         """K candidates per prompt from the policy (config file plus key=value overrides)."""
         from kuberlhf.workflow.steps import run_stage_step
 
         run_stage_step("generate", {"policy": policy}, candidates, metrics, job_manifest, logs,
                        train_data=train_data, config=config, overrides=overrides, mode=mode, procs=procs,
-                       run_id=run_id, task=task)
+                       run_id=run_id, task=task, task_config=task_config)
 
     return generate

@@ -3,11 +3,13 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
+from kuberlhf.workflow.components.passthrough import TASK_CONFIG_PASSTHROUGHS
+
 
 def rlaif_op(image: str):
     """The ``rlaif`` component running in ``image``."""
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, task_config_passthroughs=TASK_CONFIG_PASSTHROUGHS)
     def rlaif(
         judge: Input[Model],
         train_data: Input[Dataset],
@@ -23,6 +25,7 @@ def rlaif_op(image: str):
         task: str = "rlaif",
         judge_model: str = "",
         constitution: str = "",
+        task_config: dsl.TaskConfig = None,
     ):
         """AI preference labels of the candidates (config file plus key=value overrides); the judge is the
         ``judge`` model, or ``judge_model`` when set (a hub name, s3:// URI, path in the image or .gguf file);
@@ -34,6 +37,6 @@ def rlaif_op(image: str):
         named += [f"constitution={resolve_config(constitution)}"] if constitution else []
         run_stage_step("rlaif", inputs, pairs, metrics, job_manifest, logs, train_data=train_data,
                        config=config, overrides=[*overrides, *named], mode=mode, procs=procs, run_id=run_id,
-                       task=task)
+                       task=task, task_config=task_config)
 
     return rlaif

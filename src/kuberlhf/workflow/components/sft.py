@@ -3,11 +3,13 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
+from kuberlhf.workflow.components.passthrough import TASK_CONFIG_PASSTHROUGHS
+
 
 def sft_op(image: str):
     """The ``sft`` component running in ``image``."""
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, task_config_passthroughs=TASK_CONFIG_PASSTHROUGHS)
     def sft(
         train_data: Input[Dataset],
         model: Output[Model],
@@ -20,11 +22,12 @@ def sft_op(image: str):
         procs: int = 1,
         run_id: str = "",
         task: str = "sft",
+        task_config: dsl.TaskConfig = None,
     ):
         """Supervised fine-tuning of the policy (config file plus key=value overrides)."""
         from kuberlhf.workflow.steps import run_stage_step
 
         run_stage_step("sft", {}, model, metrics, job_manifest, logs, train_data=train_data, config=config,
-                       overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task)
+                       overrides=overrides, mode=mode, procs=procs, run_id=run_id, task=task, task_config=task_config)
 
     return sft
