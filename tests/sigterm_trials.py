@@ -3,7 +3,7 @@ deletes, preempts or drains, at a random moment of its training, in one process 
 ``kuberlhf.torchrun`` (two processes, the training container's launcher, which forwards the signal).
 
 Each (stage, processes) pair first runs once uninterrupted: its end (the published weights, or for
-generate its candidates) and how long its training took, from its first logged step to its exit.
+generate its candidates) and how long its training took, from its first logged step to its last.
 Each trial starts the same command, waits for its first logged step, sends SIGTERM after a random
 part of that time, and reads what happened:
 
@@ -39,7 +39,7 @@ from helpers import REPO, subprocess_env
 STEPS = 30  # optimizer steps of every trial's run
 SAVE_STEPS = 10
 STOPPED = re.compile(r"stopped by SIGTERM (?:at step (\d+)|after sealing part (\d+))")
-FIRST_STEP = re.compile(r"'loss'|ppo step=|part 1/")
+STEP = re.compile(r"'loss'|ppo step=|part \d+/")  # a logged step (logging_steps=1) or a sealed part
 # (stage, processes): every Trainer stage and PPO in one process and under torchrun; generate in one
 PLAN = [("sft", 1), ("reward", 1), ("dpo", 1), ("rloo", 1), ("grpo", 1), ("ppo", 1), ("generate", 1),
         ("sft", 2), ("reward", 2), ("dpo", 2), ("grpo", 2), ("ppo", 2)]
@@ -73,6 +73,7 @@ class Run:
     code: int
     output: str
     first_step_s: float | None  # from start to the first logged step
+    last_step_s: float | None  # from start to the last one
     seconds: float
 
 
@@ -80,15 +81,17 @@ def start_and_watch(cmd: list[str], on_first_step=None) -> Run:
     """Run ``cmd``, reading its output; ``on_first_step(proc)`` is called once its first step is logged."""
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen, first = [], None
+    seen, first, last = [], None, None
     for line in proc.stdout:
         seen.append(line)
-        if first is None and FIRST_STEP.search(line):
-            first = time.monotonic() - started
-            if on_first_step:
-                on_first_step(proc)
+        if STEP.search(line):
+            last = time.monotonic() - started
+            if first is None:
+                first = last
+                if on_first_step:
+                    on_first_step(proc)
     code = proc.wait(timeout=600)
-    return Run(code, "".join(seen), first, time.monotonic() - started)
+    return Run(code, "".join(seen), first, last, time.monotonic() - started)
 
 
 # ------------------------------------------------------------------------------------------- the end of a run
@@ -151,7 +154,7 @@ def sigterm_trial(stage: str, nproc: int, then_kill: bool, root: Path, models: P
         ref_out = root / f"{stage}-{nproc}-reference"
         ref = start_and_watch(command(stage, nproc, ref_out, models))
         assert ref.code == 0 and ref.first_step_s is not None, ref.output[-3000:]
-        reference[stage, nproc] = (end_of(stage, ref_out), ref.seconds - ref.first_step_s)
+        reference[stage, nproc] = (end_of(stage, ref_out), ref.last_step_s - ref.first_step_s)
     end, window = reference[stage, nproc]
     out = root / f"{stage}-{nproc}-{tally.trials}"
     delay, kill_after = rng.uniform(0, window), rng.uniform(0, 0.5)
