@@ -59,7 +59,7 @@ def jobs_of_the_run() -> list[dict]:
     """The PyTorchJobs or TrainJobs kuberlhf created in the namespace."""
     from kubernetes import client, config
 
-    from kuberlhf.k8s.launcher import BACKEND as KINDS
+    from kuberlhf.k8s.kubeapi import BACKEND as KINDS
 
     try:
         config.load_incluster_config()
@@ -92,7 +92,7 @@ def test_run_succeeded(finished_run):
 
 
 def test_each_training_stage_ran_as_a_succeeded_job_of_the_backend(finished_run):
-    from kuberlhf.k8s.launcher import BACKEND as KINDS
+    from kuberlhf.k8s.kubeapi import BACKEND as KINDS
 
     jobs = {j["metadata"]["labels"]["kuberlhf.io/stage"]: j for j in jobs_of_the_run()}
     assert set(STAGES) <= set(jobs), f"{KINDS[BACKEND].kind}s found: {sorted(jobs)}"

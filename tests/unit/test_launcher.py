@@ -23,7 +23,8 @@ from kubernetes.client.exceptions import ApiException
 
 from kuberlhf.errors import ConfigError, KuberlhfError
 from kuberlhf.k8s import trainjob
-from kuberlhf.k8s.launcher import BACKEND, KubeApis, LaunchError, job_name, launch_stage
+from kuberlhf.k8s.kubeapi import BACKEND
+from kuberlhf.k8s.launcher import KubeApis, LaunchError, job_name, launch_stage
 from kuberlhf.k8s.spec import load_cluster
 
 REPO = Path(__file__).resolve().parents[2]
