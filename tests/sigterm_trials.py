@@ -11,8 +11,9 @@ part of that time, and reads what happened:
   checkpoint must be that step's (part's), every checkpoint with a manifest must verify, and the
   rerun must resume from it (``resumed_from_step`` N, or N parts' prompts kept) and end exactly where
   the uninterrupted run ended (the same weights within 1e-5, the same candidates). Else it is *lost*.
-- the artifact published: the signal came after training, and the stage finished publishing (exit 0) as
-  it does after its last step; counted as *finished*; the rerun has nothing to do.
+- the artifact published: the signal came after training, and the stage finished publishing as it does
+  after its last step (exit 0, or 143 when the signal lands on the way out of the process, after the
+  artifact is sealed); counted as *finished*; the rerun must leave the artifact as it is.
 - killed by the signal before the stage took it (imports, loading): the rerun starts clean and must
   end the same.
 
@@ -179,12 +180,10 @@ def sigterm_trial(stage: str, nproc: int, then_kill: bool, root: Path, models: P
     sealed = sealed_steps(out)
     said = STOPPED.search(run.output)
     expect_from = None  # the step (or part) the rerun must resume from
-    if (out / "manifest.json").is_file():  # the signal came after training: the stage finished publishing
-        tally.finished += 1
+    published = (out / "manifest.json").read_text() if (out / "manifest.json").is_file() else None
+    if published is not None:  # the signal came after training: the stage finished publishing
+        tally.finished += 1  # (exit 0, or killed by it on the way out of the process: the rerun has nothing to do)
         what = f"finished (exit {run.code})"
-        if run.code != 0:
-            tally.lost += 1
-            tally.notes.append(f"{name}: published, yet exit {run.code}")
     elif run.code == 143 and said:
         n = int(said.group(1) or said.group(2))
         what = f"stopped at {'step' if said.group(1) else 'part'} {n} of {STEPS if said.group(1) else PROMPTS // PART}"
@@ -214,6 +213,9 @@ def sigterm_trial(stage: str, nproc: int, then_kill: bool, root: Path, models: P
             tally.lost += 1
             tally.notes.append(f"{name}: rerun resumed from {resumed}, not {expect_from}")
         what += f", rerun resumed from {resumed}"
+    if published is not None and (out / "manifest.json").read_text() != published:
+        tally.lost += 1
+        tally.notes.append(f"{name}: the rerun of a finished run replaced its artifact")
     if differs := same_end(end_of(stage, out), end):
         tally.lost += 1
         tally.notes.append(f"{name}: the rerun ended elsewhere than an uninterrupted run: {differs}")
