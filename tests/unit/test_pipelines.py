@@ -52,6 +52,23 @@ def test_every_pipeline_compiles_and_loads_back_with_the_kfp_sdk(name, tmp_path)
     undocumented = [key for key, p in params.items() if len(p.description.strip()) < 20]
     assert not undocumented, f"parameters without a description (they are the Kubeflow UI form): {undocumented}"
     assert not [key for key, p in params.items() if "\n" in p.description], "a description broken over lines"
+    from kuberlhf.workflow.pipelines.params import SHARED
+
+    for key in set(params) & {"mode", "procs", "eval_prompts", "gold_eval", "ppo_config"}:  # never reworded per pipeline
+        assert params[key].description == SHARED[key], key
+
+
+def test_a_pipeline_parameter_described_nowhere_is_refused_by_name():
+    from kuberlhf.workflow.pipelines.params import described
+
+    def run(mode: str = "local", colour: str = "red"):
+        pass
+
+    with pytest.raises(TypeError, match=r"pipeline run: no description for \['colour'\]"):
+        described("A pipeline.")(run)
+    with pytest.raises(TypeError, match=r"described but not a parameter: \['size'\]"):
+        described("A pipeline.", colour="The colour.", size="The size.")(run)
+    assert "    colour: The colour.\n" in described("A pipeline.", colour="The colour.")(run).__doc__
 
 
 def test_compiled_rlhf_ppo_matches_the_golden_file(tmp_path):

@@ -23,6 +23,7 @@ from kuberlhf.workflow.components.rest import rest_grow_op, rest_improve_op
 from kuberlhf.workflow.components.reward import reward_op
 from kuberlhf.workflow.components.sft import sft_op
 from kuberlhf.workflow.pipelines.cluster import configure
+from kuberlhf.workflow.pipelines.params import described
 
 NAME = "rest"
 POLICY_STAGE = "rest"  # the stage whose policy the report compares with the SFT one
@@ -51,6 +52,10 @@ def build(registry: str | None = None, tag: str | None = None, iterations: int =
     evaluate, data = evaluate_op(image_ref("evaluate", registry, tag)), data_op(image_ref("sft", registry, tag))
 
     @dsl.pipeline(name=NAME, description=f"{DESCRIPTION} {iterations} x (Grow + {improve_steps} Improve).")
+    @described("ReST: SFT, reward model, Grow and Improve iterations (unrolled at compile time), evaluation report.", policy="ReST",
+               rest_config="ReST config file (configs/rest/...): K samples per prompt, improve.thresholds (one per Improve step), the fine-tuning of each Improve step.",
+               rest_overrides='ReST key=value overrides for every Grow and Improve step, e.g. ["improve.thresholds=[0.6,0.9]", "improve.start_from=base", "sampling.num_candidates=16"].',
+               rest_prompts="Prompts of the Grow steps (any data source); empty = the ReST config's data.train.")
     def rest(
         mode: str = "local",
         procs: int = 1,
@@ -68,25 +73,6 @@ def build(registry: str | None = None, tag: str | None = None, iterations: int =
         report_samples: int = 8,
         seed: int = 0,
     ) -> Outputs:
-        """ReST: SFT, reward model, Grow and Improve iterations (unrolled at compile time), evaluation report.
-
-        Args:
-            mode: Where the training stages run. local runs each stage inside its pipeline step (torchrun when procs > 1); pytorchjob makes each step launch a PyTorchJob for its stage and wait for it; trainjob the same with a Kubeflow Trainer v2 TrainJob.
-            procs: Processes per training stage in local mode (torchrun --nproc_per_node); in the pytorchjob and trainjob modes the cluster settings decide.
-            sft_config: SFT config file (a path in the image, e.g. configs/sft/opt-1.3b-qlora.yaml, or a file of the kuberlhf-config ConfigMap).
-            sft_overrides: SFT key=value overrides, e.g. ["training.max_steps=500", "finetune=lora"].
-            sft_data: SFT training data (any data source); empty = the SFT config's data.train.
-            reward_config: Reward-model config file (configs/reward/...).
-            reward_overrides: Reward-model key=value overrides, e.g. ["training.max_steps=500"].
-            reward_data: Reward-model preference pairs (any data source); empty = the reward config's data.train.
-            rest_config: ReST config file (configs/rest/...): K samples per prompt, improve.thresholds (one per Improve step), the fine-tuning of each Improve step.
-            rest_overrides: ReST key=value overrides for every Grow and Improve step, e.g. ["improve.thresholds=[0.6,0.9]", "improve.start_from=base", "sampling.num_candidates=16"].
-            rest_prompts: Prompts of the Grow steps (any data source); empty = the ReST config's data.train.
-            eval_prompts: Held-out prompts of the evaluation (any data source: demo://, .jsonl, s3://, a HF dataset).
-            gold_eval: Score the SFT and final policies with the built-in task's gold judge (only meaningful for demo:// prompts).
-            report_samples: Held-out prompts whose SFT and ReST responses the report shows side by side.
-            seed: Sampling seed of the evaluation (both policies see the same prompts and seed).
-        """
         common = {"mode": mode, "procs": procs, "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                   "task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
         stage_data = {}

@@ -17,6 +17,7 @@ from kuberlhf.workflow.components.dpo import dpo_op
 from kuberlhf.workflow.components.evaluate import evaluate_op
 from kuberlhf.workflow.components.sft import sft_op
 from kuberlhf.workflow.pipelines.cluster import configure
+from kuberlhf.workflow.pipelines.params import described
 
 NAME = "rlhf-dpo"
 POLICY_STAGE = "dpo"  # the stage whose policy the report compares with the SFT one
@@ -36,6 +37,11 @@ def build(registry: str | None = None, tag: str | None = None):
     evaluate, data = evaluate_op(image_ref("evaluate", registry, tag)), data_op(image_ref("sft", registry, tag))
 
     @dsl.pipeline(name=NAME, description=DESCRIPTION)
+    @described("RLHF with DPO: SFT, DPO, evaluation report.", policy="DPO",
+               sft_config="SFT config file (a path in the image, e.g. configs/sft/opt-1.3b-qlora.yaml, or a file of the kuberlhf-config ConfigMap). Keep lora.merge=true: DPO starts from a standalone model.",
+               dpo_config="DPO config file (configs/dpo/...); its model is the SFT step's output.",
+               dpo_overrides='DPO key=value overrides, e.g. ["beta=0.05", "data.on_bad_row=skip"].',
+               dpo_data="DPO preference pairs (prompt/chosen/rejected or hh-rlhf rows), e.g. s3://bucket/pairs.jsonl; empty = the DPO config's data.train.")
     def rlhf_dpo(
         mode: str = "local",
         procs: int = 1,
@@ -50,22 +56,6 @@ def build(registry: str | None = None, tag: str | None = None):
         report_samples: int = 8,
         seed: int = 0,
     ) -> Outputs:
-        """RLHF with DPO: SFT, DPO, evaluation report.
-
-        Args:
-            mode: Where the training stages run. local runs each stage inside its pipeline step (torchrun when procs > 1); pytorchjob makes each step launch a PyTorchJob for its stage and wait for it; trainjob the same with a Kubeflow Trainer v2 TrainJob.
-            procs: Processes per training stage in local mode (torchrun --nproc_per_node); in the pytorchjob and trainjob modes the cluster settings decide.
-            sft_config: SFT config file (a path in the image, e.g. configs/sft/opt-1.3b-qlora.yaml, or a file of the kuberlhf-config ConfigMap). Keep lora.merge=true: DPO starts from a standalone model.
-            sft_overrides: SFT key=value overrides, e.g. ["training.max_steps=500"].
-            sft_data: SFT training data (question/response, chat messages or prompt/completion rows): a .jsonl/.json/.parquet file or folder, s3:// URI, HF dataset, Deep Lake or demo:// source; empty = the SFT config's data.train. The SFT data step validates every row and hands the SFT step a Dataset.
-            dpo_config: DPO config file (configs/dpo/...); its model is the SFT step's output.
-            dpo_overrides: DPO key=value overrides, e.g. ["beta=0.05", "data.on_bad_row=skip"].
-            dpo_data: DPO preference pairs (prompt/chosen/rejected or hh-rlhf rows), e.g. s3://bucket/pairs.jsonl; empty = the DPO config's data.train.
-            eval_prompts: Held-out prompts of the evaluation (any data source: demo://, .jsonl, s3://, a HF dataset).
-            gold_eval: Score the SFT and final policies with the built-in task's gold judge (only meaningful for demo:// prompts).
-            report_samples: Held-out prompts whose SFT and DPO responses the report shows side by side.
-            seed: Sampling seed of the evaluation (both policies see the same prompts and seed).
-        """
         common = {"mode": mode, "procs": procs, "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                   "task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
         sft_data_task = configure(data(stage="sft", source=sft_data, config=sft_config, overrides=sft_overrides),

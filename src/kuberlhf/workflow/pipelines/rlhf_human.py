@@ -24,6 +24,7 @@ from kuberlhf.workflow.components.ppo import ppo_op
 from kuberlhf.workflow.components.reward import reward_op
 from kuberlhf.workflow.components.sft import sft_op
 from kuberlhf.workflow.pipelines.cluster import configure
+from kuberlhf.workflow.pipelines.params import described
 
 NAME = "rlhf-human"
 POLICY_STAGE = "ppo"  # the stage whose policy the report compares with the SFT one
@@ -57,6 +58,21 @@ def build(registry: str | None = None, tag: str | None = None):
     evaluate = evaluate_op(image_ref("evaluate", registry, tag))
 
     @dsl.pipeline(name=NAME, description=DESCRIPTION)
+    @described("RLHF from human rankings: SFT, candidates, Label Studio ranking, reward model, PPO, evaluation report.",
+               feedback_project="Label Studio project title; empty = one project per pipeline run (kuberlhf-<run id>). A run with a named project reuses it and adds no task twice.",
+               feedback_instructions="Instructions and criteria shown to labelers (an HTML file in the image or the kuberlhf-config ConfigMap).",
+               feedback_unusable_bucket="Let labelers set candidates apart as unusable (a second bucket of the ranker).",
+               feedback_labelers_per_task="Labelers wanted per task (Label Studio's overlap); several are merged as feedback_merge says.",
+               feedback_fraction="Share of the tasks that must be finished (ranked by feedback_labelers_per_task labelers, or skipped) before the pipeline goes on (1.0 = all).",
+               feedback_timeout_s="Seconds the waiting step waits for the labelers at most (default a week); then the run fails with the progress so far.",
+               feedback_poll_s="Seconds between two looks at the project's progress.",
+               feedback_ties="Tied candidates: skip (no pair between them) or drop (rankings with ties give no pairs).",
+               feedback_unusable="Unusable candidates: last (below every ranked one) or drop (in no pair).",
+               feedback_merge="Several labelers of one task: majority (a pair per majority vote) or separate (every labeler's pairs).",
+               feedback_eval_fraction="Share of the ranked prompts whose pairs are held out to measure the reward model's pairwise accuracy.",
+               reward_config="Reward-model config file (configs/reward/...); its training data are the rankings' pairs.",
+               reward_overrides='Reward-model key=value overrides, e.g. ["data.group_by_prompt=true", "training.max_steps=500"].',
+               seed="Sampling seed of the evaluation and of the held-out prompts of the pairs.")
     def rlhf_human(
         mode: str = "local",
         procs: int = 1,
@@ -87,38 +103,6 @@ def build(registry: str | None = None, tag: str | None = None):
         report_samples: int = 8,
         seed: int = 0,
     ) -> Outputs:
-        """RLHF from human rankings: SFT, candidates, Label Studio ranking, reward model, PPO, evaluation report.
-
-        Args:
-            mode: Where the training stages run. local runs each stage inside its pipeline step (torchrun when procs > 1); pytorchjob makes each step launch a PyTorchJob for its stage and wait for it; trainjob the same with a Kubeflow Trainer v2 TrainJob.
-            procs: Processes per training stage in local mode (torchrun --nproc_per_node); in the pytorchjob and trainjob modes the cluster settings decide.
-            sft_config: SFT config file (a path in the image, e.g. configs/sft/opt-1.3b-qlora.yaml, or a file of the kuberlhf-config ConfigMap).
-            sft_overrides: SFT key=value overrides, e.g. ["training.max_steps=500", "finetune=lora"].
-            sft_data: SFT training data (any data source); empty = the SFT config's data.train.
-            generate_config: Candidate generation config (configs/generate/...): K candidates per prompt and how they are sampled.
-            generate_overrides: Generation key=value overrides, e.g. ["sampling.num_candidates=6", "sampling.temperature=0.9"].
-            generate_prompts: Prompts to write candidates for (any data source); empty = the generation config's data.train.
-            feedback_project: Label Studio project title; empty = one project per pipeline run (kuberlhf-<run id>). A run with a named project reuses it and adds no task twice.
-            feedback_instructions: Instructions and criteria shown to labelers (an HTML file in the image or the kuberlhf-config ConfigMap).
-            feedback_unusable_bucket: Let labelers set candidates apart as unusable (a second bucket of the ranker).
-            feedback_labelers_per_task: Labelers wanted per task (Label Studio's overlap); several are merged as feedback_merge says.
-            feedback_fraction: Share of the tasks that must be finished (ranked by feedback_labelers_per_task labelers, or skipped) before the pipeline goes on (1.0 = all).
-            feedback_timeout_s: Seconds the waiting step waits for the labelers at most (default a week); then the run fails with the progress so far.
-            feedback_poll_s: Seconds between two looks at the project's progress.
-            feedback_ties: Tied candidates: skip (no pair between them) or drop (rankings with ties give no pairs).
-            feedback_unusable: Unusable candidates: last (below every ranked one) or drop (in no pair).
-            feedback_merge: Several labelers of one task: majority (a pair per majority vote) or separate (every labeler's pairs).
-            feedback_eval_fraction: Share of the ranked prompts whose pairs are held out to measure the reward model's pairwise accuracy.
-            reward_config: Reward-model config file (configs/reward/...); its training data are the rankings' pairs.
-            reward_overrides: Reward-model key=value overrides, e.g. ["data.group_by_prompt=true", "training.max_steps=500"].
-            ppo_config: PPO config file (configs/ppo/...); its policy and reward model are the outputs of the earlier steps.
-            ppo_overrides: PPO key=value overrides, e.g. ["training.max_steps=200", "ppo.kl_coef=0.1"].
-            ppo_prompts: PPO training prompts (any data source); empty = the PPO config's data.train.
-            eval_prompts: Held-out prompts of the evaluation (any data source: demo://, .jsonl, s3://, a HF dataset).
-            gold_eval: Score the SFT and final policies with the built-in task's gold judge (only meaningful for demo:// prompts).
-            report_samples: Held-out prompts whose SFT and PPO responses the report shows side by side.
-            seed: Sampling seed of the evaluation and of the held-out prompts of the pairs.
-        """
         common = {"mode": mode, "procs": procs, "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                   "task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
         stage_data = {}

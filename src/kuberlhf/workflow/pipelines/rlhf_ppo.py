@@ -20,6 +20,7 @@ from kuberlhf.workflow.components.ppo import ppo_op
 from kuberlhf.workflow.components.reward import reward_op
 from kuberlhf.workflow.components.sft import sft_op
 from kuberlhf.workflow.pipelines.cluster import configure
+from kuberlhf.workflow.pipelines.params import described
 
 NAME = "rlhf-ppo"
 POLICY_STAGE = "ppo"  # the stage whose policy the report compares with the SFT one
@@ -42,6 +43,8 @@ def build(registry: str | None = None, tag: str | None = None):
     data = data_op(image_ref("sft", registry, tag))
 
     @dsl.pipeline(name=NAME, description=DESCRIPTION)
+    @described("RLHF with PPO: SFT, LoRA merge, reward model, PPO, evaluation report.",
+               sft_overrides='SFT key=value overrides, e.g. ["training.max_steps=500", "finetune=lora", "lora.merge=false"].')
     def rlhf_ppo(
         mode: str = "local",
         procs: int = 1,
@@ -59,25 +62,6 @@ def build(registry: str | None = None, tag: str | None = None):
         report_samples: int = 8,
         seed: int = 0,
     ) -> Outputs:
-        """RLHF with PPO: SFT, LoRA merge, reward model, PPO, evaluation report.
-
-        Args:
-            mode: Where the training stages run. local runs each stage inside its pipeline step (torchrun when procs > 1); pytorchjob makes each step launch a PyTorchJob for its stage and wait for it; trainjob the same with a Kubeflow Trainer v2 TrainJob.
-            procs: Processes per training stage in local mode (torchrun --nproc_per_node); in the pytorchjob and trainjob modes the cluster settings decide.
-            sft_config: SFT config file (a path in the image, e.g. configs/sft/opt-1.3b-qlora.yaml, or a file of the kuberlhf-config ConfigMap).
-            sft_overrides: SFT key=value overrides, e.g. ["training.max_steps=500", "finetune=lora", "lora.merge=false"].
-            sft_data: SFT training data (question/response, chat messages or prompt/completion rows): a .jsonl/.json/.parquet file or folder, s3:// URI, HF dataset, Deep Lake or demo:// source; empty = the SFT config's data.train. The SFT data step validates every row and hands the SFT step a Dataset.
-            reward_config: Reward-model config file (configs/reward/...).
-            reward_overrides: Reward-model key=value overrides, e.g. ["training.max_steps=500", "data.on_bad_row=skip"].
-            reward_data: Reward-model preference pairs (prompt/chosen/rejected or hh-rlhf rows), e.g. s3://bucket/hh-rlhf/train.jsonl; empty = the reward config's data.train.
-            ppo_config: PPO config file (configs/ppo/...); its policy and reward model are the outputs of the earlier steps.
-            ppo_overrides: PPO key=value overrides, e.g. ["training.max_steps=200", "ppo.kl_coef=0.1"].
-            ppo_prompts: PPO training prompts (prompt, question or hh-rlhf rows); empty = the PPO config's data.train.
-            eval_prompts: Held-out prompts of the evaluation (any data source: demo://, .jsonl, s3://, a HF dataset).
-            gold_eval: Score the SFT and final policies with the built-in task's gold judge (only meaningful for demo:// prompts).
-            report_samples: Held-out prompts whose SFT and PPO responses the report shows side by side.
-            seed: Sampling seed of the evaluation (both policies see the same prompts and seed).
-        """
         common = {"mode": mode, "procs": procs, "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                   "task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
         stage_data = {}

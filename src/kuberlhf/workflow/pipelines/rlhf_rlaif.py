@@ -25,6 +25,7 @@ from kuberlhf.workflow.components.reward import reward_op
 from kuberlhf.workflow.components.rlaif import rlaif_op
 from kuberlhf.workflow.components.sft import sft_op
 from kuberlhf.workflow.pipelines.cluster import configure
+from kuberlhf.workflow.pipelines.params import described
 
 NAME = "rlhf-rlaif"
 POLICY_STAGE = "ppo"  # the stage whose policy the report compares with the SFT one
@@ -49,6 +50,12 @@ def build(registry: str | None = None, tag: str | None = None):
     evaluate, data = evaluate_op(image_ref("evaluate", registry, tag)), data_op(image_ref("sft", registry, tag))
 
     @dsl.pipeline(name=NAME, description=DESCRIPTION)
+    @described("RLHF from AI feedback: SFT, candidates, AI labels under a constitution, reward model, PPO, report.",
+               judge_model="The judge: a hub name, s3:// URI, path in the image or .gguf file (e.g. SmolLM2-135M-Instruct); empty = this run's SFT policy judges its own candidates (meaningful only for a capable instruct model).",
+               constitution="The principles (and few-shot examples) the judge follows: a YAML file in the image or the kuberlhf-config ConfigMap (configs/constitutions/...).",
+               rlaif_config="AI-labelling config (configs/rlaif/...): batch size, confidence threshold, held-out share.",
+               rlaif_overrides='AI-labelling key=value overrides, e.g. ["labeling.min_confidence=0.2"].',
+               reward_config="Reward-model config file (configs/reward/...); its training data are the AI-labelled pairs.")
     def rlhf_rlaif(
         mode: str = "local",
         procs: int = 1,
@@ -72,31 +79,6 @@ def build(registry: str | None = None, tag: str | None = None):
         report_samples: int = 8,
         seed: int = 0,
     ) -> Outputs:
-        """RLHF from AI feedback: SFT, candidates, AI labels under a constitution, reward model, PPO, report.
-
-        Args:
-            mode: Where the training stages run. local runs each stage inside its pipeline step (torchrun when procs > 1); pytorchjob makes each step launch a PyTorchJob for its stage and wait for it; trainjob the same with a Kubeflow Trainer v2 TrainJob.
-            procs: Processes per training stage in local mode (torchrun --nproc_per_node); in the pytorchjob and trainjob modes the cluster settings decide.
-            sft_config: SFT config file (a path in the image, e.g. configs/sft/opt-1.3b-qlora.yaml, or a file of the kuberlhf-config ConfigMap).
-            sft_overrides: SFT key=value overrides, e.g. ["training.max_steps=500", "finetune=lora"].
-            sft_data: SFT training data (any data source); empty = the SFT config's data.train.
-            generate_config: Candidate generation config (configs/generate/...): K candidates per prompt and how they are sampled.
-            generate_overrides: Generation key=value overrides, e.g. ["sampling.num_candidates=6"].
-            generate_prompts: Prompts to write candidates for (any data source); empty = the generation config's data.train.
-            judge_model: The judge: a hub name, s3:// URI, path in the image or .gguf file (e.g. SmolLM2-135M-Instruct); empty = this run's SFT policy judges its own candidates (meaningful only for a capable instruct model).
-            constitution: The principles (and few-shot examples) the judge follows: a YAML file in the image or the kuberlhf-config ConfigMap (configs/constitutions/...).
-            rlaif_config: AI-labelling config (configs/rlaif/...): batch size, confidence threshold, held-out share.
-            rlaif_overrides: AI-labelling key=value overrides, e.g. ["labeling.min_confidence=0.2"].
-            reward_config: Reward-model config file (configs/reward/...); its training data are the AI-labelled pairs.
-            reward_overrides: Reward-model key=value overrides, e.g. ["training.max_steps=500"].
-            ppo_config: PPO config file (configs/ppo/...); its policy and reward model are the outputs of the earlier steps.
-            ppo_overrides: PPO key=value overrides, e.g. ["training.max_steps=200", "ppo.kl_coef=0.1"].
-            ppo_prompts: PPO training prompts (any data source); empty = the PPO config's data.train.
-            eval_prompts: Held-out prompts of the evaluation (any data source: demo://, .jsonl, s3://, a HF dataset).
-            gold_eval: Score the SFT and final policies with the built-in task's gold judge (only meaningful for demo:// prompts).
-            report_samples: Held-out prompts whose SFT and PPO responses the report shows side by side.
-            seed: Sampling seed of the evaluation.
-        """
         common = {"mode": mode, "procs": procs, "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                   "task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
         stage_data = {}
