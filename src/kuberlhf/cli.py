@@ -14,7 +14,7 @@ import sys
 
 from kuberlhf import __version__
 from kuberlhf.errors import KuberlhfError
-from kuberlhf.stages.registry import STAGES, configure_logging, done_line, get_stage, run_stage
+from kuberlhf.stages.registry import STAGES, configure_logging, get_stage, run_and_report
 
 # verbs beyond the stages -> module with ``add_parser(verbs)`` and ``run(args) -> int`` (import-light)
 TOOLS = {
@@ -70,26 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             for key, default, text in describe(get_stage(args.verb).config_cls):
                 print(f"{key} = {default}\n    {text}")
             return 0
-        metrics = run_stage(args.verb, args.config, args.overrides)
     except KuberlhfError as err:
         print(f"kuberlhf {args.verb}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except Exception as err:
-        from kuberlhf.distributed import lost_peer
-        from kuberlhf.errors import EXIT_TRANSIENT
-
-        if not lost_peer(err):
-            raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"kuberlhf {args.verb}: error: another process of the run was lost ({first}); exiting "
-              f"{EXIT_TRANSIENT}, retryable: the job restarts its pods and the run resumes from its last checkpoint",
-              file=sys.stderr)
-        return EXIT_TRANSIENT
-    from kuberlhf.distributed import is_world_main
-
-    if is_world_main():
-        print(done_line(args.verb, metrics))
-    return 0
+    return run_and_report(args.verb, args.config, args.overrides)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

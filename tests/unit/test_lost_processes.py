@@ -14,6 +14,7 @@ import pytest
 
 from kuberlhf import cli, torchrun
 from kuberlhf.errors import EXIT_PERMANENT, EXIT_TRANSIENT, ConfigError
+from kuberlhf.stages import registry
 
 GLOO = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.88.0.25]:6029: "
         "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application.")
@@ -34,7 +35,7 @@ def _stage_raising(monkeypatch, err: BaseException) -> None:
     def run_stage(stage, config, overrides):
         raise err
 
-    monkeypatch.setattr(cli, "run_stage", run_stage)
+    monkeypatch.setattr(registry, "run_stage", run_stage)
 
 
 def test_a_stage_that_loses_its_peer_exits_retryable(monkeypatch, capsys):

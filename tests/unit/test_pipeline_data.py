@@ -119,7 +119,7 @@ def test_training_steps_read_the_dataset_local_path_or_object_store_uri(tmp_path
     from kuberlhf.workflow.data import dataset_has_eval
 
     seen = []
-    monkeypatch.setattr(steps, "run_stage", lambda stage, **kw: seen.append(kw) or {"loss": 1.0})
+    monkeypatch.setattr(steps, "run_step", lambda stage, **kw: seen.append(kw) or {"loss": 1.0})
     model, manifest = dataset_artifact(tmp_path / "model"), dataset_artifact(tmp_path / "job")
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -146,16 +146,16 @@ def test_data_overrides_come_after_the_users_and_object_store_roots_become_s3(tm
 
     ran = []
 
-    def run_local(stage, config, overrides, procs=1, log_path=None):
+    def run_in_step(stage, config, overrides, procs=1, log_path=None):
         ran.append(overrides)
         out = Path(overrides[-1].removeprefix("output_dir="))
         out.mkdir(parents=True)
         (out / "metrics.json").write_text("{}")
 
-    monkeypatch.setattr(steps, "run_local", run_local)
+    monkeypatch.setattr(steps, "run_in_step", run_in_step)
     monkeypatch.setattr(steps, "read_metrics", lambda d: {})
     common = dict(config="", inputs={}, manifest_path=str(tmp_path / "job"))
-    steps.run_stage("reward", mode="local", overrides=["data.train=elsewhere"], output_path=str(tmp_path / "m"),
+    steps.run_step("reward", mode="local", overrides=["data.train=elsewhere"], output_path=str(tmp_path / "m"),
                     output_uri=str(tmp_path / "m"), train_data="/runs/data/dataset", train_data_eval=True, **common)
     assert ran[0] == ["training.disable_tqdm=true", "data.train=elsewhere", "data.format=jsonl",
                       "data.train=/runs/data/dataset/train.jsonl", "data.eval=/runs/data/dataset/eval.jsonl",
@@ -169,7 +169,7 @@ def test_data_overrides_come_after_the_users_and_object_store_roots_become_s3(tm
 
     monkeypatch.setitem(sys.modules, "kuberlhf.k8s.launcher", SimpleNamespace(launch_stage=launch_stage))
     monkeypatch.setattr("kuberlhf.artifacts.storage.is_complete", lambda uri: False)
-    steps.run_stage("reward", mode="pytorchjob", overrides=[], output_path=str(tmp_path / "m2"),
+    steps.run_step("reward", mode="pytorchjob", overrides=[], output_path=str(tmp_path / "m2"),
                     output_uri="s3://b/m2", train_data="minio://mlpipeline/run/data/dataset/", **common)
     assert launched[0] == ["training.disable_tqdm=true", "data.format=jsonl",
                            "data.train=s3://mlpipeline/run/data/dataset/train.jsonl", "output_dir=s3://b/m2"]

@@ -384,7 +384,7 @@ def fake_artifact(path: Path, metrics: dict) -> None:
 def test_cluster_modes_launch_the_stage_once_and_report_its_metrics(tmp_path, monkeypatch, mode):
     """The launcher gets the inputs' and output's object-store URIs and the mode as its backend; a retried step
     does not launch again."""
-    from kuberlhf.workflow.steps import run_stage
+    from kuberlhf.workflow.steps import run_step
 
     launched = []
 
@@ -401,7 +401,7 @@ def test_cluster_modes_launch_the_stage_once_and_report_its_metrics(tmp_path, mo
                   output_path=str(tmp_path / "local-model"), output_uri=f"file://{out}",
                   manifest_path=str(tmp_path / "job.yaml"), run_id="run-1", task="ppo",
                   task_config={"resources": {"limits": {"nvidia.com/gpu": "2"}}})
-    metrics = run_stage("ppo", **kwargs)
+    metrics = run_step("ppo", **kwargs)
     assert metrics["kl"] == 1.25
     ((stage, config, overrides, run_id, task, cluster, backend, task_config),) = launched
     assert (stage, run_id, task, cluster, backend) == ("ppo", "run-1", "ppo", None, mode)
@@ -410,10 +410,10 @@ def test_cluster_modes_launch_the_stage_once_and_report_its_metrics(tmp_path, mo
                          "reward_model.name_or_path=s3://b/reward", f"output_dir={out}"]
     assert (tmp_path / "job.yaml").read_text() == "kind: PyTorchJob\n"
     assert (tmp_path / "local-model").is_dir()  # KFP uploads this folder after the step: it must exist
-    run_stage("ppo", **kwargs)  # a retry after the stage published
+    run_step("ppo", **kwargs)  # a retry after the stage published
     assert len(launched) == 1
     with pytest.raises(ConfigError, match="mode: must be one of local, pytorchjob, trainjob"):
-        run_stage("ppo", **{**kwargs, "mode": "cluster"})
+        run_step("ppo", **{**kwargs, "mode": "cluster"})
 
 
 def test_kfp_metrics_keep_numbers_only():
@@ -468,17 +468,17 @@ def test_local_mode_runs_the_stage_here_without_cluster_keys(tmp_path, monkeypat
 
     ran = []
 
-    def run_local(stage, config, overrides, procs=1, log_path=None):
+    def run_in_step(stage, config, overrides, procs=1, log_path=None):
         ran.append((stage, overrides, procs))
         out = Path(overrides[-1].removeprefix("output_dir="))
         (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
         fake_artifact(out, {"train_loss": 1.5})
 
-    monkeypatch.setattr(steps, "run_local", run_local)
+    monkeypatch.setattr(steps, "run_in_step", run_in_step)
     model = tmp_path / "sft" / "model"
     task_config = {"resources": {"limits": {"nvidia.com/gpu": "1"}}, "nodeSelector": {"pool": "gpu"},
                    "env": [{"name": "FOO", "value": "bar"}], "tolerations": None, "affinity": None}
-    metrics = steps.run_stage("sft", mode="local", config="", overrides=["training.max_steps=3", "cluster.nodes=4"],
+    metrics = steps.run_step("sft", mode="local", config="", overrides=["training.max_steps=3", "cluster.nodes=4"],
                               inputs={}, output_path=str(model), output_uri=str(model),
                               manifest_path=str(tmp_path / "sft" / "job_manifest"), procs=2, task_config=task_config)
     assert metrics == {"train_loss": 1.5}

@@ -127,6 +127,13 @@ class RunDir:
         lease.release(self.work_dir)
 
 
+def finished(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds a finished artifact (its manifest written, last): a rerun or a retried step
+    finds it there instead of training again. Whether it was made with this config is :func:`prepare_run`'s
+    question (the stage asks it in its own process, a pipeline step's job in its pods)."""
+    return storage.is_complete(output_dir)
+
+
 def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = True, cfg: Any = None) -> RunDir:
     """Check ``output_dir`` and pick the local work dir; refuse to clobber a finished artifact.
 

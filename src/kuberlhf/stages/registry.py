@@ -147,6 +147,34 @@ def run_stage(stage: str, config: str | None, overrides: list[str]) -> dict:
         raise
 
 
+def run_and_report(stage: str, config: str | None, overrides: list[str]) -> int:
+    """:func:`run_stage` as ``kuberlhf STAGE`` and a pipeline step run it: its exit status, with its error
+    on one line (stderr), or its result line (stdout, from the main process). A lost peer of a distributed
+    run (gloo/NCCL: its pod deleted, its node gone) exits 200, retryable; any other exception is a bug and
+    propagates with its traceback."""
+    import sys
+
+    from kuberlhf.distributed import is_world_main, lost_peer
+    from kuberlhf.errors import EXIT_TRANSIENT, KuberlhfError
+
+    try:
+        metrics = run_stage(stage, config, overrides)
+    except KuberlhfError as err:
+        print(f"kuberlhf {stage}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:
+        if not lost_peer(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"kuberlhf {stage}: error: another process of the run was lost ({first}); exiting "
+              f"{EXIT_TRANSIENT}, retryable: the job restarts its pods and the run resumes from its last checkpoint",
+              file=sys.stderr)
+        return EXIT_TRANSIENT
+    if is_world_main():
+        print(done_line(stage, metrics))
+    return 0
+
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

@@ -377,10 +377,10 @@ def _join(uri: str, *names: str) -> str:
 def _reuse(uri: str, settings: dict, what: str) -> bool:
     """Whether the step at ``uri`` is finished with these settings (then the loop goes on from it); a
     finished step made with other settings stops the run, naming the keys that changed."""
-    from kuberlhf.artifacts import storage
+    from kuberlhf.artifacts import rundir
     from kuberlhf.artifacts.cards import read_metrics
 
-    if not storage.is_complete(uri):
+    if not rundir.finished(uri):
         return False
     made = read_metrics(uri).get("settings", {})
     changed = sorted(k for k in set(made) | set(settings) if made.get(k) != settings.get(k))
@@ -393,7 +393,7 @@ def _reuse(uri: str, settings: dict, what: str) -> bool:
 
 def run(cfg: RestConfig) -> dict:
     """Run ReST (or one of its steps, ``phase``) and publish the final policy; returns its metrics."""
-    from kuberlhf.artifacts import rundir, storage
+    from kuberlhf.artifacts import rundir
     from kuberlhf.artifacts.cards import read_metrics
     from kuberlhf.artifacts.s3 import configure_from
     from kuberlhf.distributed import barrier, init_distributed, is_world_main, local_main_first
@@ -408,7 +408,7 @@ def run(cfg: RestConfig) -> dict:
         return grow(cfg, history)
     if cfg.phase == "improve":
         return improve(cfg)
-    if cfg.overwrite or not storage.is_complete(cfg.output_dir):  # finished: each step is reused below
+    if cfg.overwrite or not rundir.finished(cfg.output_dir):  # finished: each step is reused below
         rundir.prepare_run(cfg.output_dir, "rest", cfg.overwrite, is_main=is_world_main())  # overwrite: all steps
     barrier()
     steps, sft = len(cfg.improve.thresholds), cfg.sft_policy

@@ -34,7 +34,7 @@ from typing import Any
 
 from kuberlhf.artifacts.cards import read_metrics
 from kuberlhf.errors import ConfigError, KuberlhfError
-from kuberlhf.stages.registry import LOG_FORMAT, STAGES, configure_logging, stage_argv
+from kuberlhf.stages.registry import LOG_FORMAT, STAGES, configure_logging, run_and_report, stage_argv
 from kuberlhf.workflow.configs import CONFIG_DIR, resolve_config
 from kuberlhf.workflow.data import artifact_uri, data_overrides, dataset_has_eval
 
@@ -75,14 +75,15 @@ def local_command(stage: str, config: str, overrides: list[str], procs: int) -> 
     return [sys.executable, "-m", "kuberlhf.cli", *args]
 
 
-def run_local(stage: str, config: str, overrides: list[str], procs: int = 1, log_path: str | None = None) -> None:
+def run_in_step(stage: str, config: str, overrides: list[str], procs: int = 1, log_path: str | None = None) -> None:
     """Run the stage here: in this process, or as a torchrun child whose output is teed to ``log_path``."""
     if procs < 1:
         raise ConfigError(f"procs: must be at least 1, got {procs}")
     if procs == 1:
         handler = _file_handler(log_path)
         try:
-            code = _run_here(stage, config, overrides)
+            configure_logging()
+            code = run_and_report(stage, config, overrides)
         finally:
             if handler:
                 logging.getLogger().removeHandler(handler)
@@ -91,22 +92,6 @@ def run_local(stage: str, config: str, overrides: list[str], procs: int = 1, log
         code = _tee(local_command(stage, config, overrides, procs), log_path)
     if code != 0:
         raise KuberlhfError(f"kuberlhf {stage} exited with status {code}")
-
-
-def _run_here(stage: str, config: str, overrides: list[str]) -> int:
-    """``kuberlhf STAGE`` in this process: its exit status, its error or summary printed as the CLI does."""
-    from kuberlhf.distributed import is_world_main
-    from kuberlhf.stages.registry import done_line, run_stage
-
-    configure_logging()
-    try:
-        metrics = run_stage(stage, config, overrides)
-    except KuberlhfError as err:
-        print(f"kuberlhf {stage}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    if is_world_main():
-        print(done_line(stage, metrics))
-    return 0
 
 
 def _file_handler(path: str | None) -> logging.Handler | None:
@@ -140,7 +125,7 @@ def scalar_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
             if isinstance(v, int | float) and not isinstance(v, bool) and v == v}
 
 
-def run_stage(
+def run_step(
     stage: str,
     *,
     mode: str,
@@ -168,7 +153,7 @@ def run_stage(
     step whose output already holds a finished artifact (a retry after the stage published) reports it
     instead of training again.
     """
-    from kuberlhf.artifacts import storage
+    from kuberlhf.artifacts import rundir
 
     if mode not in MODES:
         raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
@@ -194,10 +179,10 @@ def run_stage(
     args = stage_overrides(stage, overrides, inputs, output_dir, data)
     if mode != "local":
         _cluster_storage_env()
-    if storage.is_complete(output_dir):
-        log.info("%s already holds a finished %s artifact (a retried step): not training again", output_dir, stage)
-    elif mode == "local":
-        run_local(stage, config, args, procs, log_path)
+    if mode == "local":  # the stage itself finds a finished artifact of this config (artifacts.rundir)
+        run_in_step(stage, config, args, procs, log_path)
+    elif rundir.finished(output_dir):
+        log.info("%s already holds a finished %s artifact (a retried step): not launching again", output_dir, stage)
     else:
         from kuberlhf.k8s.launcher import launch_stage
 
@@ -229,7 +214,7 @@ def _cluster_storage_env() -> None:
 
 def run_stage_step(stage: str, inputs: dict[str, Any], model: Any, metrics: Any, job_manifest: Any,
                    logs: Any = None, train_data: Any = None, **kwargs: Any) -> dict:
-    """:func:`run_stage` for a KFP component: its artifacts in (models in ``inputs``, a ``Dataset`` in
+    """:func:`run_step` for a KFP component: its artifacts in (models in ``inputs``, a ``Dataset`` in
     ``train_data``), metrics logged on ``metrics``."""
     mode = kwargs.get("mode", "local")
     if "task_config" in kwargs:
@@ -238,7 +223,7 @@ def run_stage_step(stage: str, inputs: dict[str, Any], model: Any, metrics: Any,
     if train_data is not None:
         kwargs["train_data"] = train_data.path if mode == "local" else train_data.uri
         kwargs["train_data_eval"] = dataset_has_eval(train_data, mode)
-    result = run_stage(stage, inputs=wired, output_path=model.path, output_uri=model.uri,
+    result = run_step(stage, inputs=wired, output_path=model.path, output_uri=model.uri,
                        manifest_path=job_manifest.path, log_path=logs.path if logs is not None else None, **kwargs)
     for key, value in scalar_metrics(result).items():
         metrics.log_metric(key, value)
