@@ -6,7 +6,8 @@ import pytest
 
 from kuberlhf.config import load_config
 from kuberlhf.errors import DataError
-from kuberlhf.stages.rest import RestConfig, keep, threshold_of
+from kuberlhf.stages.rest.config import RestConfig
+from kuberlhf.stages.rest.improve import keep, threshold_of
 
 
 def config(*overrides):
