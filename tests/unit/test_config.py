@@ -44,7 +44,7 @@ def test_section_default_instance_is_merged_key_by_key():
         ("training.max_steps=true", "config key 'training.max_steps': expected int, got bool True"),
         ("finetune=int8", "config key 'finetune': must be one of 'full', 'lora', 'qlora', got 'int8'"),
         ("lora.r=0", "config key 'lora.r': must be positive, got 0"),
-        ("training.report_to=[mlflow]", "config key 'training.report_to': unknown tracker 'mlflow'"),
+        ("training.report_to=[neptune]", "config key 'training.report_to': unknown tracker 'neptune'"),
         ("data=3", "config key 'data': expected a mapping, got 3"),
         ("training.deepspeed=/no/such.json", "config key 'training.deepspeed': file not found: /no/such.json"),
         ("data.streaming=true", "config key 'training.max_steps': must be set (> 0) with data.streaming=true"),

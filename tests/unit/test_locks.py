@@ -1,7 +1,7 @@
 """The environments install from complete locks: what is installed is the lock, and the lock is whole.
 
 requirements/locks.py writes the locks (`make lock`) and installs them (`make install`,
-`make label-studio-install`); these tests check the environments the suite itself runs in,
+`make label-studio-install`, `make mlflow-server-install`); these tests check the environments the suite itself runs in,
 and that each check catches the bad case it is for.
 """
 
@@ -21,6 +21,7 @@ import locks  # noqa: E402  (requirements/locks.py)
 
 VENV = Path(sys.prefix)
 LS_VENV = ROOT / ".venv-label-studio"
+MLFLOW_VENV = ROOT / ".venv-mlflow"
 
 
 def drop_pin(lock: Path, name: str) -> None:
@@ -81,6 +82,22 @@ def test_label_studio_lock_is_complete_and_installed():
     assert locks.environment_closure_errors("label-studio", LS_VENV) == []
 
 
+def test_mlflow_server_lock_is_complete_and_installed():
+    if not (MLFLOW_VENV / "bin" / "python").exists():
+        pytest.skip("no .venv-mlflow (make mlflow-server-install; make test installs it)")
+    assert locks.drift(MLFLOW_VENV, "mlflow-server") == []
+    assert locks.pip_check(MLFLOW_VENV) == []
+    assert locks.environment_closure_errors("mlflow-server", MLFLOW_VENV) == []
+
+
+def test_the_stages_mlflow_client_is_the_skinny_one():
+    """The training environment logs with mlflow-skinny; the server's full mlflow (Flask, SQLAlchemy, pandas...)
+    stays in its own lock."""
+    venv, server = locks.environment_lock("venv"), locks.environment_lock("mlflow-server")
+    assert "mlflow-skinny" in venv and not {"mlflow", "flask", "sqlalchemy", "alembic"} & set(venv)
+    assert {"mlflow", "sqlalchemy"} <= set(server)
+
+
 def test_a_lock_missing_one_transitive_pin_is_caught(req_copy):
     """aiohappyeyeballs is needed only through aiohttp (datasets, s3fs): a lock without it is not whole."""
     drop_pin(req_copy / "venv.lock", "aiohappyeyeballs")
@@ -115,7 +132,7 @@ def test_constraints_are_the_venv_lock():
 
 
 def test_every_lock_is_hashed():
-    for name in ("venv.lock", "venv-nodeps.lock", "label-studio.lock"):
+    for name in ("venv.lock", "venv-nodeps.lock", "label-studio.lock", "mlflow-server.lock"):
         entries, errors = locks.parse_lock(ROOT / "requirements" / name)
         assert entries and errors == [], errors
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from kuberlhf.config import option, require
 
-REPORT_TARGETS = ("none", "wandb", "tensorboard")
+REPORT_TARGETS = ("none", "wandb", "tensorboard", "mlflow")
 
 
 @dataclass
@@ -117,8 +117,12 @@ class LoopConfig:
         False, "resume DeepSpeed checkpoints with full unpickling, which runs any code a checkpoint carries: only "
         "for a store nobody untrusted can write (off: tensors, plain data and DeepSpeed's own four classes)")
     report_to: list[str] = option(
-        ["none"], "trackers: none, wandb (offline without WANDB_API_KEY), tensorboard; their logs are published "
-        "inside the artifact under logs/"
+        ["none"], "trackers: none, wandb (offline without WANDB_API_KEY), tensorboard, mlflow; wandb's and "
+        "tensorboard's logs are published inside the artifact under logs/. mlflow logs to the server "
+        "MLFLOW_TRACKING_URI names (refused without one: MLflow's default, ./mlflow.db, would be lost with the pod; "
+        "curves inside the artifact are tensorboard's), into the run MLFLOW_RUN_ID names (a Kubeflow Pipelines "
+        "task's) or a new run in MLFLOW_EXPERIMENT_NAME, else in an experiment named after the stage; a server "
+        "that does not answer within 5 s is named in a warning and the run goes on without MLflow"
     )
     run_name: str | None = option(None, "run name shown by the trackers")
     disable_tqdm: bool = option(False, "hide progress bars")

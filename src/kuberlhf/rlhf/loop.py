@@ -331,7 +331,8 @@ class PpoLoop:
             log.info("resuming from %s at step %d", self.resume, self.step)
         trackers = [r for r in t.report_to if r != "none"]
         if trackers:
-            acc.init_trackers(t.run_name or "kuberlhf-ppo", config=flatten(to_dict(self.cfg)))
+            acc.init_trackers(t.run_name or "kuberlhf-ppo", config=flatten(to_dict(self.cfg)),
+                              init_kwargs={"mlflow": {"run_name": t.run_name}})
         progress = tqdm(total=t.max_steps, initial=self.step, desc="ppo",
                         disable=t.disable_tqdm or not acc.is_main_process)
         with StopSignal() as self.stop_signal:

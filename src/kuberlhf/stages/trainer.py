@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kuberlhf.artifacts import cards, checkpoints, rundir
+from kuberlhf.artifacts import cards, checkpoints, rundir, tracking
 from kuberlhf.data import DataStats
 from kuberlhf.distributed import StopSignal
 
@@ -62,13 +62,14 @@ def start(cfg: Any, stage: str, kind: str) -> tuple[rundir.RunDir, tuple]:
     from kuberlhf.distributed import init_deepspeed, is_world_main
 
     configure_from(cfg.storage)
+    tracking.check(cfg.training)
     init_deepspeed(cfg.training.deepspeed)
     if cfg.training.deepspeed:
         from kuberlhf.distributed import restrict_deepspeed_loading
 
         restrict_deepspeed_loading(cfg.training.deepspeed_unpickle)
     run_dir = rundir.prepare_run(cfg.output_dir, stage, cfg.overwrite, is_main=is_world_main(), cfg=cfg)
-    tracking_env(cfg.training, str(run_dir.work_dir))
+    tracking.tracking_env(cfg.training, run_dir)
     return run_dir, load_data(cfg.data, kind, cfg.training.seed)
 
 
@@ -137,19 +138,6 @@ _SAME_NAMES = (
 )
 
 
-def tracking_env(training: Any, work_dir: str) -> None:
-    """The trackers write under the run's work dir, whence their logs are published with the artifact
-    (:func:`kuberlhf.artifacts.cards.collect_logs`); W&B without an API key runs offline. Set at the start."""
-    from pathlib import Path
-
-    from kuberlhf.artifacts.cards import tracker_dirs
-
-    if "wandb" in training.report_to and not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_DIR", str(tracker_dirs(Path(work_dir))["wandb"].parent))  # a user's own stays
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(tracker_dirs(Path(work_dir))["tensorboard"])
-
-
 def checkpoint_callback(run: rundir.RunDir, keep: int) -> Any:
     """A TrainerCallback that seals each checkpoint the Trainer saves and keeps the staged artifact's
     ``train_log.jsonl`` (the Trainer's log history, resumed runs included) up to date."""
@@ -164,6 +152,22 @@ def checkpoint_callback(run: rundir.RunDir, keep: int) -> Any:
                 cards.write_train_log(run.staging, state.log_history)
 
     return SealCheckpoint()
+
+
+def config_callback(cfg: Any) -> Any:
+    """A TrainerCallback that logs the stage's resolved config as the MLflow run's parameters once the Trainer's
+    MLflowCallback (earlier in the list) has started the run and logged TrainingArguments and the model's config
+    (whose names win: ``output_dir`` is the Trainer's checkpoints, the artifact's is the run's tag); the main
+    process only."""
+    from transformers import TrainerCallback
+
+    class LogConfig(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if state.is_world_process_zero and "mlflow" in (args.report_to or []):
+                config = getattr(model, "config", None)
+                tracking.log_config(cfg, set(args.to_dict()) | set(config.to_dict() if config is not None else {}))
+
+    return LogConfig()
 
 
 def stop_callback(stop: Any) -> Any:
@@ -220,16 +224,17 @@ def run_trainer_stage(cfg: Any, stage: str, kind: str, hooks: TrainerHooks, *, m
                  for role, (name, task, seed) in hooks.models(cfg).items()}
         resume = rundir.resume_point(run_dir)
     run = StageRun(run_dir, train_ds, eval_ds, stats, paths, resume)
-    with StopSignal() as stop:
-        stopper = stop_callback(stop)
-        callbacks = [checkpoint_callback(run_dir, cfg.training.save_total_limit), stopper]
-        trainer = hooks.trainer(cfg, args, run, callbacks)
-        result, metrics = train(trainer, resume, cfg.finetune, stats)
-    if stopper.stopped_at is not None:
-        raise stop.stopped(stopper.stopped_at, stopper.saved, stopper.save_s)
+    with tracking.mlflow_run(cfg.training):  # the evaluation after training logs into the training's run
+        with StopSignal() as stop:
+            stopper = stop_callback(stop)
+            callbacks = [checkpoint_callback(run_dir, cfg.training.save_total_limit), stopper, config_callback(cfg)]
+            trainer = hooks.trainer(cfg, args, run, callbacks)
+            result, metrics = train(trainer, resume, cfg.finetune, stats)
+        if stopper.stopped_at is not None:
+            raise stop.stopped(stopper.stopped_at, stopper.saved, stopper.save_s)
+        with StopSignal.finishing():
+            metrics.update(hooks.metrics(cfg, trainer, run, result))
     with StopSignal.finishing():
-        metrics.update(hooks.metrics(cfg, trainer, run, result))
-
         staging = run_dir.staging
         lora = cfg.finetune != "full"
         trainer.save_model(str(staging / ADAPTER) if lora else str(staging))  # collective: gathers ZeRO-3 shards

@@ -1,0 +1,121 @@
+"""A real MLflow tracking server for tests and a look at a run's curves: its own venv, SQLite, 127.0.0.1.
+
+$ python tests/mlflow_server.py --dir ~/.kuberlhf-mlflow [--port 5000]   # Ctrl+C stops it
+$ MLFLOW_TRACKING_URI=http://127.0.0.1:5000 kuberlhf sft --config configs/sft/demo.yaml training.report_to=[mlflow]
+
+The server (the full ``mlflow``: Flask, SQLAlchemy, alembic...) lives in ``.venv-mlflow``
+(``make mlflow-server-install``); the stages log to it with the client alone (``mlflow-skinny`` in .venv).
+Runs go to a SQLite file and artifacts to a folder under the chosen directory; it binds 127.0.0.1 only,
+without the background job runner (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false), and is stopped with its
+process group (its PID's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = REPO / ".venv-mlflow"
+
+
+def find_mlflow_server() -> str | None:
+    path = VENV / "bin" / "mlflow"
+    return str(path) if path.is_file() else None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """One ``mlflow server`` (its own process group); a context manager."""
+
+    def __init__(self, root: Path, port: int = 0):
+        self.root, self.port = Path(root), port or free_port()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.url}
+
+    def start(self, timeout: float = 120.0) -> MlflowServer:
+        exe = find_mlflow_server()
+        if exe is None:
+            raise RuntimeError(f"MLflow is not installed in {VENV}: run `make mlflow-server-install`")
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+               "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '')}"}
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "VIRTUAL_ENV", "PYTHONPATH"):
+            env.pop(name, None)
+        cmd = [exe, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1"]
+        log = open(self.root / "mlflow.log", "ab")  # noqa: SIM115 (kept open while the server runs)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=self.root)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                    if resp.read().strip() == b"OK":
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer on {self.url} within {timeout:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.root / "mlflow.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> MlflowServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=str(Path.home() / ".kuberlhf-mlflow"), help="data directory (kept)")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stops the server too, as Ctrl+C does
+    with MlflowServer(Path(args.dir), args.port) as server:
+        print(f"MLflow is up on {server.url} (runs in {args.dir}); in another shell:")
+        print(f"  export MLFLOW_TRACKING_URI={server.url}")
+        print("  kuberlhf sft --config configs/sft/demo.yaml training.report_to=[mlflow]")
+        try:
+            while server.proc and server.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
