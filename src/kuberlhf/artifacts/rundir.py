@@ -47,10 +47,10 @@ def run_settings(cfg: Any) -> dict:
     """The settings a stage config records in its manifests: every key but :data:`IGNORED`, with each local
     data file or artifact it reads named by its content (:func:`content_id`), not its path."""
     from kuberlhf.config import flatten, to_dict
-    from kuberlhf.config.sections import _locations
+    from kuberlhf.config.sections import named_locations
 
     settings = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith(IGNORED)}
-    for key, value in _locations(cfg):
+    for key, value in named_locations(cfg):
         if key != "output_dir" and key in settings:
             settings[key] = content_id(value)
     return settings
