@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from kuberlhf.artifacts import storage
 from kuberlhf.artifacts.failpoints import failpoint
-from kuberlhf.artifacts.rundir import RunDir, _by_step, step_of
+from kuberlhf.artifacts.rundir import RunDir, by_step, step_of
 from kuberlhf.errors import KuberlhfError
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ def seal_checkpoint(run: RunDir, name: str, keep: int) -> None:
 
 def _rotate(names: list[str], sealed: Callable[[str], bool], keep: int) -> list[str]:
     """The checkpoints to delete: all older than the ``keep`` newest *sealed* ones (sealed or not)."""
-    kept = [name for _, name in _by_step(names) if sealed(name)][:keep]
+    kept = [name for _, name in by_step(names) if sealed(name)][:keep]
     if len(kept) < keep or not kept:
         return []
     oldest = step_of(kept[-1])
-    return [name for step, name in _by_step(names) if step < oldest]
+    return [name for step, name in by_step(names) if step < oldest]
 
 
 def _rotate_remote(run: RunDir, keep: int) -> None:

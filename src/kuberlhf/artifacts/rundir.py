@@ -204,7 +204,8 @@ def _discard(run: RunDir) -> None:
         storage.remove_unlisted(run.work_dir, {"files": []})  # the old artifact's files: none outlives it
 
 
-def _by_step(names: list[str]) -> list[tuple[int, str]]:
+def by_step(names: list[str]) -> list[tuple[int, str]]:
+    """The checkpoints among ``names`` (``checkpoint-N``; other names are left out) as ``(N, name)``, newest first."""
     found = [(int(m.group(1)), name) for name in names if (m := _CKPT_RE.match(name))]
     return sorted(found, reverse=True)
 
@@ -229,12 +230,12 @@ def resume_point(run: RunDir) -> str | None:
     found = latest_checkpoint(run)
     step = step_of(found)
     names = [p.name for p in run.checkpoints.iterdir()] if run.checkpoints.is_dir() else []
-    for newer, name in _by_step(names):
+    for newer, name in by_step(names):
         if newer > step:
             log.warning("removing %s, newer than the checkpoint this run resumes from", name)
             shutil.rmtree(run.checkpoints / name, ignore_errors=True)
     if run.remote:
-        for newer, name in _by_step(storage.list_subdirs(run.remote_checkpoints())):
+        for newer, name in by_step(storage.list_subdirs(run.remote_checkpoints())):
             if newer > step:
                 log.warning("removing %s/%s, newer than the checkpoint this run resumes from", run.output_dir, name)
                 storage.remove_dir(f"{run.remote_checkpoints()}/{name}")
@@ -249,7 +250,7 @@ def sealed_checkpoints(run: RunDir) -> Iterator[str]:
     any other failure (the store unreachable, a permission) stops it too rather than start it over.
     """
     if run.remote:
-        for _, name in _by_step(storage.list_subdirs(run.remote_checkpoints())):
+        for _, name in by_step(storage.list_subdirs(run.remote_checkpoints())):
             uri = f"{run.remote_checkpoints()}/{name}"
             try:
                 manifest = storage.retrying(lambda u=uri: storage.read_manifest(u), f"reading {uri}")
@@ -264,7 +265,7 @@ def sealed_checkpoints(run: RunDir) -> Iterator[str]:
             yield str(path)
         return
     names = [p.name for p in run.checkpoints.iterdir()] if run.checkpoints.is_dir() else []
-    for _, name in _by_step(names):
+    for _, name in by_step(names):
         try:
             manifest = storage.verify_local(run.checkpoints / name)
         except IntegrityError as err:
