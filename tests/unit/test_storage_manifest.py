@@ -199,12 +199,12 @@ def test_open_uri_and_fs_for_local(artifact: Path) -> None:
 def test_configure_sets_defaults() -> None:
     try:
         storage.configure(storage.StorageOptions(max_attempts=3, multipart_threshold_mb=5))
-        assert storage._opts(None).max_attempts == 3
+        assert storage.effective_options(None).max_attempts == 3
         explicit = storage.StorageOptions(max_attempts=1)
-        assert storage._opts(explicit) is explicit
+        assert storage.effective_options(explicit) is explicit
     finally:
         storage.configure(None)
-    assert storage._opts(None) == storage.StorageOptions()
+    assert storage.effective_options(None) == storage.StorageOptions()
 
 
 def test_an_unlisted_file_is_refused_naming_it(artifact: Path) -> None:
@@ -256,7 +256,7 @@ def test_storage_max_concurrency_reaches_the_transfers_and_their_connection_pool
             StorageConfig(max_concurrency=bad)
     try:
         s3.configure_from(StorageConfig(max_concurrency=20, retry_budget_s=7))
-        options = storage._opts(None)
+        options = storage.effective_options(None)
         assert (options.max_concurrency, options.retry_budget_s) == (20, 7)
         assert s3._botocore_config(options)["max_pool_connections"] >= 2 * 20  # file threads + part threads
     finally:

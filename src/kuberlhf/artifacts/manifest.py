@@ -95,18 +95,19 @@ def build_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict
     return manifest_of(files, extra)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``path`` whole or not at all; the files it describes reach the disk first (fsync): a manifest
-    that survives a power cut never lists a file that did not."""
-    if path.name == MANIFEST_NAME:
-        _sync_files(path.parent, data.get("files", []))
+def save_manifest(root: Path, manifest: dict) -> None:
+    """Write ``manifest`` as ``root/manifest.json``, whole or not at all (call it last: the artifact is complete
+    from then on). The files it lists reach the disk first (fsync): a manifest that survives a power cut never
+    lists a file that did not."""
+    _sync_files(root, manifest.get("files", []))
+    path = root / MANIFEST_NAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
-        fh.write(json.dumps(data, indent=2))
+        fh.write(json.dumps(manifest, indent=2))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    _fsync_dir(root)
 
 
 def _sync_files(root: Path, files: list[dict]) -> None:
@@ -132,12 +133,13 @@ def _fsync_dir(path: Path) -> None:
 def write_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Build the manifest of ``local_dir`` and write it atomically into it (call it last)."""
     manifest = build_manifest(local_dir, exclude, extra)
-    _write_json_atomic(_local_path(local_dir) / MANIFEST_NAME, manifest)
+    save_manifest(_local_path(local_dir), manifest)
     return manifest
 
 
-def _parse_manifest(raw: bytes | str, where: str) -> dict:
-    """Decode and sanity-check a manifest; its paths must stay inside the artifact."""
+def parse_manifest(raw: bytes | str, where: str) -> dict:
+    """Decode and sanity-check a manifest (an IntegrityError naming ``where``, the artifact, when it is not one);
+    its paths must stay inside the artifact."""
     try:
         manifest = json.loads(raw)
         files = manifest["files"]
@@ -154,7 +156,7 @@ def _parse_manifest(raw: bytes | str, where: str) -> dict:
     return manifest
 
 
-def _file_problem(path: Path, entry: dict) -> str | None:
+def file_problem(path: Path, entry: dict) -> str | None:
     """Why ``path`` does not match its manifest ``entry`` (presence, size, sha256), or None."""
     if not path.is_file():
         return f"file {entry['path']!r} listed in {MANIFEST_NAME} is missing"
@@ -170,9 +172,9 @@ def verify_local(local_dir: PathLike) -> dict:
     root = _local_path(local_dir)
     if not (root / MANIFEST_NAME).is_file():
         raise IntegrityError(f"{root} is incomplete: no {MANIFEST_NAME} (unfinished write?)")
-    manifest = _parse_manifest((root / MANIFEST_NAME).read_bytes(), str(root))
+    manifest = parse_manifest((root / MANIFEST_NAME).read_bytes(), str(root))
     for entry in manifest["files"]:
-        if problem := _file_problem(root / entry["path"], entry):
+        if problem := file_problem(root / entry["path"], entry):
             raise IntegrityError(f"{root}: {problem}")
     if stale := unlisted_files(root, manifest):
         raise IntegrityError(f"{root}: file {stale[0]!r} is not listed in {MANIFEST_NAME} "

@@ -30,34 +30,33 @@ from kuberlhf.artifacts.manifest import (  # noqa: F401 (the storage API in one 
     CHECKPOINTS,
     MANIFEST_FORMAT,
     MANIFEST_NAME,
-    _file_problem,
-    _parse_manifest,
-    _write_json_atomic,
     artifact_paths,
     build_manifest,
+    file_problem,
     is_reserved,
     manifest_of,
+    parse_manifest,
     remove_unlisted,
+    save_manifest,
     sha256_of,
     unlisted_files,
     verify_local,
     write_manifest,
 )
 from kuberlhf.artifacts.s3 import (  # noqa: F401
-    _MISSING_CODES,
     PathLike,
     StorageOptions,
-    _client_code,
     _key,
     _local_path,
-    _opts,
-    _s3_errors,
     configure,
+    effective_options,
     fs_for,
+    is_missing,
     is_remote,
     parse_s3_uri,
     retrying,
     s3_client,
+    s3_errors,
 )
 from kuberlhf.errors import IntegrityError, NotFoundError, StorageError
 
@@ -70,10 +69,10 @@ def _remote_manifest(client: Any, uri: str) -> dict | None:
     try:
         raw = client.get_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))["Body"].read()
     except ClientError as exc:
-        if _client_code(exc) in _MISSING_CODES:
+        if is_missing(exc):
             return None
         raise
-    return _parse_manifest(raw, uri)
+    return parse_manifest(raw, uri)
 
 
 def is_complete(uri: str, options: StorageOptions | None = None) -> bool:
@@ -87,9 +86,9 @@ def read_manifest(uri: str, options: StorageOptions | None = None) -> dict | Non
     """The parsed manifest of the artifact at ``uri`` (local dir or s3 prefix), or None when it has none."""
     if not is_remote(uri):
         path = _local_path(uri) / MANIFEST_NAME
-        return _parse_manifest(path.read_bytes(), str(uri)) if path.is_file() else None
+        return parse_manifest(path.read_bytes(), str(uri)) if path.is_file() else None
     client = s3_client(options)
-    with _s3_errors(uri, "checking"):
+    with s3_errors(uri, "checking"):
         return _remote_manifest(client, uri)
 
 
@@ -100,12 +99,12 @@ def upload_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = N
                exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Upload ``local_dir`` to the s3 prefix ``uri``, ``max_concurrency`` files at once, each hashed as it is
     read: the stale manifest is deleted first, the new one written once every file is in."""
-    o = _opts(options)
+    o = effective_options(options)
     bucket, prefix = parse_s3_uri(uri)
     root = _local_path(local_dir)
     paths = artifact_paths(root, exclude)
     client = s3_client(o)
-    with _s3_errors(uri, "uploading to"):
+    with s3_errors(uri, "uploading to"):
         client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
         batch = transfer.Batch(client, o)
         files = batch.run([_upload_job(batch, root, rel, uri) for rel in paths], done=lambda: failpoint("upload"))
@@ -126,7 +125,7 @@ def _upload_job(batch: transfer.Batch, root: Path, rel: str, uri: str,
     bucket, prefix = parse_s3_uri(uri)
 
     def job() -> dict:
-        with _s3_errors(_object_uri(uri, rel), "uploading to"), open(root / rel, "rb") as fh:
+        with s3_errors(_object_uri(uri, rel), "uploading to"), open(root / rel, "rb") as fh:
             sent = batch.upload(fh, os.fstat(fh.fileno()).st_size, bucket, _key(prefix, rel))
         if listed is not None and (sent["size"], sent["sha256"]) != (listed["size"], listed["sha256"]):
             raise IntegrityError(f"{root / rel} changed after it was listed (now {sent['size']} bytes, sha256 "
@@ -164,11 +163,11 @@ def upload_files(local_dir: PathLike, uri: str, files: Iterable[dict], options: 
     For an artifact assembled from several machines: each uploads its part, then one of them
     writes the manifest with :func:`put_manifest` (which removes the objects it does not list).
     """
-    o = _opts(options)
+    o = effective_options(options)
     parse_s3_uri(uri)
     root = _local_path(local_dir)
     client = s3_client(o)
-    with _s3_errors(uri, "uploading to"):
+    with s3_errors(uri, "uploading to"):
         batch = transfer.Batch(client, o)
         batch.run([_upload_job(batch, root, entry["path"], uri, listed=entry) for entry in files])
 
@@ -177,17 +176,17 @@ def delete_manifest(uri: str, options: StorageOptions | None = None) -> None:
     """Mark the artifact at the s3 prefix ``uri`` incomplete (before its files are rewritten)."""
     bucket, prefix = parse_s3_uri(uri)
     client = s3_client(options)
-    with _s3_errors(uri, "uploading to"):
+    with s3_errors(uri, "uploading to"):
         client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
 
 
 def put_manifest(uri: str, manifest: dict, options: StorageOptions | None = None) -> None:
     """Write ``manifest`` under the s3 prefix ``uri``: the artifact is complete from then on (call it last).
     Objects under ``uri`` that it does not list are removed first."""
-    _parse_manifest(json.dumps(manifest), uri)
+    parse_manifest(json.dumps(manifest), uri)
     bucket, prefix = parse_s3_uri(uri)
     client = s3_client(options)
-    with _s3_errors(uri, "uploading to"):
+    with s3_errors(uri, "uploading to"):
         _delete_unlisted(client, uri, manifest)
         client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
                           Body=json.dumps(manifest, indent=2).encode())
@@ -197,11 +196,11 @@ def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None =
     """Download the artifact at ``uri`` into ``local_dir``, ``max_concurrency`` files at once, each verified as
     it lands; keeps matching local files and removes the ones the manifest does not list (the copy holds
     exactly the artifact). The local manifest goes first and comes back only once every file matched."""
-    o = _opts(options)
+    o = effective_options(options)
     bucket, prefix = parse_s3_uri(uri)
     dest = _local_path(local_dir)
     client = s3_client(o)
-    with _s3_errors(uri, "downloading"):
+    with s3_errors(uri, "downloading"):
         manifest = _remote_manifest(client, uri)
         if manifest is None:
             raise StorageError(f"{uri} is an incomplete artifact: no {MANIFEST_NAME} "
@@ -215,7 +214,7 @@ def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None =
         batch = transfer.Batch(client, o)
         batch.run([_download_job(batch, uri, dest, entry) for entry in manifest["files"]])
     remove_unlisted(dest, manifest)
-    _write_json_atomic(dest / MANIFEST_NAME, manifest)
+    save_manifest(dest, manifest)
     return dest
 
 
@@ -226,13 +225,13 @@ def _download_job(batch: transfer.Batch, uri: str, dest: Path, entry: dict) -> C
 
     def job() -> None:
         target, rel = dest / entry["path"], entry["path"]
-        if _file_problem(target, entry) is None:
+        if file_problem(target, entry) is None:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
         try:
             try:
-                with _s3_errors(_object_uri(uri, rel), "downloading"), open(tmp, "wb") as out:
+                with s3_errors(_object_uri(uri, rel), "downloading"), open(tmp, "wb") as out:
                     size, digest = batch.download(bucket, _key(prefix, rel), entry["size"], out)
                     out.flush()
                     os.fsync(out.fileno())
@@ -266,7 +265,7 @@ def publish_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = 
         (dst / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / entry["path"], dst / entry["path"])
         failpoint("publish")
-    _write_json_atomic(dst / MANIFEST_NAME, manifest)
+    save_manifest(dst, manifest)
     return manifest
 
 
@@ -302,7 +301,7 @@ def list_subdirs(uri: str, options: StorageOptions | None = None) -> list[str]:
     bucket, prefix = parse_s3_uri(uri)
     base = f"{prefix}/" if prefix else ""
     client, names = s3_client(options), []
-    with _s3_errors(uri, "listing"):
+    with s3_errors(uri, "listing"):
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/"):
             for sub in (cp["Prefix"] for cp in page.get("CommonPrefixes", [])):
                 if client.list_objects_v2(Bucket=bucket, Prefix=sub, MaxKeys=1).get("Contents"):
@@ -317,11 +316,11 @@ def stat_object(uri: str, options: StorageOptions | None = None) -> dict | None:
     bucket, key = parse_s3_uri(uri)
     if not key:
         return None
-    with _s3_errors(uri, "reading"):
+    with s3_errors(uri, "reading"):
         try:
             head = s3_client(options).head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if _client_code(exc) in _MISSING_CODES:
+            if is_missing(exc):
                 return None
             raise
     return {"size": int(head["ContentLength"]), "etag": str(head.get("ETag", "")).strip('"')}
@@ -331,13 +330,13 @@ def download_object(uri: str, dest: PathLike, size: int, options: StorageOptions
     """Download the s3 object ``uri`` of ``size`` bytes (as :func:`stat_object` gave it) to ``dest``: written
     beside it (in parts, as many at once, when it is large), renamed into place only when whole."""
     bucket, key = parse_s3_uri(uri)
-    o = _opts(options)
+    o = effective_options(options)
     target = Path(dest)
     batch = transfer.Batch(s3_client(o), o)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
 
     def job() -> int:
-        with _s3_errors(uri, "downloading"), open(tmp, "wb") as out:
+        with s3_errors(uri, "downloading"), open(tmp, "wb") as out:
             return batch.download(bucket, key, size, out)[0]
 
     try:
@@ -356,7 +355,7 @@ def list_prefix(uri: str, options: StorageOptions | None = None) -> list[tuple[s
     bucket, prefix = parse_s3_uri(uri)
     base = f"{prefix.rstrip('/')}/" if prefix else ""
     files, folders = [], []
-    with _s3_errors(uri, "listing"):
+    with s3_errors(uri, "listing"):
         pages = s3_client(options).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/")
         for page in pages:
             files += [(f"s3://{bucket}/{obj['Key']}", True) for obj in page.get("Contents", [])
@@ -378,7 +377,7 @@ def remove_dir(uri: str, options: StorageOptions | None = None, keep: Iterable[s
     if not prefix:
         raise StorageError(f"refusing to remove a whole bucket: {uri}")
     client, kept = s3_client(options), {_key(prefix, rel) for rel in keep}
-    with _s3_errors(uri, "removing"):
+    with s3_errors(uri, "removing"):
         client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
             if keys := [{"Key": obj["Key"]} for obj in page.get("Contents", []) if obj["Key"] not in kept]:
@@ -393,11 +392,11 @@ def read_object(uri: str, options: StorageOptions | None = None) -> bytes | None
 
     bucket, key = parse_s3_uri(uri)
     client = s3_client(options)
-    with _s3_errors(uri, "reading"):
+    with s3_errors(uri, "reading"):
         try:
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as exc:
-            if _client_code(exc) in _MISSING_CODES:
+            if is_missing(exc):
                 return None
             raise
 
@@ -405,14 +404,14 @@ def read_object(uri: str, options: StorageOptions | None = None) -> bytes | None
 def write_object(uri: str, body: bytes, options: StorageOptions | None = None) -> None:
     """Write the s3 object ``uri``."""
     bucket, key = parse_s3_uri(uri)
-    with _s3_errors(uri, "writing"):
+    with s3_errors(uri, "writing"):
         s3_client(options).put_object(Bucket=bucket, Key=key, Body=body)
 
 
 def delete_object(uri: str, options: StorageOptions | None = None) -> None:
     """Delete the s3 object ``uri`` (no error when there is none)."""
     bucket, key = parse_s3_uri(uri)
-    with _s3_errors(uri, "deleting"):
+    with s3_errors(uri, "deleting"):
         s3_client(options).delete_object(Bucket=bucket, Key=key)
 
 
@@ -429,8 +428,8 @@ def open_uri(uri: str, mode: str = "rb", options: StorageOptions | None = None) 
         raise StorageError(f"no object key in URI {uri!r}")
     if mode not in ("rb", "r", "wb"):
         raise StorageError(f"cannot open {uri} in mode {mode!r}: s3 objects open as 'rb', 'r' or 'wb'")
-    o = _opts(options)
-    client, errors = s3_client(o), functools.partial(_s3_errors, uri)
+    o = effective_options(options)
+    client, errors = s3_client(o), functools.partial(s3_errors, uri)
     if mode == "wb":
         return transfer.ObjectWriter(transfer.Batch(client, o), bucket, key, errors)  # type: ignore[return-value]
     reader = io.BufferedReader(transfer.ObjectReader(client, bucket, key, errors, o.max_attempts), 1024 * 1024)
