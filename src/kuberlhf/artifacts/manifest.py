@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from kuberlhf.artifacts.s3 import PathLike, _local_path
+from kuberlhf.artifacts.location import Location, PathLike
 from kuberlhf.errors import IntegrityError, StorageError
 
 MANIFEST_NAME = "manifest.json"
@@ -79,7 +79,7 @@ def _sha256(path: Path) -> str:
 def artifact_paths(local_dir: PathLike, exclude: Iterable[str] = ()) -> list[str]:
     """The relative paths of the files an artifact of ``local_dir`` holds: every file but the manifest,
     reserved paths and ``exclude`` globs (relative paths), sorted."""
-    root = _local_path(local_dir)
+    root = Location.parse(local_dir).local
     if not root.is_dir():
         raise StorageError(f"artifact directory not found: {root}")
     patterns = tuple(exclude)
@@ -89,7 +89,7 @@ def artifact_paths(local_dir: PathLike, exclude: Iterable[str] = ()) -> list[str
 def build_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Describe every file of :func:`artifact_paths` with its size and sha256; ``extra`` entries (the run
     that made it) are added."""
-    root = _local_path(local_dir)
+    root = Location.parse(local_dir).local
     files = [{"path": rel, "size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)}
              for rel in artifact_paths(root, exclude)]
     return manifest_of(files, extra)
@@ -133,11 +133,11 @@ def _fsync_dir(path: Path) -> None:
 def write_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Build the manifest of ``local_dir`` and write it atomically into it (call it last)."""
     manifest = build_manifest(local_dir, exclude, extra)
-    save_manifest(_local_path(local_dir), manifest)
+    save_manifest(Location.parse(local_dir).local, manifest)
     return manifest
 
 
-def parse_manifest(raw: bytes | str, where: str) -> dict:
+def parse_manifest(raw: bytes | str, where: str | Location) -> dict:
     """Decode and sanity-check a manifest (an IntegrityError naming ``where``, the artifact, when it is not one);
     its paths must stay inside the artifact."""
     try:
@@ -169,7 +169,7 @@ def file_problem(path: Path, entry: dict) -> str | None:
 
 def verify_local(local_dir: PathLike) -> dict:
     """Check every file listed in the manifest of ``local_dir``, and that it holds no other; return the manifest."""
-    root = _local_path(local_dir)
+    root = Location.parse(local_dir).local
     if not (root / MANIFEST_NAME).is_file():
         raise IntegrityError(f"{root} is incomplete: no {MANIFEST_NAME} (unfinished write?)")
     manifest = parse_manifest((root / MANIFEST_NAME).read_bytes(), str(root))

@@ -26,6 +26,7 @@ from typing import Any
 
 from kuberlhf.artifacts import lease, storage
 from kuberlhf.artifacts.cache import cache_root, fingerprint
+from kuberlhf.artifacts.location import Location, LocationLike
 from kuberlhf.errors import AlreadyFinished, ConfigError, IntegrityError, KuberlhfError
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ def changed_keys(made: dict, now: dict, may_change: tuple[str, ...] = ()) -> lis
 
 @dataclass
 class RunDir:
-    output_dir: str
+    """A run's ``output_dir`` (given as text, kept parsed), its local ``work_dir`` and what it records."""
+
+    output_dir: Location
     work_dir: Path
     stage: str = ""
     settings: dict | None = None  # what this run records in its manifests (None: nothing, no checks)
@@ -94,9 +97,12 @@ class RunDir:
     lease_ttl_s: float = 1800.0
     _leased: bool = field(default=False, repr=False)
 
+    def __post_init__(self) -> None:
+        self.output_dir = Location.parse(self.output_dir)
+
     @property
     def remote(self) -> bool:
-        return storage.is_remote(self.output_dir)
+        return self.output_dir.is_remote
 
     @property
     def checkpoints(self) -> Path:
@@ -106,8 +112,8 @@ class RunDir:
     def staging(self) -> Path:
         return self.work_dir / ".final"
 
-    def remote_checkpoints(self) -> str:
-        return f"{self.output_dir.rstrip('/')}/{CHECKPOINTS}"
+    def remote_checkpoints(self) -> Location:
+        return self.output_dir / CHECKPOINTS
 
     def record(self) -> dict:
         """The manifest entries that name the run: its stage and settings."""
@@ -127,18 +133,19 @@ class RunDir:
         lease.release(self.work_dir)
 
 
-def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = True, cfg: Any = None) -> RunDir:
+def prepare_run(output_dir: LocationLike, stage: str, overwrite: bool, is_main: bool = True,
+                cfg: Any = None) -> RunDir:
     """Check ``output_dir`` and pick the local work dir; refuse to clobber a finished artifact.
 
     ``cfg``: the stage config, whose settings are recorded and checked (:func:`run_settings`). Every
     process decides alike; only the main one discards (``overwrite``), locks and leases. On a finished
     artifact of the same settings it raises :class:`AlreadyFinished` (nothing to do; exit 0).
     """
-    if storage.is_remote(output_dir):
-        storage.parse_s3_uri(output_dir)
-        work_dir = cache_root() / "runs" / fingerprint(output_dir.rstrip("/"))
+    output_dir = Location.parse(output_dir)
+    if output_dir.is_remote:
+        work_dir = cache_root() / "runs" / fingerprint(str(output_dir).rstrip("/"))
     else:
-        work_dir = Path(output_dir)
+        work_dir = output_dir.local
     run = RunDir(output_dir, work_dir, stage, run_settings(cfg) if cfg is not None else None,
                  getattr(cfg, "resume", "auto") == "force",
                  cfg.storage.lease_ttl_s if cfg is not None and hasattr(cfg, "storage") else 1800.0)
@@ -168,11 +175,11 @@ def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = Tr
     return run
 
 
-def _metrics_of(output_dir: str) -> dict:
+def _metrics_of(output_dir: Location) -> dict:
     import json
 
     try:
-        with storage.open_uri(f"{output_dir.rstrip('/')}/metrics.json") as fh:
+        with storage.open_uri(output_dir / "metrics.json") as fh:
             return json.loads(fh.read())
     except (storage.StorageError, ValueError):
         return {}
@@ -238,7 +245,7 @@ def resume_point(run: RunDir) -> str | None:
         for newer, name in by_step(storage.list_subdirs(run.remote_checkpoints())):
             if newer > step:
                 log.warning("removing %s/%s, newer than the checkpoint this run resumes from", run.output_dir, name)
-                storage.remove_dir(f"{run.remote_checkpoints()}/{name}")
+                storage.remove_dir(run.remote_checkpoints() / name)
     return found
 
 
@@ -251,7 +258,7 @@ def sealed_checkpoints(run: RunDir) -> Iterator[str]:
     """
     if run.remote:
         for _, name in by_step(storage.list_subdirs(run.remote_checkpoints())):
-            uri = f"{run.remote_checkpoints()}/{name}"
+            uri = run.remote_checkpoints() / name
             try:
                 manifest = storage.retrying(lambda u=uri: storage.read_manifest(u), f"reading {uri}")
                 if manifest is None:

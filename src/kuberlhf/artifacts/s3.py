@@ -1,9 +1,10 @@
-"""S3 connection: options, URIs, the boto3 client, one-line errors, and the fsspec filesystem of data sources.
+"""S3 connection: options, the boto3 client, one-line errors, and the fsspec filesystem of data sources.
 
 Credentials and endpoints come from boto3's standard sources (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL[_S3]``,
 ``AWS_DEFAULT_REGION``/``AWS_REGION``, profiles, IRSA) unless set in :class:`StorageOptions`.
-Every failure raises :class:`~kuberlhf.errors.StorageError` naming the URI at fault.
+Every failure raises :class:`~kuberlhf.errors.StorageError` naming the URI at fault; what a URI names is
+:mod:`kuberlhf.artifacts.location`.
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ import contextlib
 import functools
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
+from kuberlhf.artifacts.location import Location, is_remote
 from kuberlhf.errors import NotFoundError, StorageError, TransientStorageError, one_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MIB = 1024 * 1024
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CRED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
@@ -33,8 +32,6 @@ _TRANSIENT_CODES = {"500", "502", "503", "504", "429", "InternalError", "Service
                     "RequestLimitExceeded", "TooManyRequests", "XMinioServerNotInitialized"}
 _TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 _CRED_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / a web identity)"
-
-PathLike = str | os.PathLike[str]
 
 
 @dataclass
@@ -66,41 +63,6 @@ def configure(options: StorageOptions | None) -> None:
 def effective_options(options: StorageOptions | None) -> StorageOptions:
     """The options a call uses: ``options`` when given, else those set with :func:`configure`."""
     return options if options is not None else _defaults
-
-
-# ---------------------------------------------------------------------------------------------- URIs
-
-
-def is_remote(uri: str) -> bool:
-    """True for ``s3://`` URIs."""
-    return str(uri).lower().startswith("s3://")
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/some/prefix/`` into ``("bucket", "some/prefix")``."""
-    if not is_remote(uri):
-        raise StorageError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = str(uri)[5:].partition("/")
-    if not bucket:
-        raise StorageError(f"empty bucket name in URI {uri!r}")
-    if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise StorageError(f"invalid S3 bucket name {bucket!r} in URI {uri!r} "
-                           "(3-63 chars: lowercase letters, digits, '.', '-')")
-    return bucket, key.strip("/")
-
-
-def _local_path(uri: PathLike) -> Path:
-    """A local path from a plain path or ``file://`` URI; other schemes are refused."""
-    text = os.fspath(uri)
-    if text.startswith("file://"):
-        return Path(text[7:])
-    if "://" in text:
-        raise StorageError(f"unsupported URI scheme in {text!r}: use s3://bucket/prefix or a local path")
-    return Path(text)
-
-
-def _key(prefix: str, rel: str) -> str:
-    return f"{prefix}/{rel}" if prefix else rel
 
 
 # ----------------------------------------------------------------------------------------- S3 client
@@ -183,7 +145,7 @@ def is_missing(exc: BaseException) -> bool:
     return client_code(exc) in _MISSING_CODES
 
 
-def _translate(exc: BaseException, uri: str, action: str) -> StorageError:
+def _translate(exc: BaseException, uri: str | Location, action: str) -> StorageError:
     """Map a boto3/botocore/s3fs exception to a one-line StorageError naming ``uri``."""
     from botocore.exceptions import NoCredentialsError
 
@@ -254,7 +216,7 @@ def retrying(action: Callable[[], T], what: str, options: StorageOptions | None 
 
 
 @contextlib.contextmanager
-def s3_errors(uri: str, action: str) -> Iterator[None]:
+def s3_errors(uri: str | Location, action: str) -> Iterator[None]:
     """Re-raise boto3/botocore/s3fs (and local I/O) failures as one-line StorageErrors naming ``uri``, saying
     what was being done (``action``: "reading", "uploading to", ...); a transient one as TransientStorageError."""
     from boto3.exceptions import Boto3Error
@@ -278,7 +240,7 @@ def fs_for(uri: str, options: StorageOptions | None = None) -> Any:
     if not is_remote(uri):
         from fsspec.implementations.local import LocalFileSystem
 
-        _local_path(uri)  # refuses other schemes
+        Location.parse(uri)  # refuses other schemes
         return LocalFileSystem()
     try:
         import s3fs
