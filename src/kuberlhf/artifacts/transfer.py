@@ -17,7 +17,7 @@ an unfinished multipart upload is aborted, and once every thread is done the err
 the caller's (:mod:`kuberlhf.artifacts.storage`): written after every upload succeeded; a download's only
 after every file matched.
 
-:class:`ObjectReader` and :class:`ObjectWriter` stream one object as a file (``storage.open_uri``).
+:class:`ObjectReader` and :class:`ObjectWriter` stream one object as a file (``objects.open_uri``).
 """
 
 from __future__ import annotations
