@@ -15,6 +15,12 @@ EXIT_PERMANENT = 2
 EXIT_TRANSIENT = 200
 
 
+def one_line(text: object) -> str:
+    """``text`` (another library's error, say) on one line, each run of whitespace one space: fit to quote
+    in the message of one of these errors."""
+    return " ".join(str(text).split())
+
+
 class KuberlhfError(Exception):
     """Base class: the CLI prints ``str(err)`` on one line and exits with :attr:`exit_code`."""
 

@@ -254,7 +254,7 @@ def test_a_large_object_downloads_in_parts_into_the_cache(s3_bucket, tmp_path, m
                                     lambda params, **_: ranges.append(params.get("Range")))
         return client
 
-    monkeypatch.setattr("kuberlhf.artifacts.storage.s3_client", spying)
+    monkeypatch.setattr("kuberlhf.artifacts.objects.s3_client", spying)
     ds, stats = load_examples(f"s3://{s3_bucket}/big/train.jsonl", "sft")
     assert ds.num_rows == 12000 and stats.rows_read == 12000 and ds[11999]["completion"] == " r11999"
     assert len([r for r in ranges if r]) == 3  # three 5 MiB parts

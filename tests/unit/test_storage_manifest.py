@@ -107,7 +107,8 @@ def test_invalid_or_unsafe_manifest_refused(artifact: Path, content: str) -> Non
 ])
 def test_parse_s3_uri(uri: str, expected: tuple[str, str]) -> None:
     assert storage.is_remote(uri)
-    assert storage.parse_s3_uri(uri) == expected
+    loc = storage.Location.parse_s3(uri)
+    assert (loc.bucket, loc.prefix) == expected and loc.is_remote and str(loc) == uri
 
 
 @pytest.mark.parametrize(("uri", "why"), [
@@ -119,8 +120,28 @@ def test_parse_s3_uri(uri: str, expected: tuple[str, str]) -> None:
 ])
 def test_parse_s3_uri_errors_name_the_uri(uri: str, why: str) -> None:
     with pytest.raises(StorageError, match=why) as info:
-        storage.parse_s3_uri(uri)
+        storage.Location.parse_s3(uri)
     assert repr(uri) in str(info.value)
+
+
+def test_a_location_descends_and_names_its_keys(tmp_path: Path) -> None:
+    """Parsed once: ``/`` descends (the URI as written, one slash between), ``key`` is an object's key,
+    ``key_prefix`` what the keys under it start with; two spellings of one place are equal."""
+    out = storage.Location.parse("s3://bucket/runs/sft/")
+    ckpt = out / "checkpoints" / "checkpoint-3"
+    assert str(ckpt) == "s3://bucket/runs/sft/checkpoints/checkpoint-3" and ckpt.prefix == "runs/sft/checkpoints/checkpoint-3"
+    assert ckpt.key("manifest.json") == "runs/sft/checkpoints/checkpoint-3/manifest.json"
+    assert (out.key(), out.key_prefix, out.key("a/b.json")) == ("runs/sft", "runs/sft/", "runs/sft/a/b.json")
+    whole = storage.Location.parse("s3://bucket")
+    assert (whole.key(), whole.key_prefix, whole.key("x"), str(whole / "x")) == ("", "", "x", "s3://bucket/x")
+    assert out == storage.Location.parse("s3://bucket/runs/sft") and storage.Location.parse(out) is out
+    local = storage.Location.parse(f"file://{tmp_path}")
+    assert not local.is_remote and local.local == tmp_path and (local / "a").local == tmp_path / "a"
+    assert storage.Location.parse(tmp_path) == local
+    with pytest.raises(StorageError, match="'s3://bucket/runs/sft/' is not a local path"):
+        assert out.local
+    with pytest.raises(StorageError, match=f"not an s3:// URI: '{tmp_path}'"):
+        storage.Location.parse_s3(tmp_path)
 
 
 def test_other_schemes_refused_by_local_operations(tmp_path: Path) -> None:
@@ -199,12 +220,12 @@ def test_open_uri_and_fs_for_local(artifact: Path) -> None:
 def test_configure_sets_defaults() -> None:
     try:
         storage.configure(storage.StorageOptions(max_attempts=3, multipart_threshold_mb=5))
-        assert storage._opts(None).max_attempts == 3
+        assert storage.effective_options(None).max_attempts == 3
         explicit = storage.StorageOptions(max_attempts=1)
-        assert storage._opts(explicit) is explicit
+        assert storage.effective_options(explicit) is explicit
     finally:
         storage.configure(None)
-    assert storage._opts(None) == storage.StorageOptions()
+    assert storage.effective_options(None) == storage.StorageOptions()
 
 
 def test_an_unlisted_file_is_refused_naming_it(artifact: Path) -> None:
@@ -256,7 +277,7 @@ def test_storage_max_concurrency_reaches_the_transfers_and_their_connection_pool
             StorageConfig(max_concurrency=bad)
     try:
         s3.configure_from(StorageConfig(max_concurrency=20, retry_budget_s=7))
-        options = storage._opts(None)
+        options = storage.effective_options(None)
         assert (options.max_concurrency, options.retry_budget_s) == (20, 7)
         assert s3._botocore_config(options)["max_pool_connections"] >= 2 * 20  # file threads + part threads
     finally:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from kuberlhf.artifacts import storage
 from kuberlhf.artifacts.failpoints import failpoint
-from kuberlhf.artifacts.rundir import RunDir, _by_step, step_of
+from kuberlhf.artifacts.rundir import RunDir, by_step, step_of
 from kuberlhf.errors import KuberlhfError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def seal_checkpoint(run: RunDir, name: str, keep: int) -> None:
     failpoint("seal")
     storage.write_manifest(run.checkpoints / name, extra=run.record())
     if run.remote:
-        uri = f"{run.remote_checkpoints()}/{name}"
+        uri = run.remote_checkpoints() / name
         storage.retrying(lambda: storage.upload_dir(run.checkpoints / name, uri, extra=run.record()),
                          f"sealing checkpoint {name}")
         storage.retrying(lambda: _rotate_remote(run, keep), f"rotating the checkpoints of {run.output_dir}")
@@ -40,24 +40,24 @@ def seal_checkpoint(run: RunDir, name: str, keep: int) -> None:
 
 def _rotate(names: list[str], sealed: Callable[[str], bool], keep: int) -> list[str]:
     """The checkpoints to delete: all older than the ``keep`` newest *sealed* ones (sealed or not)."""
-    kept = [name for _, name in _by_step(names) if sealed(name)][:keep]
+    kept = [name for _, name in by_step(names) if sealed(name)][:keep]
     if len(kept) < keep or not kept:
         return []
     oldest = step_of(kept[-1])
-    return [name for step, name in _by_step(names) if step < oldest]
+    return [name for step, name in by_step(names) if step < oldest]
 
 
 def _rotate_remote(run: RunDir, keep: int) -> None:
     base = run.remote_checkpoints()
-    for old in _rotate(storage.list_subdirs(base), lambda n: storage.is_complete(f"{base}/{n}"), keep):
-        storage.remove_dir(f"{base}/{old}")
+    for old in _rotate(storage.list_subdirs(base), lambda n: storage.is_complete(base / n), keep):
+        storage.remove_dir(base / old)
 
 
 def _rotate_local(run: RunDir, keep: int) -> None:
     """A local output: as :func:`_rotate_remote`. An ``s3://`` one: the local copies (the sealed ones are in
     the store; a node's copy of a multi-node checkpoint has no manifest of its own), the newest ``keep``."""
     names = [p.name for p in run.checkpoints.iterdir() if p.is_dir()] if run.checkpoints.is_dir() else []
-    sealed = (lambda n: True) if run.remote else (lambda n: storage.is_complete(str(run.checkpoints / n)))
+    sealed = (lambda n: True) if run.remote else (lambda n: storage.is_complete(run.checkpoints / n))
     for old in _rotate(names, sealed, keep):
         shutil.rmtree(run.checkpoints / old, ignore_errors=True)
 
@@ -79,7 +79,7 @@ def seal_checkpoint_collective(run: RunDir, name: str, keep: int) -> None:
         if dist.is_world_main():
             seal_checkpoint(run, name, keep)
         return
-    uri, here = f"{run.remote_checkpoints()}/{name}", run.checkpoints / name
+    uri, here = run.remote_checkpoints() / name, run.checkpoints / name
     files, error = None, None
     try:
         if dist.is_world_main():

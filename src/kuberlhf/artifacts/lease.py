@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from kuberlhf.artifacts import storage
+from kuberlhf.artifacts.location import Location, LocationLike
 from kuberlhf.errors import KuberlhfError
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def run_id() -> str:
     return os.environ.get("KUBERLHF_RUN_ID") or socket.gethostname()
 
 
-def lock_work_dir(work_dir: Path, output_dir: str) -> None:
+def lock_work_dir(work_dir: Path, output_dir: LocationLike) -> None:
     """Take this machine's exclusive lock on ``work_dir`` (kept until the process ends or :func:`release`)."""
     key = str(work_dir.resolve())
     if key in _held:
@@ -65,32 +66,29 @@ def release(work_dir: Path) -> None:
         fh.close()
 
 
-def _uri(output_dir: str) -> str:
-    return f"{output_dir.rstrip('/')}/{LEASE}"
-
-
-def _read(output_dir: str) -> dict | None:
-    raw = storage.read_object(_uri(output_dir))
+def _read(output_dir: Location) -> dict | None:
+    raw = storage.read_object(output_dir / LEASE)
     try:
         return json.loads(raw) if raw is not None else None
     except ValueError:
         return None  # a torn lease is no lease
 
 
-def _write(output_dir: str, rid: str) -> None:
+def _write(output_dir: Location, rid: str) -> None:
     body = json.dumps({"run_id": rid, "renewed": time.time(), "host": socket.gethostname()})
-    storage.write_object(_uri(output_dir), body.encode())
+    storage.write_object(output_dir / LEASE, body.encode())
 
 
-def acquire(output_dir: str, ttl_s: float) -> None:
+def acquire(output_dir: LocationLike, ttl_s: float) -> None:
     """Take the lease of the ``s3://`` ``output_dir`` for this run, or refuse naming its holder."""
+    output_dir = Location.parse(output_dir)
     rid, lease = run_id(), _read(output_dir)
     if lease and lease.get("run_id") != rid:
         age = time.time() - float(lease.get("renewed", 0))
         if age < ttl_s:
             raise KuberlhfError(
                 f"{output_dir} is leased by run {lease.get('run_id')!r} (renewed {age:.0f} s ago): another job is "
-                f"writing it; wait for it, choose another output_dir, or delete {_uri(output_dir)} if that job is "
+                f"writing it; wait for it, choose another output_dir, or delete {output_dir / LEASE} if that job is "
                 f"gone (a lease not renewed for storage.lease_ttl_s={ttl_s:g} s is taken over)")
         log.warning("taking over the lease of %s from run %r (not renewed for %.0f s)", output_dir,
                     lease.get("run_id"), age)
@@ -98,8 +96,9 @@ def acquire(output_dir: str, ttl_s: float) -> None:
     check(output_dir)
 
 
-def check(output_dir: str, renew: bool = False) -> None:
+def check(output_dir: LocationLike, renew: bool = False) -> None:
     """Refuse to go on when the lease of ``output_dir`` is no longer this run's (before a seal); ``renew``."""
+    output_dir = Location.parse(output_dir)
     rid, lease = run_id(), _read(output_dir)
     if lease is None or lease.get("run_id") != rid:
         holder = lease.get("run_id") if lease else "nobody"
@@ -109,24 +108,26 @@ def check(output_dir: str, renew: bool = False) -> None:
         _write(output_dir, rid)
 
 
-def drop(output_dir: str) -> None:
+def drop(output_dir: LocationLike) -> None:
     """Give the lease back (after the publish, or when the run stops on an error); best effort: a lease
     left behind expires after ``storage.lease_ttl_s``, and the same run takes its own back at once."""
+    output_dir = Location.parse(output_dir)
     _heartbeats.pop(output_dir, threading.Event()).set()
     try:
         if (lease := _read(output_dir)) and lease.get("run_id") == run_id():
-            storage.delete_object(_uri(output_dir))
+            storage.delete_object(output_dir / LEASE)
     except storage.StorageError as err:
         log.warning("could not give back the lease of %s: %s", output_dir, err)
 
 
-_heartbeats: dict[str, threading.Event] = {}  # output dir -> the stop signal of its renewing thread
-lost: set[str] = set()  # outputs whose lease the heartbeat found taken
+_heartbeats: dict[Location, threading.Event] = {}  # output dir -> the stop signal of its renewing thread
+lost: set[Location] = set()  # outputs whose lease the heartbeat found taken
 
 
-def heartbeat(output_dir: str, ttl_s: float) -> None:
+def heartbeat(output_dir: LocationLike, ttl_s: float) -> None:
     """Renew the lease every ``ttl_s / 3`` from a daemon thread, between the seals too (a run whose
     checkpoints are further apart than the TTL keeps its output)."""
+    output_dir = Location.parse(output_dir)
     if output_dir in _heartbeats:
         return
     stop = _heartbeats[output_dir] = threading.Event()
@@ -145,6 +146,6 @@ def heartbeat(output_dir: str, ttl_s: float) -> None:
     threading.Thread(target=renew, name=f"lease {output_dir}", daemon=True).start()
 
 
-def held() -> list[str]:
+def held() -> list[Location]:
     """The outputs this process leases (for :func:`drop` on an error exit)."""
     return list(_heartbeats)

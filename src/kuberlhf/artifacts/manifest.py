@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from kuberlhf.artifacts.s3 import PathLike, _local_path
+from kuberlhf.artifacts.location import Location, PathLike
 from kuberlhf.errors import IntegrityError, StorageError
 
 MANIFEST_NAME = "manifest.json"
@@ -79,7 +79,7 @@ def _sha256(path: Path) -> str:
 def artifact_paths(local_dir: PathLike, exclude: Iterable[str] = ()) -> list[str]:
     """The relative paths of the files an artifact of ``local_dir`` holds: every file but the manifest,
     reserved paths and ``exclude`` globs (relative paths), sorted."""
-    root = _local_path(local_dir)
+    root = Location.parse(local_dir).local
     if not root.is_dir():
         raise StorageError(f"artifact directory not found: {root}")
     patterns = tuple(exclude)
@@ -89,24 +89,25 @@ def artifact_paths(local_dir: PathLike, exclude: Iterable[str] = ()) -> list[str
 def build_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Describe every file of :func:`artifact_paths` with its size and sha256; ``extra`` entries (the run
     that made it) are added."""
-    root = _local_path(local_dir)
+    root = Location.parse(local_dir).local
     files = [{"path": rel, "size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)}
              for rel in artifact_paths(root, exclude)]
     return manifest_of(files, extra)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``path`` whole or not at all; the files it describes reach the disk first (fsync): a manifest
-    that survives a power cut never lists a file that did not."""
-    if path.name == MANIFEST_NAME:
-        _sync_files(path.parent, data.get("files", []))
+def save_manifest(root: Path, manifest: dict) -> None:
+    """Write ``manifest`` as ``root/manifest.json``, whole or not at all (call it last: the artifact is complete
+    from then on). The files it lists reach the disk first (fsync): a manifest that survives a power cut never
+    lists a file that did not."""
+    _sync_files(root, manifest.get("files", []))
+    path = root / MANIFEST_NAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
-        fh.write(json.dumps(data, indent=2))
+        fh.write(json.dumps(manifest, indent=2))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    _fsync_dir(root)
 
 
 def _sync_files(root: Path, files: list[dict]) -> None:
@@ -132,12 +133,13 @@ def _fsync_dir(path: Path) -> None:
 def write_manifest(local_dir: PathLike, exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Build the manifest of ``local_dir`` and write it atomically into it (call it last)."""
     manifest = build_manifest(local_dir, exclude, extra)
-    _write_json_atomic(_local_path(local_dir) / MANIFEST_NAME, manifest)
+    save_manifest(Location.parse(local_dir).local, manifest)
     return manifest
 
 
-def _parse_manifest(raw: bytes | str, where: str) -> dict:
-    """Decode and sanity-check a manifest; its paths must stay inside the artifact."""
+def parse_manifest(raw: bytes | str, where: str | Location) -> dict:
+    """Decode and sanity-check a manifest (an IntegrityError naming ``where``, the artifact, when it is not one);
+    its paths must stay inside the artifact."""
     try:
         manifest = json.loads(raw)
         files = manifest["files"]
@@ -154,7 +156,7 @@ def _parse_manifest(raw: bytes | str, where: str) -> dict:
     return manifest
 
 
-def _file_problem(path: Path, entry: dict) -> str | None:
+def file_problem(path: Path, entry: dict) -> str | None:
     """Why ``path`` does not match its manifest ``entry`` (presence, size, sha256), or None."""
     if not path.is_file():
         return f"file {entry['path']!r} listed in {MANIFEST_NAME} is missing"
@@ -167,12 +169,12 @@ def _file_problem(path: Path, entry: dict) -> str | None:
 
 def verify_local(local_dir: PathLike) -> dict:
     """Check every file listed in the manifest of ``local_dir``, and that it holds no other; return the manifest."""
-    root = _local_path(local_dir)
+    root = Location.parse(local_dir).local
     if not (root / MANIFEST_NAME).is_file():
         raise IntegrityError(f"{root} is incomplete: no {MANIFEST_NAME} (unfinished write?)")
-    manifest = _parse_manifest((root / MANIFEST_NAME).read_bytes(), str(root))
+    manifest = parse_manifest((root / MANIFEST_NAME).read_bytes(), str(root))
     for entry in manifest["files"]:
-        if problem := _file_problem(root / entry["path"], entry):
+        if problem := file_problem(root / entry["path"], entry):
             raise IntegrityError(f"{root}: {problem}")
     if stale := unlisted_files(root, manifest):
         raise IntegrityError(f"{root}: file {stale[0]!r} is not listed in {MANIFEST_NAME} "

@@ -26,6 +26,7 @@ from typing import Any
 
 from kuberlhf.artifacts import lease, storage
 from kuberlhf.artifacts.cache import cache_root, fingerprint
+from kuberlhf.artifacts.location import Location, LocationLike
 from kuberlhf.errors import AlreadyFinished, ConfigError, IntegrityError, KuberlhfError
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,10 @@ def run_settings(cfg: Any) -> dict:
     """The settings a stage config records in its manifests: every key but :data:`IGNORED`, with each local
     data file or artifact it reads named by its content (:func:`content_id`), not its path."""
     from kuberlhf.config import flatten, to_dict
-    from kuberlhf.config.sections import _locations
+    from kuberlhf.config.sections import named_locations
 
     settings = {k: v for k, v in flatten(to_dict(cfg)).items() if not k.startswith(IGNORED)}
-    for key, value in _locations(cfg):
+    for key, value in named_locations(cfg):
         if key != "output_dir" and key in settings:
             settings[key] = content_id(value)
     return settings
@@ -86,7 +87,9 @@ def changed_keys(made: dict, now: dict, may_change: tuple[str, ...] = ()) -> lis
 
 @dataclass
 class RunDir:
-    output_dir: str
+    """A run's ``output_dir`` (given as text, kept parsed), its local ``work_dir`` and what it records."""
+
+    output_dir: Location
     work_dir: Path
     stage: str = ""
     settings: dict | None = None  # what this run records in its manifests (None: nothing, no checks)
@@ -94,9 +97,12 @@ class RunDir:
     lease_ttl_s: float = 1800.0
     _leased: bool = field(default=False, repr=False)
 
+    def __post_init__(self) -> None:
+        self.output_dir = Location.parse(self.output_dir)
+
     @property
     def remote(self) -> bool:
-        return storage.is_remote(self.output_dir)
+        return self.output_dir.is_remote
 
     @property
     def checkpoints(self) -> Path:
@@ -106,8 +112,8 @@ class RunDir:
     def staging(self) -> Path:
         return self.work_dir / ".final"
 
-    def remote_checkpoints(self) -> str:
-        return f"{self.output_dir.rstrip('/')}/{CHECKPOINTS}"
+    def remote_checkpoints(self) -> Location:
+        return self.output_dir / CHECKPOINTS
 
     def record(self) -> dict:
         """The manifest entries that name the run: its stage and settings."""
@@ -127,25 +133,26 @@ class RunDir:
         lease.release(self.work_dir)
 
 
-def finished(output_dir: str) -> bool:
+def finished(output_dir: LocationLike) -> bool:
     """Whether ``output_dir`` holds a finished artifact (its manifest written, last): a rerun or a retried step
     finds it there instead of training again. Whether it was made with this config is :func:`prepare_run`'s
     question (the stage asks it in its own process, a pipeline step's job in its pods)."""
     return storage.is_complete(output_dir)
 
 
-def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = True, cfg: Any = None) -> RunDir:
+def prepare_run(output_dir: LocationLike, stage: str, overwrite: bool, is_main: bool = True,
+                cfg: Any = None) -> RunDir:
     """Check ``output_dir`` and pick the local work dir; refuse to clobber a finished artifact.
 
     ``cfg``: the stage config, whose settings are recorded and checked (:func:`run_settings`). Every
     process decides alike; only the main one discards (``overwrite``), locks and leases. On a finished
     artifact of the same settings it raises :class:`AlreadyFinished` (nothing to do; exit 0).
     """
-    if storage.is_remote(output_dir):
-        storage.parse_s3_uri(output_dir)
-        work_dir = cache_root() / "runs" / fingerprint(output_dir.rstrip("/"))
+    output_dir = Location.parse(output_dir)
+    if output_dir.is_remote:
+        work_dir = cache_root() / "runs" / fingerprint(str(output_dir).rstrip("/"))
     else:
-        work_dir = Path(output_dir)
+        work_dir = output_dir.local
     run = RunDir(output_dir, work_dir, stage, run_settings(cfg) if cfg is not None else None,
                  getattr(cfg, "resume", "auto") == "force",
                  cfg.storage.lease_ttl_s if cfg is not None and hasattr(cfg, "storage") else 1800.0)
@@ -175,11 +182,11 @@ def prepare_run(output_dir: str, stage: str, overwrite: bool, is_main: bool = Tr
     return run
 
 
-def _metrics_of(output_dir: str) -> dict:
+def _metrics_of(output_dir: Location) -> dict:
     import json
 
     try:
-        with storage.open_uri(f"{output_dir.rstrip('/')}/metrics.json") as fh:
+        with storage.open_uri(output_dir / "metrics.json") as fh:
             return json.loads(fh.read())
     except (storage.StorageError, ValueError):
         return {}
@@ -211,7 +218,8 @@ def _discard(run: RunDir) -> None:
         storage.remove_unlisted(run.work_dir, {"files": []})  # the old artifact's files: none outlives it
 
 
-def _by_step(names: list[str]) -> list[tuple[int, str]]:
+def by_step(names: list[str]) -> list[tuple[int, str]]:
+    """The checkpoints among ``names`` (``checkpoint-N``; other names are left out) as ``(N, name)``, newest first."""
     found = [(int(m.group(1)), name) for name in names if (m := _CKPT_RE.match(name))]
     return sorted(found, reverse=True)
 
@@ -236,15 +244,15 @@ def resume_point(run: RunDir) -> str | None:
     found = latest_checkpoint(run)
     step = step_of(found)
     names = [p.name for p in run.checkpoints.iterdir()] if run.checkpoints.is_dir() else []
-    for newer, name in _by_step(names):
+    for newer, name in by_step(names):
         if newer > step:
             log.warning("removing %s, newer than the checkpoint this run resumes from", name)
             shutil.rmtree(run.checkpoints / name, ignore_errors=True)
     if run.remote:
-        for newer, name in _by_step(storage.list_subdirs(run.remote_checkpoints())):
+        for newer, name in by_step(storage.list_subdirs(run.remote_checkpoints())):
             if newer > step:
                 log.warning("removing %s/%s, newer than the checkpoint this run resumes from", run.output_dir, name)
-                storage.remove_dir(f"{run.remote_checkpoints()}/{name}")
+                storage.remove_dir(run.remote_checkpoints() / name)
     return found
 
 
@@ -256,8 +264,8 @@ def sealed_checkpoints(run: RunDir) -> Iterator[str]:
     any other failure (the store unreachable, a permission) stops it too rather than start it over.
     """
     if run.remote:
-        for _, name in _by_step(storage.list_subdirs(run.remote_checkpoints())):
-            uri = f"{run.remote_checkpoints()}/{name}"
+        for _, name in by_step(storage.list_subdirs(run.remote_checkpoints())):
+            uri = run.remote_checkpoints() / name
             try:
                 manifest = storage.retrying(lambda u=uri: storage.read_manifest(u), f"reading {uri}")
                 if manifest is None:
@@ -271,7 +279,7 @@ def sealed_checkpoints(run: RunDir) -> Iterator[str]:
             yield str(path)
         return
     names = [p.name for p in run.checkpoints.iterdir()] if run.checkpoints.is_dir() else []
-    for _, name in _by_step(names):
+    for _, name in by_step(names):
         try:
             manifest = storage.verify_local(run.checkpoints / name)
         except IntegrityError as err:

@@ -1,9 +1,10 @@
-"""S3 connection: options, URIs, the boto3 client, one-line errors, and the fsspec filesystem of data sources.
+"""S3 connection: options, the boto3 client, one-line errors, and the fsspec filesystem of data sources.
 
 Credentials and endpoints come from boto3's standard sources (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL[_S3]``,
 ``AWS_DEFAULT_REGION``/``AWS_REGION``, profiles, IRSA) unless set in :class:`StorageOptions`.
-Every failure raises :class:`~kuberlhf.errors.StorageError` naming the URI at fault.
+Every failure raises :class:`~kuberlhf.errors.StorageError` naming the URI at fault; what a URI names is
+:mod:`kuberlhf.artifacts.location`.
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ import contextlib
 import functools
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-from kuberlhf.errors import NotFoundError, StorageError, TransientStorageError
+from kuberlhf.artifacts.location import Location, is_remote
+from kuberlhf.errors import NotFoundError, StorageError, TransientStorageError, one_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MIB = 1024 * 1024
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CRED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
@@ -33,8 +32,6 @@ _TRANSIENT_CODES = {"500", "502", "503", "504", "429", "InternalError", "Service
                     "RequestLimitExceeded", "TooManyRequests", "XMinioServerNotInitialized"}
 _TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 _CRED_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / a web identity)"
-
-PathLike = str | os.PathLike[str]
 
 
 @dataclass
@@ -63,43 +60,9 @@ def configure(options: StorageOptions | None) -> None:
     _defaults = options if options is not None else StorageOptions()
 
 
-def _opts(options: StorageOptions | None) -> StorageOptions:
+def effective_options(options: StorageOptions | None) -> StorageOptions:
+    """The options a call uses: ``options`` when given, else those set with :func:`configure`."""
     return options if options is not None else _defaults
-
-
-# ---------------------------------------------------------------------------------------------- URIs
-
-
-def is_remote(uri: str) -> bool:
-    """True for ``s3://`` URIs."""
-    return str(uri).lower().startswith("s3://")
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/some/prefix/`` into ``("bucket", "some/prefix")``."""
-    if not is_remote(uri):
-        raise StorageError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = str(uri)[5:].partition("/")
-    if not bucket:
-        raise StorageError(f"empty bucket name in URI {uri!r}")
-    if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise StorageError(f"invalid S3 bucket name {bucket!r} in URI {uri!r} "
-                           "(3-63 chars: lowercase letters, digits, '.', '-')")
-    return bucket, key.strip("/")
-
-
-def _local_path(uri: PathLike) -> Path:
-    """A local path from a plain path or ``file://`` URI; other schemes are refused."""
-    text = os.fspath(uri)
-    if text.startswith("file://"):
-        return Path(text[7:])
-    if "://" in text:
-        raise StorageError(f"unsupported URI scheme in {text!r}: use s3://bucket/prefix or a local path")
-    return Path(text)
-
-
-def _key(prefix: str, rel: str) -> str:
-    return f"{prefix}/{rel}" if prefix else rel
 
 
 # ----------------------------------------------------------------------------------------- S3 client
@@ -134,7 +97,7 @@ def s3_client(options: StorageOptions | None = None) -> Any:
     """A boto3 S3 client (standard retries, path-style addressing for custom endpoints)."""
     from botocore.config import Config
 
-    o = _opts(options)
+    o = effective_options(options)
     session, region = _session(o)
     client = session.client("s3", endpoint_url=_endpoint(o), region_name=region, config=Config(**_botocore_config(o)))
     client.meta.events.register("needs-retry.s3", functools.partial(_say_unreachable, o, client.meta.endpoint_url))
@@ -155,7 +118,7 @@ def _say_unreachable(o: StorageOptions, address: str, caught_exception: BaseExce
     _unanswered.add(address)
     log.warning("object store %s does not answer (%s: %s); each request is tried %d times (%g s timeout), "
                 "each operation again for up to storage.retry_budget_s=%g s; the run goes on when it answers",
-                address, type(caught_exception).__name__, _one_line(caught_exception), o.max_attempts, o.timeout_s,
+                address, type(caught_exception).__name__, _brief(caught_exception), o.max_attempts, o.timeout_s,
                 o.retry_budget_s)
 
 
@@ -171,17 +134,22 @@ def _client_error(exc: BaseException):
     return None
 
 
-def _client_code(exc: BaseException) -> str | None:
-    """The S3 error code of a ClientError, also when wrapped."""
+def client_code(exc: BaseException) -> str | None:
+    """The S3 error code of a ClientError, also when wrapped (None for any other exception)."""
     found = _client_error(exc)
     return str(found.response.get("Error", {}).get("Code", "")) if found is not None else None
 
 
-def _translate(exc: BaseException, uri: str, action: str) -> StorageError:
+def is_missing(exc: BaseException) -> bool:
+    """True when ``exc`` is the store saying the object is not there (a ClientError, also when wrapped)."""
+    return client_code(exc) in _MISSING_CODES
+
+
+def _translate(exc: BaseException, uri: str | Location, action: str) -> StorageError:
     """Map a boto3/botocore/s3fs exception to a one-line StorageError naming ``uri``."""
     from botocore.exceptions import NoCredentialsError
 
-    code = _client_code(exc)
+    code = client_code(exc)
     remote_os = isinstance(exc, OSError) and exc.errno is None  # s3fs errors carry no errno
     if isinstance(exc, NoCredentialsError):
         return StorageError(f"no S3 credentials while {action} {uri}: {_CRED_HINT}")
@@ -196,7 +164,7 @@ def _translate(exc: BaseException, uri: str, action: str) -> StorageError:
     if code in _MISSING_CODES or (remote_os and isinstance(exc, FileNotFoundError)):
         return NotFoundError(f"not found while {action} {uri}")
     if code in _TRANSIENT_CODES or _http_status(exc) in _TRANSIENT_STATUS or (code is None and _is_network(exc)):
-        return TransientStorageError(f"object store unavailable while {action} {uri}: {_one_line(exc)}")
+        return TransientStorageError(f"object store unavailable while {action} {uri}: {_brief(exc)}")
     return StorageError(f"failed while {action} {uri}: {exc}")
 
 
@@ -221,8 +189,9 @@ def _is_network(exc: BaseException) -> bool:
     return False
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def _brief(exc: BaseException) -> str:
+    """``exc`` on one line; its type when it says nothing."""
+    return one_line(exc) or type(exc).__name__
 
 
 def retrying(action: Callable[[], T], what: str, options: StorageOptions | None = None) -> T:
@@ -231,7 +200,7 @@ def retrying(action: Callable[[], T], what: str, options: StorageOptions | None 
     (exit code 200: retryable). Each attempt already has botocore's own retries (``max_attempts``)."""
     import time
 
-    budget = _opts(options).retry_budget_s
+    budget = effective_options(options).retry_budget_s
     deadline, delay = time.monotonic() + budget, 1.0
     while True:
         try:
@@ -247,8 +216,9 @@ def retrying(action: Callable[[], T], what: str, options: StorageOptions | None 
 
 
 @contextlib.contextmanager
-def _s3_errors(uri: str, action: str) -> Iterator[None]:
-    """Re-raise boto3/botocore/s3fs (and local I/O) failures as StorageError."""
+def s3_errors(uri: str | Location, action: str) -> Iterator[None]:
+    """Re-raise boto3/botocore/s3fs (and local I/O) failures as one-line StorageErrors naming ``uri``, saying
+    what was being done (``action``: "reading", "uploading to", ...); a transient one as TransientStorageError."""
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -270,14 +240,14 @@ def fs_for(uri: str, options: StorageOptions | None = None) -> Any:
     if not is_remote(uri):
         from fsspec.implementations.local import LocalFileSystem
 
-        _local_path(uri)  # refuses other schemes
+        Location.parse(uri)  # refuses other schemes
         return LocalFileSystem()
     try:
         import s3fs
     except ImportError:
         raise StorageError(f"reading {uri} as a dataset needs s3fs: pip install 'kuberlhf[s3data]'") from None
 
-    o = _opts(options)
+    o = effective_options(options)
     _, region = _session(o)
     return s3fs.S3FileSystem(key=o.access_key_id, secret=o.secret_access_key, token=o.session_token,
                              client_kwargs={"endpoint_url": _endpoint(o), "region_name": region},

@@ -2,9 +2,11 @@
 
 An *artifact* is a directory (model, checkpoint, dataset shards) plus a ``manifest.json``
 (:mod:`kuberlhf.artifacts.manifest`) listing every file with its size and sha256, written last:
-its presence means "complete", and every downloaded file is verified against it. The S3
-connection, URIs and errors are :mod:`kuberlhf.artifacts.s3`; this module moves artifacts, many
-files at once, each hashed as its bytes pass (:mod:`kuberlhf.artifacts.transfer`).
+its presence means "complete", and every downloaded file is verified against it. Where an artifact
+lives is a :class:`~kuberlhf.artifacts.location.Location`, parsed once where a function here is entered;
+the S3 connection and errors are :mod:`kuberlhf.artifacts.s3`; this module moves artifacts, many
+files at once, each hashed as its bytes pass (:mod:`kuberlhf.artifacts.transfer`). Single objects
+(a data file, the lease) are :mod:`kuberlhf.artifacts.objects`, offered here too.
 
 Objects move through boto3 alone (one client per operation, thread-safe): artifacts, and the files and
 listings of s3:// data sources. s3fs, with the narrow botocore range its aiobotocore pins, is only the
@@ -14,234 +16,227 @@ fsspec filesystem that ``datasets.load_from_disk`` needs for a ``save_to_disk`` 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import io
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from kuberlhf.artifacts import transfer
 from kuberlhf.artifacts.failpoints import failpoint
+from kuberlhf.artifacts.location import Location, LocationLike, PathLike, is_remote  # noqa: F401
 from kuberlhf.artifacts.manifest import (  # noqa: F401 (the storage API in one place)
     CHECKPOINTS,
     MANIFEST_FORMAT,
     MANIFEST_NAME,
-    _file_problem,
-    _parse_manifest,
-    _write_json_atomic,
     artifact_paths,
     build_manifest,
+    file_problem,
     is_reserved,
     manifest_of,
+    parse_manifest,
     remove_unlisted,
+    save_manifest,
     sha256_of,
     unlisted_files,
     verify_local,
     write_manifest,
 )
+from kuberlhf.artifacts.objects import (  # noqa: F401
+    delete_object,
+    download_object,
+    list_prefix,
+    open_uri,
+    read_object,
+    stat_object,
+    write_object,
+)
 from kuberlhf.artifacts.s3 import (  # noqa: F401
-    _MISSING_CODES,
-    PathLike,
     StorageOptions,
-    _client_code,
-    _key,
-    _local_path,
-    _opts,
-    _s3_errors,
     configure,
+    effective_options,
     fs_for,
-    is_remote,
-    parse_s3_uri,
+    is_missing,
     retrying,
     s3_client,
+    s3_errors,
 )
 from kuberlhf.errors import IntegrityError, NotFoundError, StorageError
 
 
-def _remote_manifest(client: Any, uri: str) -> dict | None:
-    """The parsed manifest under the s3 prefix ``uri``, or None when there is none."""
+def _remote_manifest(client: Any, loc: Location) -> dict | None:
+    """The parsed manifest under the s3 prefix ``loc``, or None when there is none."""
     from botocore.exceptions import ClientError
 
-    bucket, prefix = parse_s3_uri(uri)
     try:
-        raw = client.get_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))["Body"].read()
+        raw = client.get_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME))["Body"].read()
     except ClientError as exc:
-        if _client_code(exc) in _MISSING_CODES:
+        if is_missing(exc):
             return None
         raise
-    return _parse_manifest(raw, uri)
+    return parse_manifest(raw, loc)
 
 
-def is_complete(uri: str, options: StorageOptions | None = None) -> bool:
+def is_complete(uri: LocationLike, options: StorageOptions | None = None) -> bool:
     """True when the artifact at ``uri`` (local dir or s3 prefix) has its manifest."""
-    if not is_remote(uri):
-        return (_local_path(uri) / MANIFEST_NAME).is_file()
-    return read_manifest(uri, options) is not None
+    loc = Location.parse(uri)
+    if not loc.is_remote:
+        return (loc.local / MANIFEST_NAME).is_file()
+    return read_manifest(loc, options) is not None
 
 
-def read_manifest(uri: str, options: StorageOptions | None = None) -> dict | None:
+def read_manifest(uri: LocationLike, options: StorageOptions | None = None) -> dict | None:
     """The parsed manifest of the artifact at ``uri`` (local dir or s3 prefix), or None when it has none."""
-    if not is_remote(uri):
-        path = _local_path(uri) / MANIFEST_NAME
-        return _parse_manifest(path.read_bytes(), str(uri)) if path.is_file() else None
+    loc = Location.parse(uri)
+    if not loc.is_remote:
+        path = loc.local / MANIFEST_NAME
+        return parse_manifest(path.read_bytes(), loc) if path.is_file() else None
     client = s3_client(options)
-    with _s3_errors(uri, "checking"):
-        return _remote_manifest(client, uri)
+    with s3_errors(loc, "checking"):
+        return _remote_manifest(client, loc)
 
 
 # -------------------------------------------------------------------------------- transfer / publish
 
 
-def upload_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = None,
+def upload_dir(local_dir: PathLike, uri: LocationLike, options: StorageOptions | None = None,
                exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Upload ``local_dir`` to the s3 prefix ``uri``, ``max_concurrency`` files at once, each hashed as it is
     read: the stale manifest is deleted first, the new one written once every file is in."""
-    o = _opts(options)
-    bucket, prefix = parse_s3_uri(uri)
-    root = _local_path(local_dir)
+    o, loc = effective_options(options), Location.parse_s3(uri)
+    root = Location.parse(local_dir).local
     paths = artifact_paths(root, exclude)
     client = s3_client(o)
-    with _s3_errors(uri, "uploading to"):
-        client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
+    with s3_errors(loc, "uploading to"):
+        client.delete_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME))
         batch = transfer.Batch(client, o)
-        files = batch.run([_upload_job(batch, root, rel, uri) for rel in paths], done=lambda: failpoint("upload"))
+        files = batch.run([_upload_job(batch, root, rel, loc) for rel in paths], done=lambda: failpoint("upload"))
         manifest = manifest_of(files, extra)
-        _delete_unlisted(client, uri, manifest)
-        client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
+        _delete_unlisted(client, loc, manifest)
+        client.put_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME), ContentType="application/json",
                           Body=json.dumps(manifest, indent=2).encode())
     return manifest
 
 
-def _object_uri(uri: str, rel: str) -> str:
-    return f"{uri.rstrip('/')}/{rel}"
-
-
-def _upload_job(batch: transfer.Batch, root: Path, rel: str, uri: str,
+def _upload_job(batch: transfer.Batch, root: Path, rel: str, loc: Location,
                 listed: dict | None = None) -> Callable[[], dict]:
-    """Upload ``root/rel`` to ``uri/rel``; its manifest entry (``listed``: the entry it must match)."""
-    bucket, prefix = parse_s3_uri(uri)
+    """Upload ``root/rel`` to ``loc/rel``; its manifest entry (``listed``: the entry it must match)."""
 
     def job() -> dict:
-        with _s3_errors(_object_uri(uri, rel), "uploading to"), open(root / rel, "rb") as fh:
-            sent = batch.upload(fh, os.fstat(fh.fileno()).st_size, bucket, _key(prefix, rel))
+        with s3_errors(loc / rel, "uploading to"), open(root / rel, "rb") as fh:
+            sent = batch.upload(fh, os.fstat(fh.fileno()).st_size, loc.bucket, loc.key(rel))
         if listed is not None and (sent["size"], sent["sha256"]) != (listed["size"], listed["sha256"]):
             raise IntegrityError(f"{root / rel} changed after it was listed (now {sent['size']} bytes, sha256 "
-                                 f"{sent['sha256'][:12]}...): {_object_uri(uri, rel)} would not match its manifest")
+                                 f"{sent['sha256'][:12]}...): {loc / rel} would not match its manifest")
         return {"path": rel, **sent}
 
     return job
 
 
-def _object_paths(client: Any, uri: str) -> list[str]:
-    """The relative paths of every object under the s3 prefix ``uri``."""
-    bucket, prefix = parse_s3_uri(uri)
-    base = f"{prefix}/" if prefix else ""
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+def _object_paths(client: Any, loc: Location) -> list[str]:
+    """The relative paths of every object under the s3 prefix ``loc``."""
+    base = loc.key_prefix
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=base)
     return [obj["Key"][len(base):] for page in pages for obj in page.get("Contents", [])]
 
 
-def _delete_unlisted(client: Any, uri: str, manifest: dict) -> None:
-    """Delete the artifact objects under ``uri`` that ``manifest`` does not list (before it is written):
+def _delete_unlisted(client: Any, loc: Location, manifest: dict) -> None:
+    """Delete the artifact objects under ``loc`` that ``manifest`` does not list (before it is written):
     a published artifact holds exactly its manifest's files. Reserved paths (checkpoints/) stay."""
-    bucket, prefix = parse_s3_uri(uri)
     listed = {f["path"] for f in manifest["files"]} | {MANIFEST_NAME}
-    stale = [rel for rel in _object_paths(client, uri) if rel not in listed and not is_reserved(rel)]
+    stale = [rel for rel in _object_paths(client, loc) if rel not in listed and not is_reserved(rel)]
     for start in range(0, len(stale), 1000):
-        keys = [{"Key": _key(prefix, rel)} for rel in stale[start:start + 1000]]
-        errors = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors")
+        keys = [{"Key": loc.key(rel)} for rel in stale[start:start + 1000]]
+        errors = client.delete_objects(Bucket=loc.bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors")
         if errors:
-            raise StorageError(f"cannot remove the stale {errors[0].get('Key')} under {uri}: {errors[0].get('Code')}")
+            raise StorageError(f"cannot remove the stale {errors[0].get('Key')} under {loc}: {errors[0].get('Code')}")
 
 
-def upload_files(local_dir: PathLike, uri: str, files: Iterable[dict], options: StorageOptions | None = None) -> None:
+def upload_files(local_dir: PathLike, uri: LocationLike, files: Iterable[dict],
+                 options: StorageOptions | None = None) -> None:
     """Upload the listed files of ``local_dir`` (manifest entries) under the s3 prefix ``uri``; no manifest.
     A file that no longer matches its entry is refused.
 
     For an artifact assembled from several machines: each uploads its part, then one of them
     writes the manifest with :func:`put_manifest` (which removes the objects it does not list).
     """
-    o = _opts(options)
-    parse_s3_uri(uri)
-    root = _local_path(local_dir)
+    o, loc = effective_options(options), Location.parse_s3(uri)
+    root = Location.parse(local_dir).local
     client = s3_client(o)
-    with _s3_errors(uri, "uploading to"):
+    with s3_errors(loc, "uploading to"):
         batch = transfer.Batch(client, o)
-        batch.run([_upload_job(batch, root, entry["path"], uri, listed=entry) for entry in files])
+        batch.run([_upload_job(batch, root, entry["path"], loc, listed=entry) for entry in files])
 
 
-def delete_manifest(uri: str, options: StorageOptions | None = None) -> None:
+def delete_manifest(uri: LocationLike, options: StorageOptions | None = None) -> None:
     """Mark the artifact at the s3 prefix ``uri`` incomplete (before its files are rewritten)."""
-    bucket, prefix = parse_s3_uri(uri)
+    loc = Location.parse_s3(uri)
     client = s3_client(options)
-    with _s3_errors(uri, "uploading to"):
-        client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
+    with s3_errors(loc, "uploading to"):
+        client.delete_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME))
 
 
-def put_manifest(uri: str, manifest: dict, options: StorageOptions | None = None) -> None:
+def put_manifest(uri: LocationLike, manifest: dict, options: StorageOptions | None = None) -> None:
     """Write ``manifest`` under the s3 prefix ``uri``: the artifact is complete from then on (call it last).
     Objects under ``uri`` that it does not list are removed first."""
-    _parse_manifest(json.dumps(manifest), uri)
-    bucket, prefix = parse_s3_uri(uri)
+    loc = Location.parse_s3(uri)
+    parse_manifest(json.dumps(manifest), loc)
     client = s3_client(options)
-    with _s3_errors(uri, "uploading to"):
-        _delete_unlisted(client, uri, manifest)
-        client.put_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME), ContentType="application/json",
+    with s3_errors(loc, "uploading to"):
+        _delete_unlisted(client, loc, manifest)
+        client.put_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME), ContentType="application/json",
                           Body=json.dumps(manifest, indent=2).encode())
 
 
-def download_dir(uri: str, local_dir: PathLike, options: StorageOptions | None = None) -> Path:
+def download_dir(uri: LocationLike, local_dir: PathLike, options: StorageOptions | None = None) -> Path:
     """Download the artifact at ``uri`` into ``local_dir``, ``max_concurrency`` files at once, each verified as
     it lands; keeps matching local files and removes the ones the manifest does not list (the copy holds
     exactly the artifact). The local manifest goes first and comes back only once every file matched."""
-    o = _opts(options)
-    bucket, prefix = parse_s3_uri(uri)
-    dest = _local_path(local_dir)
+    o, loc = effective_options(options), Location.parse_s3(uri)
+    dest = Location.parse(local_dir).local
     client = s3_client(o)
-    with _s3_errors(uri, "downloading"):
-        manifest = _remote_manifest(client, uri)
+    with s3_errors(loc, "downloading"):
+        manifest = _remote_manifest(client, loc)
         if manifest is None:
-            raise StorageError(f"{uri} is an incomplete artifact: no {MANIFEST_NAME} "
+            raise StorageError(f"{loc} is an incomplete artifact: no {MANIFEST_NAME} "
                                "(upload unfinished, or not a kuberlhf artifact)")
         listed = {f["path"] for f in manifest["files"]} | {MANIFEST_NAME}
-        if stale := [rel for rel in _object_paths(client, uri) if rel not in listed and not is_reserved(rel)]:
-            raise IntegrityError(f"{uri}: object {stale[0]!r} is not listed in {MANIFEST_NAME} "
+        if stale := [rel for rel in _object_paths(client, loc) if rel not in listed and not is_reserved(rel)]:
+            raise IntegrityError(f"{loc}: object {stale[0]!r} is not listed in {MANIFEST_NAME} "
                                "(left over from an earlier artifact?)")
         dest.mkdir(parents=True, exist_ok=True)
         (dest / MANIFEST_NAME).unlink(missing_ok=True)
         batch = transfer.Batch(client, o)
-        batch.run([_download_job(batch, uri, dest, entry) for entry in manifest["files"]])
+        batch.run([_download_job(batch, loc, dest, entry) for entry in manifest["files"]])
     remove_unlisted(dest, manifest)
-    _write_json_atomic(dest / MANIFEST_NAME, manifest)
+    save_manifest(dest, manifest)
     return dest
 
 
-def _download_job(batch: transfer.Batch, uri: str, dest: Path, entry: dict) -> Callable[[], None]:
+def _download_job(batch: transfer.Batch, loc: Location, dest: Path, entry: dict) -> Callable[[], None]:
     """Make ``dest/<path>`` the listed file: kept when it matches, else downloaded beside it, hashed as it is
     written, synced, and renamed into place only when its size and sha256 match ``entry``."""
-    bucket, prefix = parse_s3_uri(uri)
 
     def job() -> None:
         target, rel = dest / entry["path"], entry["path"]
-        if _file_problem(target, entry) is None:
+        if file_problem(target, entry) is None:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
         try:
             try:
-                with _s3_errors(_object_uri(uri, rel), "downloading"), open(tmp, "wb") as out:
-                    size, digest = batch.download(bucket, _key(prefix, rel), entry["size"], out)
+                with s3_errors(loc / rel, "downloading"), open(tmp, "wb") as out:
+                    size, digest = batch.download(loc.bucket, loc.key(rel), entry["size"], out)
                     out.flush()
                     os.fsync(out.fileno())
             except NotFoundError as err:  # listed, not there: this artifact is damaged
                 raise IntegrityError(str(err)) from err
             if size != entry["size"]:
-                raise IntegrityError(f"{uri}: size mismatch for {rel!r} ({size} bytes, manifest says {entry['size']})")
+                raise IntegrityError(f"{loc}: size mismatch for {rel!r} ({size} bytes, manifest says {entry['size']})")
             if digest != entry["sha256"]:
-                raise IntegrityError(f"{uri}: sha256 checksum mismatch for {rel!r}")
+                raise IntegrityError(f"{loc}: sha256 checksum mismatch for {rel!r}")
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -249,13 +244,14 @@ def _download_job(batch: transfer.Batch, uri: str, dest: Path, entry: dict) -> C
     return job
 
 
-def publish_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = None,
+def publish_dir(local_dir: PathLike, uri: LocationLike, options: StorageOptions | None = None,
                 exclude: Iterable[str] = (), extra: dict | None = None) -> dict:
     """Publish a finished artifact to ``uri`` (s3 prefix, same or other local dir); returns its manifest.
     ``extra``: manifest entries besides the files (the run that made it)."""
-    if is_remote(uri):
-        return retrying(lambda: upload_dir(local_dir, uri, options, exclude, extra), f"publishing {uri}", options)
-    src, dst = _local_path(local_dir), _local_path(uri)
+    loc = Location.parse(uri)
+    if loc.is_remote:
+        return retrying(lambda: upload_dir(local_dir, loc, options, exclude, extra), f"publishing {loc}", options)
+    src, dst = Location.parse(local_dir).local, loc.local
     if dst.resolve() == src.resolve():
         return write_manifest(src, exclude, extra)
     manifest = build_manifest(src, exclude, extra)
@@ -266,22 +262,23 @@ def publish_dir(local_dir: PathLike, uri: str, options: StorageOptions | None = 
         (dst / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / entry["path"], dst / entry["path"])
         failpoint("publish")
-    _write_json_atomic(dst / MANIFEST_NAME, manifest)
+    save_manifest(dst, manifest)
     return manifest
 
 
-def fetch_dir(uri: str, cache_root: PathLike | None = None, options: StorageOptions | None = None) -> Path:
+def fetch_dir(uri: LocationLike, cache_root: PathLike | None = None, options: StorageOptions | None = None) -> Path:
     """A local, verified copy of the artifact at ``uri``.
 
     Remote: downloaded into ``(cache_root or ~/.cache/kuberlhf/artifacts)/<sha1 of uri>``. Local: returned
     as is, verified when it has a manifest (a plain folder without one, e.g. a HF model, is allowed).
     """
-    if is_remote(uri):
+    loc = Location.parse(uri)
+    if loc.is_remote:
         root = Path(cache_root) if cache_root else Path.home() / ".cache" / "kuberlhf" / "artifacts"
-        return download_dir(uri, root / hashlib.sha1(str(uri).rstrip("/").encode()).hexdigest(), options)
-    path = _local_path(uri)
+        return download_dir(loc, root / hashlib.sha1(str(loc).rstrip("/").encode()).hexdigest(), options)
+    path = loc.local
     if not path.is_dir():
-        raise StorageError(f"artifact directory not found: {uri}")
+        raise StorageError(f"artifact directory not found: {loc}")
     if (path / MANIFEST_NAME).is_file():
         verify_local(path)
     return path
@@ -290,19 +287,19 @@ def fetch_dir(uri: str, cache_root: PathLike | None = None, options: StorageOpti
 # ---------------------------------------------------------------------------------- listing / delete
 
 
-def list_subdirs(uri: str, options: StorageOptions | None = None) -> list[str]:
+def list_subdirs(uri: LocationLike, options: StorageOptions | None = None) -> list[str]:
     """Sorted names of the immediate subdirectories of a local dir or s3 prefix.
 
     On S3 only prefixes holding at least one object count: some S3-compatible stores
     (SeaweedFS) keep reporting an emptied "directory" until a background cleanup.
     """
-    if not is_remote(uri):
-        path = _local_path(uri)
+    loc = Location.parse(uri)
+    if not loc.is_remote:
+        path = loc.local
         return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
-    bucket, prefix = parse_s3_uri(uri)
-    base = f"{prefix}/" if prefix else ""
+    base, bucket = loc.key_prefix, loc.bucket
     client, names = s3_client(options), []
-    with _s3_errors(uri, "listing"):
+    with s3_errors(loc, "listing"):
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/"):
             for sub in (cp["Prefix"] for cp in page.get("CommonPrefixes", [])):
                 if client.list_objects_v2(Bucket=bucket, Prefix=sub, MaxKeys=1).get("Contents"):
@@ -310,128 +307,23 @@ def list_subdirs(uri: str, options: StorageOptions | None = None) -> list[str]:
     return sorted(names)
 
 
-def stat_object(uri: str, options: StorageOptions | None = None) -> dict | None:
-    """``{"size", "etag"}`` of the s3 object ``uri``, or None when there is none."""
-    from botocore.exceptions import ClientError
-
-    bucket, key = parse_s3_uri(uri)
-    if not key:
-        return None
-    with _s3_errors(uri, "reading"):
-        try:
-            head = s3_client(options).head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if _client_code(exc) in _MISSING_CODES:
-                return None
-            raise
-    return {"size": int(head["ContentLength"]), "etag": str(head.get("ETag", "")).strip('"')}
-
-
-def download_object(uri: str, dest: PathLike, size: int, options: StorageOptions | None = None) -> Path:
-    """Download the s3 object ``uri`` of ``size`` bytes (as :func:`stat_object` gave it) to ``dest``: written
-    beside it (in parts, as many at once, when it is large), renamed into place only when whole."""
-    bucket, key = parse_s3_uri(uri)
-    o = _opts(options)
-    target = Path(dest)
-    batch = transfer.Batch(s3_client(o), o)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-
-    def job() -> int:
-        with _s3_errors(uri, "downloading"), open(tmp, "wb") as out:
-            return batch.download(bucket, key, size, out)[0]
-
-    try:
-        got = batch.run([job])[0]
-        if got != size:
-            raise IntegrityError(f"{uri}: the object changed while it was read ({got} bytes, {size} before)")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-def list_prefix(uri: str, options: StorageOptions | None = None) -> list[tuple[str, bool]]:
-    """The immediate children of the s3 prefix ``uri``: ``(s3 URI, is_file)`` each, files first in key order,
-    then sub-prefixes (what ``ls`` of a folder shows)."""
-    bucket, prefix = parse_s3_uri(uri)
-    base = f"{prefix.rstrip('/')}/" if prefix else ""
-    files, folders = [], []
-    with _s3_errors(uri, "listing"):
-        pages = s3_client(options).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base, Delimiter="/")
-        for page in pages:
-            files += [(f"s3://{bucket}/{obj['Key']}", True) for obj in page.get("Contents", [])
-                      if obj["Key"] != base]
-            folders += [(f"s3://{bucket}/{cp['Prefix'].rstrip('/')}", False) for cp in page.get("CommonPrefixes", [])]
-    return files + folders
-
-
-def remove_dir(uri: str, options: StorageOptions | None = None, keep: Iterable[str] = ()) -> None:
+def remove_dir(uri: LocationLike, options: StorageOptions | None = None, keep: Iterable[str] = ()) -> None:
     """Delete a local dir or every object under an s3 prefix, the manifest first; ``keep``: relative paths
     of s3 objects that stay (the run's lease)."""
-    if not is_remote(uri):
-        path = _local_path(uri)
+    loc = Location.parse(uri)
+    if not loc.is_remote:
+        path = loc.local
         if path.exists():
             (path / MANIFEST_NAME).unlink(missing_ok=True)
             shutil.rmtree(path)
         return
-    bucket, prefix = parse_s3_uri(uri)
-    if not prefix:
-        raise StorageError(f"refusing to remove a whole bucket: {uri}")
-    client, kept = s3_client(options), {_key(prefix, rel) for rel in keep}
-    with _s3_errors(uri, "removing"):
-        client.delete_object(Bucket=bucket, Key=_key(prefix, MANIFEST_NAME))
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+    if not loc.prefix:
+        raise StorageError(f"refusing to remove a whole bucket: {loc}")
+    client, kept, bucket = s3_client(options), {loc.key(rel) for rel in keep}, loc.bucket
+    with s3_errors(loc, "removing"):
+        client.delete_object(Bucket=bucket, Key=loc.key(MANIFEST_NAME))
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=loc.key_prefix):
             if keys := [{"Key": obj["Key"]} for obj in page.get("Contents", []) if obj["Key"] not in kept]:
                 errors = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True}).get("Errors")
                 if errors:
-                    raise StorageError(f"cannot remove {uri}: {errors[0].get('Code')} on {errors[0].get('Key')}")
-
-
-def read_object(uri: str, options: StorageOptions | None = None) -> bytes | None:
-    """The bytes of the s3 object ``uri``, or None when there is none."""
-    from botocore.exceptions import ClientError
-
-    bucket, key = parse_s3_uri(uri)
-    client = s3_client(options)
-    with _s3_errors(uri, "reading"):
-        try:
-            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if _client_code(exc) in _MISSING_CODES:
-                return None
-            raise
-
-
-def write_object(uri: str, body: bytes, options: StorageOptions | None = None) -> None:
-    """Write the s3 object ``uri``."""
-    bucket, key = parse_s3_uri(uri)
-    with _s3_errors(uri, "writing"):
-        s3_client(options).put_object(Bucket=bucket, Key=key, Body=body)
-
-
-def delete_object(uri: str, options: StorageOptions | None = None) -> None:
-    """Delete the s3 object ``uri`` (no error when there is none)."""
-    bucket, key = parse_s3_uri(uri)
-    with _s3_errors(uri, "deleting"):
-        s3_client(options).delete_object(Bucket=bucket, Key=key)
-
-
-def open_uri(uri: str, mode: str = "rb", options: StorageOptions | None = None) -> IO[Any]:
-    """Open one file (local path or s3 object) as a file object; the caller closes it. An s3 object opens
-    seekable for reading (``rb``, ``r``), or for writing (``wb``: the object is written when the file closes)."""
-    if not is_remote(uri):
-        try:
-            return open(_local_path(uri), mode)
-        except OSError as exc:
-            raise StorageError(f"cannot open {uri}: {exc.strerror or exc}") from exc
-    bucket, key = parse_s3_uri(uri)
-    if not key:
-        raise StorageError(f"no object key in URI {uri!r}")
-    if mode not in ("rb", "r", "wb"):
-        raise StorageError(f"cannot open {uri} in mode {mode!r}: s3 objects open as 'rb', 'r' or 'wb'")
-    o = _opts(options)
-    client, errors = s3_client(o), functools.partial(_s3_errors, uri)
-    if mode == "wb":
-        return transfer.ObjectWriter(transfer.Batch(client, o), bucket, key, errors)  # type: ignore[return-value]
-    reader = io.BufferedReader(transfer.ObjectReader(client, bucket, key, errors, o.max_attempts), 1024 * 1024)
-    return io.TextIOWrapper(reader, encoding="utf-8") if mode == "r" else reader
+                    raise StorageError(f"cannot remove {loc}: {errors[0].get('Code')} on {errors[0].get('Key')}")

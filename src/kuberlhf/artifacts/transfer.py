@@ -17,7 +17,7 @@ an unfinished multipart upload is aborted, and once every thread is done the err
 the caller's (:mod:`kuberlhf.artifacts.storage`): written after every upload succeeded; a download's only
 after every file matched.
 
-:class:`ObjectReader` and :class:`ObjectWriter` stream one object as a file (``storage.open_uri``).
+:class:`ObjectReader` and :class:`ObjectWriter` stream one object as a file (``objects.open_uri``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from typing import IO, Any, TypeVar
 
-from kuberlhf.artifacts.s3 import StorageOptions, _client_code
+from kuberlhf.artifacts.s3 import StorageOptions, client_code
 
 T = TypeVar("T")
 _MIB = 1024 * 1024
@@ -244,7 +244,7 @@ class Batch:
                     data = body.read()
                 return data, int(response["ContentRange"].rpartition("/")[2])
             except ClientError as exc:
-                if _client_code(exc) == "InvalidRange":
+                if client_code(exc) == "InvalidRange":
                     return b"", None
                 raise
             except _stream_errors():

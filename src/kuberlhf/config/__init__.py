@@ -102,7 +102,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         section_default = field_.default_factory not in (dataclasses.MISSING, hints[key])
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and section_default:
             # Keys given for a section override that section's own defaults, key by key.
-            value = _deep_merge(dataclasses.asdict(field_.default_factory()), value)
+            value = deep_merge(dataclasses.asdict(field_.default_factory()), value)
         kwargs[key] = _coerce(hints[key], value, name)
     if extras:
         kwargs[open_field] = {**kwargs.get(open_field, {}), **extras}
@@ -128,11 +128,12 @@ def unknown_key(name: str, key: str, known: Any, prefix: str) -> ConfigError:
     return ConfigError(f"unknown config key {name!r}{hint}")
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
+def deep_merge(base: dict, update: dict) -> dict:
+    """``base`` updated with ``update``, nested dicts merged key by key rather than replaced (neither is changed)."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            value = _deep_merge(merged[key], value)
+            value = deep_merge(merged[key], value)
         merged[key] = value
     return merged
 

@@ -217,7 +217,7 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.output_dir), "output_dir", "required (a local path or s3://bucket/prefix)")
-        for key, value in _locations(self):
+        for key, value in named_locations(self):
             problem = uri_problem(value)
             require(problem is None, key, problem or "")
 
@@ -241,7 +241,7 @@ def uri_problem(value: str) -> str | None:
     return None
 
 
-def _locations(cfg: Any) -> list[tuple[str, str]]:
+def named_locations(cfg: Any) -> list[tuple[str, str]]:
     """(config key, value) of every location a stage config names: its output, models and data."""
     found = [("output_dir", cfg.output_dir)]
     for f in dataclasses.fields(cfg):

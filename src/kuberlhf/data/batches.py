@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kuberlhf.data.files import LineReader, LineSpans
 from kuberlhf.data.formats import RowError, render_prompt, sft_example
-from kuberlhf.data.hub import _columns_to_rows
-from kuberlhf.data.records import BATCH_ROWS, BadRecord, Record, rows_of
+from kuberlhf.data.records import BATCH_ROWS, BadRecord, Record, columns_to_rows, rows_of
 from kuberlhf.data.sources import json_line_row
 from kuberlhf.data.validate import Shape, check
 
@@ -62,14 +61,14 @@ def lines_holding(raw: datasets.Dataset, rows: int) -> int:
 def table_records(view: datasets.Dataset, source: str, arrow_rows: bool) -> Iterator[Record]:
     index = 0
     for batch in view.iter(batch_size=BATCH_ROWS):
-        for row in rows_of(batch) if arrow_rows else _columns_to_rows(batch):
+        for row in rows_of(batch) if arrow_rows else columns_to_rows(batch):
             yield Record(source, index, row)
             index += 1
 
 
 def table_row(view: datasets.Dataset, position: int, arrow_rows: bool) -> dict[str, Any]:
     batch = view[position : position + 1]
-    return rows_of(batch)[0] if arrow_rows else next(_columns_to_rows(batch))
+    return rows_of(batch)[0] if arrow_rows else next(columns_to_rows(batch))
 
 
 def _example(row: dict[str, Any] | BadRecord, convert: Callable, shape: Shape | None) -> dict[str, Any] | None:
@@ -174,7 +173,7 @@ def table_batch(batch: Any, *, arrow_rows: bool, convert: Callable, shape: Shape
         if fast is not None and fast[0][i] is not None:
             _add(out, kinds, {"prompt": fast[0][i], "completion": fast[1][i]})
             continue
-        rows = rows if rows is not None else rows_of(batch) if arrow_rows else list(_columns_to_rows(batch))
+        rows = rows if rows is not None else rows_of(batch) if arrow_rows else list(columns_to_rows(batch))
         _add(out, kinds, _example(rows[i], convert, shape))
     out[ROW_COLUMN] = kinds
     return as_table(out, schema)

@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from kuberlhf.data.records import BATCH_ROWS, Record, _one_line
-from kuberlhf.errors import DataError
+from kuberlhf.data.records import BATCH_ROWS, Record, columns_to_rows
+from kuberlhf.errors import DataError, one_line
 
 
 def hf_disk_dataset(
@@ -24,7 +24,7 @@ def hf_disk_dataset(
     try:
         loaded = datasets.load_from_disk(path, storage_options=storage_options)
     except Exception as err:  # any failure means an unreadable source
-        raise DataError(f"{shown}: cannot load a save_to_disk dataset ({_one_line(err)})") from None
+        raise DataError(f"{shown}: cannot load a save_to_disk dataset ({one_line(err)})") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise DataError(
@@ -35,13 +35,14 @@ def hf_disk_dataset(
     return loaded, shown
 
 
-def _hf_disk(
+def hf_disk_records(
     path: str, shown: str, split: str, storage_options: dict[str, Any] | None = None
 ) -> Iterator[Record]:
+    """The rows of :func:`hf_disk_dataset` as records, batch by batch."""
     loaded, shown = hf_disk_dataset(path, shown, split, storage_options)
     index = 0
     for batch in loaded.iter(batch_size=BATCH_ROWS):
-        for row in _columns_to_rows(batch):
+        for row in columns_to_rows(batch):
             yield Record(shown, index, row)
             index += 1
 
@@ -51,7 +52,7 @@ def _hub_error(shown: str, local_miss: bool, name: str, split: str, index: int, 
     return DataError(
         f"{prefix}cannot load Hugging Face dataset {name!r} (split {split!r})"
         + (f" after {index} rows" if index else "")
-        + f": {type(err).__name__}: {_one_line(err)}"
+        + f": {type(err).__name__}: {one_line(err)}"
     )
 
 
@@ -77,7 +78,7 @@ def hf_hub_dataset(
         raise _hub_error(shown, local_miss, name, split, 0, err) from None
 
 
-def _hf_hub(name: str, shown: str, split: str, streaming: bool, **options: Any) -> Iterator[Record]:
+def hf_hub_records(name: str, shown: str, split: str, streaming: bool, **options: Any) -> Iterator[Record]:
     """The rows of :func:`hf_hub_dataset` (same ``options``) as records; a failure while reading is a DataError."""
     loaded = hf_hub_dataset(name, shown, split, streaming, **options)
     index = 0
@@ -89,15 +90,6 @@ def _hf_hub(name: str, shown: str, split: str, streaming: bool, **options: Any) 
         raise
     except Exception as err:  # hub, network and builder errors alike
         raise _hub_error(shown, options.get("local_miss", False), name, split, index, err) from None
-
-
-def _columns_to_rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Rows of a column-major batch (dict of equally long lists)."""
-    columns = list(batch)
-    for values in zip(*(batch[c] for c in columns), strict=True):
-        yield dict(zip(columns, values, strict=True))
-
-
 
 
 def deeplake_creds() -> dict[str, str] | None:
@@ -115,7 +107,9 @@ def deeplake_creds() -> dict[str, str] | None:
     return creds or None
 
 
-def _deeplake(url: str) -> Iterator[Record]:
+def deeplake_records(url: str) -> Iterator[Record]:
+    """The rows of the Deep Lake 4 dataset at ``url`` (a path, ``s3://``, ``al://`` or ``hub://``) as records,
+    its values plain Python; a failure to open or read it is a DataError."""
     import deeplake
 
     if url.startswith("hub://"):
@@ -126,15 +120,15 @@ def _deeplake(url: str) -> Iterator[Record]:
         ds = deeplake.open_read_only(url, creds=creds, token=token)
         columns = [column.name for column in ds.schema.columns]
     except Exception as err:  # deeplake has its own exception types
-        raise DataError(f"{url}: cannot open Deep Lake dataset ({_one_line(err)})") from None
+        raise DataError(f"{url}: cannot open Deep Lake dataset ({one_line(err)})") from None
     index = 0
     try:
         for batch in ds.batches(BATCH_ROWS):
-            for row in _columns_to_rows({c: _plain(batch[c]) for c in columns}):
+            for row in columns_to_rows({c: _plain(batch[c]) for c in columns}):
                 yield Record(url, index, row)
                 index += 1
     except Exception as err:
-        raise DataError(f"{url} row {index}: cannot read Deep Lake data ({_one_line(err)})") from None
+        raise DataError(f"{url} row {index}: cannot read Deep Lake data ({one_line(err)})") from None
 
 
 def _plain(value: Any) -> Any:

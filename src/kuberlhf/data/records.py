@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +25,6 @@ class Record:
     row: dict[str, Any] | BadRecord
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-
 def rows_of(table: Any) -> list[dict[str, Any]]:
     """The rows of an Arrow table or record batch as dicts: ``to_pylist()``'s, column by column (pyarrow builds
     ``to_pylist()``'s dicts one key at a time in Python)."""
@@ -37,3 +33,10 @@ def rows_of(table: Any) -> list[dict[str, Any]]:
         return [{} for _ in range(table.num_rows)]
     columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def columns_to_rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Rows of a column-major batch (dict of equally long lists), as ``datasets`` and Deep Lake give them."""
+    columns = list(batch)
+    for values in zip(*(batch[c] for c in columns), strict=True):
+        yield dict(zip(columns, values, strict=True))

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from kuberlhf import plugins
-from kuberlhf.data.hub import _deeplake, _hf_disk, _hf_hub
-from kuberlhf.data.records import BATCH_ROWS, BadRecord, Record, _one_line, rows_of
-from kuberlhf.errors import DataError
+from kuberlhf.data.hub import deeplake_records, hf_disk_records, hf_hub_records
+from kuberlhf.data.records import BATCH_ROWS, BadRecord, Record, rows_of
+from kuberlhf.errors import DataError, one_line
 
 FORMATS = ("auto", "jsonl", "json", "parquet", "hf", "deeplake", "demo")
 FILE_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -89,14 +89,14 @@ def iter_records(
     if source.kind == "files":
         for file in source.files:
             with file.open() as handle:
-                yield from _read_file(handle, file.source, file.fmt)
+                yield from file_records(handle, file.source, file.fmt)
     elif source.kind == "hub":
-        yield from _hf_hub(source.location, source.shown, split, streaming, local_miss=source.local_miss,
-                           subset=name, data_dir=data_dir)
+        yield from hf_hub_records(source.location, source.shown, split, streaming, local_miss=source.local_miss,
+                                  subset=name, data_dir=data_dir)
     elif source.kind == "disk":
-        yield from _hf_disk(source.location, source.shown, split, storage_options=source.storage_options)
+        yield from hf_disk_records(source.location, source.shown, split, storage_options=source.storage_options)
     elif source.kind == "deeplake":
-        yield from _deeplake(source.location)
+        yield from deeplake_records(source.location)
     else:
         assert source.reader is not None
         for index, row in enumerate(source.reader(source.location)):
@@ -261,7 +261,8 @@ def _s3(uri: str, format: str) -> Source:
 # ---------------------------------------------------------------------- files
 
 
-def _read_file(handle: IO[bytes], source: str, fmt: str) -> Iterator[Record]:
+def file_records(handle: IO[bytes], source: str, fmt: str) -> Iterator[Record]:
+    """The records of one data file read from ``handle`` (``fmt``: jsonl, json or parquet), named ``source``."""
     if fmt == "jsonl":
         yield from _read_jsonl(handle, source)
     elif fmt == "json":
@@ -342,7 +343,7 @@ def _read_parquet(handle: IO[bytes], source: str) -> Iterator[Record]:
         # parquet file would then hold the whole file by its end
         parquet = pq.ParquetFile(handle, pre_buffer=False)
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{source}: not a readable parquet file ({_one_line(err)})") from None
+        raise DataError(f"{source}: not a readable parquet file ({one_line(err)})") from None
     index = 0
     with parquet:
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):

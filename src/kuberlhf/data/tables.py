@@ -70,7 +70,7 @@ from kuberlhf.data.files import (
 )
 from kuberlhf.data.hub import hf_disk_dataset, hf_hub_dataset
 from kuberlhf.data.records import Record
-from kuberlhf.data.sources import DataFile, _read_file, iter_records, resolve
+from kuberlhf.data.sources import DataFile, file_records, iter_records, resolve
 from kuberlhf.data.validate import Validator
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class _Loader:
             log.info("%s: read row by row (%s)", file.source, why)
             stat = local.stat()
             with open(local, "rb") as handle:
-                self.rows(_read_file(handle, file.source, file.fmt),
+                self.rows(file_records(handle, file.source, file.fmt),
                           identity=json.dumps([file.source, str(local), stat.st_size, stat.st_mtime_ns]))
 
     def table(self, raw: datasets.Dataset, source: str, *, arrow_rows: bool) -> None:

@@ -25,7 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from kuberlhf.config import _deep_merge, from_dict, merge_overrides, option, read_yaml, require, to_dict
+from kuberlhf.config import deep_merge, from_dict, merge_overrides, option, read_yaml, require, to_dict
 from kuberlhf.errors import ConfigError
 from kuberlhf.images import USER_ID
 
@@ -257,9 +257,9 @@ def cluster_data(source: ClusterConfig | str | Path | dict | None = None) -> dic
         return to_dict(source)
     data = read_yaml(cluster_file()) if os.path.isfile(cluster_file()) else {}
     if isinstance(source, str | Path):
-        data = _deep_merge(data, read_yaml(source))
+        data = deep_merge(data, read_yaml(source))
     elif isinstance(source, dict):
-        data = _deep_merge(data, dict(source))
+        data = deep_merge(data, dict(source))
     elif source is not None:
         raise TypeError(f"cluster: expected None, a path, a dict or a ClusterConfig, got {type(source).__name__}")
     return data

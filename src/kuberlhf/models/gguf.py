@@ -21,6 +21,7 @@ from pathlib import Path
 
 from kuberlhf.artifacts import storage
 from kuberlhf.artifacts.cache import cache_root
+from kuberlhf.artifacts.location import Location
 from kuberlhf.errors import ConfigError, KuberlhfError
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,13 @@ def _tied(model, key: str) -> bool:
 
 def _local_file(name_or_path: str) -> Path:
     if storage.is_remote(name_or_path):
-        bucket, key = storage.parse_s3_uri(name_or_path)
+        loc = Location.parse(name_or_path)
         target = cache_root() / "gguf" / "downloads" / hashlib.sha256(name_or_path.encode()).hexdigest()[:16] / \
-            Path(key).name
+            Path(loc.key()).name
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             part = target.with_suffix(".part")
-            with storage.open_uri(name_or_path, "rb") as src, open(part, "wb") as dst:
+            with storage.open_uri(loc, "rb") as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
             os.replace(part, target)
         return target
