@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kuberlhf.artifacts import checkpoints, rundir
+from kuberlhf.artifacts import rundir
 from kuberlhf.config import flatten, to_dict
 from kuberlhf.distributed import StopSignal, all_gather
-from kuberlhf.errors import ConfigError, KuberlhfError, StorageError
+from kuberlhf.errors import ConfigError, KuberlhfError
 from kuberlhf.models import generation
 from kuberlhf.models import loading as modeling
 from kuberlhf.rlhf import learner as learners
-from kuberlhf.rlhf import monitor
+from kuberlhf.rlhf import monitor, state
+from kuberlhf.rlhf import policy as policies
 from kuberlhf.rlhf import ppo_core as core
 from kuberlhf.rlhf import rollout as rl
-from kuberlhf.rlhf import value as values
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +94,9 @@ class PpoLoop:
         if cfg.finetune == "full":
             self.reference = modeling.load_causal_lm(cfg.policy, policy_path).to(self.device).eval()
             self.reference.requires_grad_(False)
-        policy = learners.disable_dropout(self._policy(policy_path, resume_weights))
-        value = learners.disable_dropout(self._value_model(policy_path, reward_path))
+        policy = learners.disable_dropout(policies.policy(cfg, policy_path, resume_weights))
+        value = learners.disable_dropout(policies.value_model(cfg, policy_path, reward_path, self.tokenizer,
+                                                             self.reward_model, self.reward_tokenizer))
         if resume_weights:
             from safetensors.torch import load_file
 
@@ -105,8 +105,8 @@ class PpoLoop:
             learners.enable_checkpointing(policy)
             learners.enable_checkpointing(value)
         if self.zero:
-            self.learner: Any = learners.ZeroLearner(acc, policy, value, t, lambda: self._policy(policy_path, None),
-                                                     temperature=cfg.rollout.temperature)
+            fresh = functools.partial(policies.policy, cfg, policy_path, None)  # the engine's whole copy
+            self.learner: Any = learners.ZeroLearner(acc, policy, value, t, fresh, temperature=cfg.rollout.temperature)
         else:
             self.learner = learners.SeparateLearner(acc, policy, value, t, temperature=cfg.rollout.temperature)
         self.final: Any = None
@@ -147,39 +147,14 @@ class PpoLoop:
         from kuberlhf.data import load_data
 
         train, held_out, _ = load_data(self.cfg.data, "prompt", self.cfg.training.seed)
-        prompts = list(train["prompt"])
-        return prompts, list(held_out["prompt"]) if held_out is not None else []
-
-    def _policy(self, path: str, resume: str | None) -> Any:
-        """The policy to train: the SFT model (resumed weights from ``resume``), or a LoRA adapter on it."""
-        if self.cfg.finetune == "full":
-            return modeling.load_causal_lm(self.cfg.policy, f"{resume}/policy" if resume else path)
-        from peft import PeftModel, get_peft_model
-
-        base = modeling.load_causal_lm(self.cfg.policy, path)
-        if resume:
-            return PeftModel.from_pretrained(base, f"{resume}/policy", is_trainable=True)
-        return get_peft_model(base, modeling.peft_config(self.cfg.lora, "CAUSAL_LM"))
-
-    def _value_model(self, policy_path: str, reward_path: str) -> values.ValueModel:
-        if self.rater is not None:  # no reward model to start from
-            return values.build_value_model(policy_path, modeling.torch_dtype(self.cfg.policy.dtype))
-        return values.value_model_for(self.cfg.value_init, self.tokenizer, self.reward_tokenizer, policy_path,
-                                      reward_path, modeling.torch_dtype(self.cfg.policy.dtype),
-                                      getattr(self.reward_model, "score", None))
+        return list(train["prompt"]), list(held_out["prompt"]) if held_out is not None else []
 
     # ------------------------------------------------------------------ rollout
 
     def _batch_prompts(self, step: int) -> list[str]:
-        """The prompts of ``step`` on this process: a seeded permutation per pass over the data."""
-        acc, size = self.accelerator, self.cfg.rollout.batch_size
-        start = (step * acc.num_processes + acc.process_index) * size
-        out = []
-        for pos in range(start, start + size):
-            epoch, index = divmod(pos, len(self.prompts))
-            order = np.random.default_rng(self.cfg.training.seed + epoch).permutation(len(self.prompts))
-            out.append(self.prompts[order[index]])
-        return out
+        acc = self.accelerator
+        return rl.batch_prompts(self.prompts, step, self.cfg.rollout.batch_size, acc.process_index,
+                                acc.num_processes, self.cfg.training.seed)
 
     def rollout(self, prompts: list[str]) -> generation.Samples:
         """This process's samples for ``prompts``; under ZeRO-3 the policy's weights are gathered once for
@@ -399,89 +374,19 @@ class PpoLoop:
             acc.end_training()
         elapsed = time.perf_counter() - started
         self.final = self.learner.final_policy()  # gathered from the shards under ZeRO-3 (all processes)
-        metrics = self._final_metrics(gen_time, train_time, samples, elapsed)
+        metrics = monitor.final_metrics(self, gen_time, train_time, samples, elapsed)
         metrics["stopped_early"] = stopped
-        return metrics
-
-    def _final_metrics(self, gen_time: float, train_time: float, samples: int, elapsed: float) -> dict:
-        last = self.history[-10:]
-        metrics: dict[str, Any] = {
-            "steps": self.step,
-            "resumed_from_step": rundir.step_of(self.resume),
-            "reward": sum(h["reward"] for h in last) / max(len(last), 1),
-            "kl_train": sum(h["kl"] for h in last) / max(len(last), 1),
-            "samples_per_second": samples / max(elapsed, 1e-9),
-            "generation_time_share": gen_time / max(gen_time + train_time, 1e-9),
-            "skipped_minibatches": sum(h["skipped_minibatches"] for h in self.history),
-            "kl_coef": float(self.kl_ctl.value),
-            "world_size": self.accelerator.num_processes,
-            "zero_stage": self.learner.stage if self.zero else 0,
-        }
-        keys = sorted(self.truncated)  # cut texts of this run, all processes (this session's steps)
-        totals = all_gather(torch.tensor([float(self.truncated[k]) for k in keys], device=self.device))
-        for key, total in zip(keys, totals.reshape(-1, len(keys)).sum(0).tolist(), strict=True):
-            metrics[key] = int(total)
-            if total:
-                log.warning("%d %s during this run (see rollout.max_prompt_length, rollout.reward_max_length)",
-                            int(total), key.replace("_", " "))
-        if self.accelerator.is_main_process and self.eval_prompts:  # the reference's and the final policy's
-            from kuberlhf.eval.heldout import compare_to_reference
-
-            metrics.update(compare_to_reference(
-                self.final, self.reference, self.tokenizer, self.eval_prompts, judge=self.judge,
-                max_new_tokens=self.cfg.rollout.max_new_tokens, seed=self.cfg.training.seed))
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> None:
-        started, acc = time.perf_counter(), self.accelerator
-        name = f"checkpoint-{self.step}"
-        directory = self.run_dir.checkpoints / name
-        acc.wait_for_everyone()
-        if acc.is_local_main_process:  # each node writes its own ranks' files on its own disk
-            directory.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        self.learner.save(directory, acc.is_main_process)  # collective under DeepSpeed
-        if acc.is_main_process:
-            state = {"step": self.step, **self.learner.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
-                     "history": self.history}
-            torch.save(state, directory / "state.pt")
-        acc.wait_for_everyone()
-        name_, keys, pos, has_gauss, gauss = np.random.get_state()
-        rng = {  # tensors and plain data only: it loads with torch.load(weights_only=True)
-            "python": random.getstate(),
-            "numpy": {"name": name_, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "generator": self.generator.get_state(),
-        }
-        torch.save(rng, directory / f"rng_state_{acc.process_index}.pt")
-        checkpoints.seal_checkpoint_collective(self.run_dir, name, self.cfg.training.save_total_limit)
-        acc.wait_for_everyone()
+        started = time.perf_counter()
+        state.save_checkpoint(self)
         self.save_s = time.perf_counter() - started  # what the next one needs of a grace period
 
     def _load_state(self, directory: Path) -> None:
-        state = load_plain(directory / "state.pt")
-        self.step = state["step"]
-        self.learner.load(directory, state)
-        self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.history = state["history"]
-        rng_file = directory / f"rng_state_{self.accelerator.process_index}.pt"
-        if not rng_file.exists():
-            log.warning("%s is missing: this process's sampling does not continue where it stopped", rng_file)
-        else:
-            rng = load_plain(rng_file)
-            random.setstate(rng["python"])
-            n = rng["numpy"]
-            np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                                 n["cached_gaussian"]))
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"]:
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            self.generator.set_state(rng["generator"])
-
+        state.load_checkpoint(self, directory)
 
 
 def micro_batch_weight(mask: torch.Tensor, tokens: torch.Tensor) -> float:
@@ -492,17 +397,3 @@ def micro_batch_weight(mask: torch.Tensor, tokens: torch.Tensor) -> float:
     1/k per micro-batch would be a different loss wherever their response lengths differ.
     """
     return float(mask.sum() / tokens)
-
-
-def load_plain(path: Path) -> Any:
-    """A ``torch.save`` file of tensors and plain data (dicts, lists, numbers, strings), loaded without
-    running code: ``weights_only=True``. A checkpoint comes from the bucket on resume, and whoever can
-    write there could plant a pickle that runs code on load; such a file is refused, naming it."""
-    import pickle
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StorageError(f"{path}: refusing to load it: it holds objects other than tensors and plain data, "
-                           f"and loading those could run code ({first})") from err

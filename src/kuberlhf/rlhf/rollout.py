@@ -75,3 +75,16 @@ def check_finite_everywhere(name: str, tensor: torch.Tensor) -> None:
         where = f" (on process {', '.join(map(str, ranks))} of {len(counts)})" if len(counts) > 1 else ""
         raise NonFiniteError(f"non-finite {name}: {int(sum(counts))} of {tensor.numel() * len(counts)} values "
                              f"are NaN/inf{where}")
+
+
+def batch_prompts(prompts: list[str], step: int, size: int, rank: int, world: int, seed: int) -> list[str]:
+    """The ``size`` prompts of ``step`` on process ``rank`` of ``world``: a seeded permutation per pass over the
+    data, so every process takes its own, and a resumed run the same ones."""
+    import numpy as np
+
+    start = (step * world + rank) * size
+    out = []
+    for pos in range(start, start + size):
+        epoch, index = divmod(pos, len(prompts))
+        out.append(prompts[np.random.default_rng(seed + epoch).permutation(len(prompts))[index]])
+    return out
