@@ -33,7 +33,14 @@ def split_by_task(pairs: list[dict], fraction: float, seed: int) -> tuple[list[d
     return [p for p in pairs if p["task"] not in held], [p for p in pairs if p["task"] in held]
 
 
-def write_pairs(folder: Path, train: list[dict], held: list[dict]) -> None:
-    (folder / TRAIN_FILE).write_text("".join(json.dumps(p) + "\n" for p in train))
+def pair_files(train: list[dict], held: list[dict]) -> dict[str, str]:
+    """A preference dataset's files (name -> JSON Lines text): the training pairs, and the held-out ones if any."""
+    files = {TRAIN_FILE: "".join(json.dumps(p) + "\n" for p in train)}
     if held:
-        (folder / EVAL_FILE).write_text("".join(json.dumps(p) + "\n" for p in held))
+        files[EVAL_FILE] = "".join(json.dumps(p) + "\n" for p in held)
+    return files
+
+
+def write_pairs(folder: Path, train: list[dict], held: list[dict]) -> None:
+    for name, text in pair_files(train, held).items():
+        (folder / name).write_text(text)

@@ -112,14 +112,12 @@ def generate_part(policy: Any, tokenizer: Any, prompts: list[str], ids: list[str
 
 def run(cfg: GenerateConfig) -> dict:
     """Write ``candidates.jsonl`` (K candidates per prompt) to ``cfg.output_dir``; returns the metrics."""
-    from kuberlhf.artifacts import cards, rundir
-    from kuberlhf.artifacts.s3 import configure_from
     from kuberlhf.data import load_data
     from kuberlhf.models import loading
     from kuberlhf.stages import parts as resumable
+    from kuberlhf.stages.runs import open_run, publish_files
 
-    configure_from(cfg.storage)
-    run_dir = rundir.prepare_run(cfg.output_dir, "generate", cfg.overwrite, cfg=cfg)
+    run_dir = open_run(cfg, "generate")
     data, _, stats = load_data(cfg.data, "prompt", cfg.sampling.seed)
     prompts = list(data["prompt"])
     ids = [prompt_id(i, p) for i, p in enumerate(prompts)]
@@ -143,9 +141,6 @@ def run(cfg: GenerateConfig) -> dict:
     seconds = time.perf_counter() - started
 
     rows = [row for part in range(len(parts)) for row in done[part]]
-    staging = run_dir.staging
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / CANDIDATES).write_text("".join(json.dumps(r) + "\n" for r in rows))
     k = cfg.sampling.num_candidates
     flat = [c for r in rows for c in r["candidates"]]
     metrics = {
@@ -163,5 +158,5 @@ def run(cfg: GenerateConfig) -> dict:
     }
     card = (f"# Candidates\n\n{len(rows)} prompts x {k} candidates from `{cfg.policy.name_or_path}` "
             f"(`kuberlhf generate`), for ranking with `kuberlhf feedback export`.\n")
-    cards.publish(run_dir, staging, metrics, card)
+    publish_files(run_dir, {CANDIDATES: "".join(json.dumps(r) + "\n" for r in rows)}, metrics, card)
     return metrics

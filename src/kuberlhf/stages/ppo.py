@@ -169,20 +169,13 @@ class PpoConfig(StageConfig):
 
 def run(cfg: PpoConfig) -> dict:
     """Train the policy with PPO and publish it to ``cfg.output_dir``; returns the metrics."""
-    from kuberlhf.artifacts import cards, rundir, tracking
-    from kuberlhf.artifacts.s3 import configure_from
-    from kuberlhf.distributed import StopSignal, is_world_main
+    from kuberlhf.artifacts import cards
+    from kuberlhf.distributed import StopSignal
     from kuberlhf.models.publish import save_policy
     from kuberlhf.rlhf.loop import PpoLoop
+    from kuberlhf.stages.runs import open_run
 
-    configure_from(cfg.storage)
-    tracking.check(cfg.training)
-    if cfg.training.deepspeed:
-        from kuberlhf.distributed import restrict_deepspeed_loading
-
-        restrict_deepspeed_loading(cfg.training.deepspeed_unpickle)
-    run_dir = rundir.prepare_run(cfg.output_dir, "ppo", cfg.overwrite, is_main=is_world_main(), cfg=cfg)
-    tracking.tracking_env(cfg.training, run_dir)
+    run_dir = open_run(cfg, "ppo")
     loop = PpoLoop(cfg, run_dir)
     metrics = loop.train()
     with StopSignal.finishing():

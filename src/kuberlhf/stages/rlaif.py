@@ -144,21 +144,21 @@ def gold_agreement(pairs: list[dict]) -> float | None:
 
 def run(cfg: RlaifConfig) -> dict:
     """Label the candidates' pairs with the judge and publish the preference dataset; returns the metrics."""
-    from kuberlhf.artifacts import cards, rundir
     from kuberlhf.artifacts.s3 import configure_from
     from kuberlhf.data import load_data
-    from kuberlhf.data.pairs import split_by_task, write_pairs
+    from kuberlhf.data.pairs import pair_files, split_by_task
     from kuberlhf.eval.constitution import ModelJudge, load_constitution
     from kuberlhf.models import loading
     from kuberlhf.stages import parts as resumable
     from kuberlhf.stages.generate import with_ids
+    from kuberlhf.stages.runs import open_run, publish_files
 
     configure_from(cfg.storage)
     constitution = load_constitution(cfg.constitution)
     if cfg.labeling.mode == "pointwise" and not constitution.questions:
         raise ConfigError(f"config key 'labeling.mode': pointwise judging needs the constitution's yes/no 'questions'; "
                           f"{cfg.constitution} has none")
-    run_dir = rundir.prepare_run(cfg.output_dir, "rlaif", cfg.overwrite, cfg=cfg)
+    run_dir = open_run(cfg, "rlaif")
     data, _, stats = load_data(cfg.data, "candidates", cfg.labeling.seed)
     rows = with_ids(data, cfg.data.train)
     path = loading.resolve_model_path(cfg.judge.name_or_path, "causal-lm", cfg.labeling.seed)
@@ -192,11 +192,8 @@ def run(cfg: RlaifConfig) -> dict:
                "constitution": constitution.name or cfg.constitution, "data": stats.to_dict()}
     if cfg.gold_eval and (agree := gold_agreement(pairs)) is not None:
         metrics["gold_agreement"] = agree
-    staging = run_dir.staging
-    staging.mkdir(parents=True, exist_ok=True)
-    write_pairs(staging, train, held)
     card = (f"# AI-labelled preference pairs\n\n{len(pairs)} pairs from {len(rows)} prompts, judged by "
             f"`{cfg.judge.name_or_path}` under the constitution `{constitution.name or cfg.constitution}` "
             "(`kuberlhf rlaif`).\n")
-    cards.publish(run_dir, staging, metrics, card)
+    publish_files(run_dir, pair_files(train, held), metrics, card)
     return metrics

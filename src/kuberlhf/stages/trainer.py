@@ -56,20 +56,12 @@ class TrainerHooks(Protocol):
 
 
 def start(cfg: Any, stage: str, kind: str) -> tuple[rundir.RunDir, tuple]:
-    """Storage defaults, DeepSpeed's process group, the run dir and the data of ``kind``."""
-    from kuberlhf.artifacts.s3 import configure_from
+    """The shared set-up (:func:`kuberlhf.stages.runs.open_run`, DeepSpeed's process group first), the run dir
+    and the data of ``kind``."""
     from kuberlhf.data import load_data
-    from kuberlhf.distributed import init_deepspeed, is_world_main
+    from kuberlhf.stages.runs import open_run
 
-    configure_from(cfg.storage)
-    tracking.check(cfg.training)
-    init_deepspeed(cfg.training.deepspeed)
-    if cfg.training.deepspeed:
-        from kuberlhf.distributed import restrict_deepspeed_loading
-
-        restrict_deepspeed_loading(cfg.training.deepspeed_unpickle)
-    run_dir = rundir.prepare_run(cfg.output_dir, stage, cfg.overwrite, is_main=is_world_main(), cfg=cfg)
-    tracking.tracking_env(cfg.training, run_dir)
+    run_dir = open_run(cfg, stage, deepspeed_group=True)
     return run_dir, load_data(cfg.data, kind, cfg.training.seed)
 
 

@@ -43,7 +43,6 @@ def score_part(rows: list[dict], reward: Any, gold: Any | None) -> list[dict]:
 def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
     """One Grow step into ``cfg.output_dir``: K scored samples per prompt of ``cfg.policy``, in sealed parts
     that the processes of a torchrun share. ``history``: the ReST rows of the policy that grows (carried on)."""
-    from kuberlhf.artifacts import cards, rundir
     from kuberlhf.data import load_data
     from kuberlhf.distributed import (
         all_gather_object,
@@ -57,8 +56,9 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
     from kuberlhf.models import loading
     from kuberlhf.stages import parts as resumable
     from kuberlhf.stages.generate import generate_part, prompt_id
+    from kuberlhf.stages.runs import open_run, publish_files
 
-    run_dir = rundir.prepare_run(cfg.output_dir, "rest grow", cfg.overwrite, is_main=is_world_main(), cfg=cfg)
+    run_dir = open_run(cfg, "rest grow")
     barrier()
     data, _, stats = load_data(cfg.data, "prompt", cfg.sampling.seed)
     prompts = list(data["prompt"])
@@ -101,13 +101,9 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
                "samples_per_prompt": k, "generated_prompts": generated,
                "seconds": time.perf_counter() - started, "settings": settings, "data": stats.to_dict(),
                **means(samples, "all")}
-    staging = run_dir.staging
-    staging.mkdir(parents=True, exist_ok=True)
-    write_jsonl(staging / SAMPLES, samples)
-    write_jsonl(staging / HISTORY, history or [])
     card = (f"# ReST Grow {cfg.iteration}\n\n{len(samples)} samples ({len(prompts)} prompts x {k}) from "
             f"`{cfg.policy.name_or_path}`, each scored by `{cfg.reward_model.name_or_path}` (`kuberlhf rest`).\n")
-    cards.publish(run_dir, staging, metrics, card)
+    publish_files(run_dir, {SAMPLES: jsonl(samples), HISTORY: jsonl(history or [])}, metrics, card)
     barrier()
     return metrics
 
@@ -120,8 +116,12 @@ def means(samples: list[dict], which: str) -> dict:
     return out
 
 
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text(jsonl(rows))
 
 
 def read_jsonl(path: Path) -> list[dict]:
