@@ -10,8 +10,8 @@ import uuid
 import pytest
 from helpers import REPO, run_cli
 
+from kuberlhf.data.formats import prompt_id
 from kuberlhf.demo.task import Demonstrator, format_prompt
-from kuberlhf.stages.generate import prompt_id
 
 ARTIFACTS = REPO / "outputs" / "test-artifacts"
 

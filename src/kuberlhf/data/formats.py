@@ -15,6 +15,7 @@ source and the row index, and adds them (see :func:`kuberlhf.data.load_examples`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -320,3 +321,23 @@ CONVERTERS = {
     "candidates": candidates_example,
 }
 """The converter for each example kind; ``template kwargs`` apply to sft and prompt."""
+
+
+def prompt_id(index: int, prompt: str) -> str:
+    """A prompt's stable id: its position and the start of its text's SHA-256."""
+    return f"{index:07d}-{hashlib.sha256(prompt.encode()).hexdigest()[:12]}"
+
+
+def with_ids(data: Any, source: str) -> list[dict]:
+    """The rows of a candidates dataset (the data loader's ``candidates`` kind), each with its id: its own, or
+    :func:`prompt_id` of its position where it has none. An id twice is refused, naming the row."""
+    from kuberlhf.errors import DataError
+
+    rows, seen = [], set()
+    for n, row in enumerate(data):
+        row = {**row, "id": row["id"] or prompt_id(n, row["prompt"])}
+        if row["id"] in seen:
+            raise DataError(f"{source} row {n}: task id {row['id']!r} appears twice")
+        seen.add(row["id"])
+        rows.append(row)
+    return rows

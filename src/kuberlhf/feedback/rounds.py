@@ -46,7 +46,7 @@ def load_candidates(path: str) -> list[dict]:
     """Candidate rows from a ``generate`` artifact, a JSONL file or any data source, read and checked by the
     data loader (ids unique, K >= 2 each)."""
     from kuberlhf.data import load_examples
-    from kuberlhf.stages.generate import with_ids
+    from kuberlhf.data.formats import with_ids
 
     data, _ = load_examples(path, "candidates")
     return with_ids(data, path)

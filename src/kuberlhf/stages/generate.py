@@ -14,7 +14,6 @@ restarts after its last sealed part and regenerates nothing. Each part is sample
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 from kuberlhf.config import option, require
 from kuberlhf.config.sections import DataConfig, ModelConfig, StageConfig
+from kuberlhf.data.formats import prompt_id
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +60,6 @@ class GenerateConfig(StageConfig):
         require(not self.data.streaming, "data.streaming", "generate reads its prompts up front; set it to false")
         require(self.data.eval is None and self.data.eval_fraction == 0, "data.eval",
                 "generate takes one prompt source (data.train); unset data.eval and data.eval_fraction")
-
-
-def prompt_id(index: int, prompt: str) -> str:
-    """A prompt's stable id: its position and the start of its text's SHA-256."""
-    return f"{index:07d}-{hashlib.sha256(prompt.encode()).hexdigest()[:12]}"
-
-
-def with_ids(data: Any, source: str) -> list[dict]:
-    """The rows of a candidates dataset (the data loader's ``candidates`` kind), each with its id: its own, or
-    :func:`prompt_id` of its position where it has none. An id twice is refused, naming the row."""
-    from kuberlhf.errors import DataError
-
-    rows, seen = [], set()
-    for n, row in enumerate(data):
-        row = {**row, "id": row["id"] or prompt_id(n, row["prompt"])}
-        if row["id"] in seen:
-            raise DataError(f"{source} row {n}: task id {row['id']!r} appears twice")
-        seen.add(row["id"])
-        rows.append(row)
-    return rows
 
 
 def _settings(cfg: GenerateConfig) -> dict:

@@ -146,11 +146,11 @@ def run(cfg: RlaifConfig) -> dict:
     """Label the candidates' pairs with the judge and publish the preference dataset; returns the metrics."""
     from kuberlhf.artifacts.s3 import configure_from
     from kuberlhf.data import load_data
+    from kuberlhf.data.formats import with_ids
     from kuberlhf.data.pairs import pair_files, split_by_task
     from kuberlhf.eval.constitution import ModelJudge, load_constitution
     from kuberlhf.models import loading
     from kuberlhf.stages import parts as resumable
-    from kuberlhf.stages.generate import with_ids
     from kuberlhf.stages.runs import open_run, publish_files
 
     configure_from(cfg.storage)

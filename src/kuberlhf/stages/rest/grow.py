@@ -44,6 +44,7 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
     """One Grow step into ``cfg.output_dir``: K scored samples per prompt of ``cfg.policy``, in sealed parts
     that the processes of a torchrun share. ``history``: the ReST rows of the policy that grows (carried on)."""
     from kuberlhf.data import load_data
+    from kuberlhf.data.formats import prompt_id
     from kuberlhf.distributed import (
         all_gather_object,
         barrier,
@@ -55,7 +56,7 @@ def grow(cfg: RestConfig, history: list[dict] | None = None) -> dict:
     from kuberlhf.eval.judges import RewardModelJudge, pick_judge
     from kuberlhf.models import loading
     from kuberlhf.stages import parts as resumable
-    from kuberlhf.stages.generate import generate_part, prompt_id
+    from kuberlhf.stages.generate import generate_part
     from kuberlhf.stages.runs import open_run, publish_files
 
     run_dir = open_run(cfg, "rest grow")
