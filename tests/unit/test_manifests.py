@@ -87,7 +87,7 @@ def test_overlay_holds_the_same_objects_as_the_chart(directory):
         diff = difflib.unified_diff(json.dumps(chart[key], indent=1, sort_keys=True).splitlines(),
                                     json.dumps(ours[key], indent=1, sort_keys=True).splitlines(),
                                     "chart", f"manifests/{directory}", lineterm="", n=1)
-        assert ours[key] == chart[key], f"{key} differs:\n" + "\n".join(diff)
+        assert ours[key] == chart[key], f"{key} differs (make chart-sync copies configs/ and the chart):\n" + "\n".join(diff)
 
 
 def test_comparison_sees_a_changed_field():
@@ -115,7 +115,7 @@ def test_base_config_map_holds_the_repository_configs():
     (cm,) = [o for o in built("base") if o["kind"] == "ConfigMap"]
     assert cm["metadata"]["name"] == "kuberlhf-config"
     expected = {f"{p.parent.name}.{p.name}": p.read_text() for p in ROOT.glob("configs/*/*.yaml")}
-    assert {k: v for k, v in cm["data"].items() if k != "cluster.yaml"} == expected
+    assert {k: v for k, v in cm["data"].items() if k != "cluster.yaml"} == expected, "make chart-sync"
 
 
 def test_overlays_set_their_cluster_defaults():
@@ -161,7 +161,7 @@ def test_trainjob_overlay_runtimes_are_what_build_runtime_renders(tmp_path, monk
 
 
 def test_manifests_are_in_sync_with_configs_and_the_chart(monkeypatch):
-    assert stale_files() == []
+    assert stale_files() == [], "manifests/ is out of date: make chart-sync"
     expected = expected_files()
     path = next(p for p in expected if p.name == "demo.yaml")
     monkeypatch.setattr("deploy_check.expected_files", lambda: {**expected, path: expected[path] + "# changed\n"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 from pathlib import Path
 from typing import get_type_hints
@@ -23,9 +24,12 @@ def test_every_stage_has_its_verb_config_image_component_and_data_kind(name):
 
     stage = STAGES[name]
     assert stage.name == name
+    path = stage.module.replace(".", "/")
+    if importlib.util.find_spec(stage.module) is None:
+        pytest.fail(f"stage {name}: no module {stage.module} (src/{path}.py: a config class and run(cfg))")
     # CLI verb, with the stage module's docstring as its help
     verbs = next(a for a in build_parser()._actions if a.dest == "verb").choices
-    assert name in verbs and stage.summary
+    assert name in verbs and stage.summary, f"stage {name}: its module's docstring is the CLI help"
     # the config class (a dataclass with the common fields) and run(cfg)
     cls = stage.config_cls
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -36,15 +40,18 @@ def test_every_stage_has_its_verb_config_image_component_and_data_kind(name):
     # its config folder with a demo config that loads
     from kuberlhf.stages.registry import load_stage_config
 
-    assert (REPO / "configs" / name / "demo.yaml").is_file()
+    assert (REPO / "configs" / name / "demo.yaml").is_file(), f"stage {name}: no configs/{name}/demo.yaml"
     load_stage_config(name, str(REPO / "configs" / name / "demo.yaml"), [])
     # its image folder, named by kuberlhf.images
-    assert (REPO / "images" / stage.image / "Dockerfile").is_file()
+    assert (REPO / "images" / stage.image / "Dockerfile").is_file(), f"stage {name}: no images/{stage.image}/Dockerfile"
     assert stage.image in images.IMAGES and images.STAGE_IMAGE[name] == stage.image
     # its KFP components, whose input models are the registry's
     params: set[str] = set()
     for ref in stage.all_components:
         module, factory = ref.split(":")
+        if importlib.util.find_spec(module) is None or not hasattr(importlib.import_module(module), factory):
+            pytest.fail(f"stage {name}: no KFP component {factory}(image) in src/{module.replace('.', '/')}.py "
+                        "(docs/architecture.md, how to add a stage)")
         component = getattr(importlib.import_module(module), factory)("img")
         params |= set(component.component_spec.inputs or {})
     assert set(stage.inputs) <= params, (sorted(stage.inputs), sorted(params))
@@ -68,7 +75,7 @@ def test_a_half_added_stage_fails_the_walk(monkeypatch):
     """A registry entry whose module, config folder and component are missing is caught."""
     half = Stage("ghost", "kuberlhf.stages.ghost", "GhostConfig", image="ppo", data_kind="prompt")
     monkeypatch.setitem(STAGES, "ghost", half)
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(pytest.fail.Exception, match=r"stage ghost: no module kuberlhf.stages.ghost"):
         test_every_stage_has_its_verb_config_image_component_and_data_kind("ghost")
     assert not (REPO / "configs" / "ghost").exists()
 
@@ -79,8 +86,10 @@ def test_the_tables_that_read_the_registry_agree_with_it():
 
     assert DATA_KINDS == {name: s.data_kind for name, s in STAGES.items() if s.data_kind}
     assert set(POLICY_CURVES) == set(POLICY_STAGES) == {"ppo", "dpo", "rloo", "grpo", "rest"}
-    # every training loop has a bar, quieted in a pipeline step
-    assert {name for name, s in STAGES.items() if not s.progress_bars} == {"generate", "rlaif"}
+    # every training loop has a bar, quieted in a pipeline step: a stage without one trains nothing
+    for name, s in STAGES.items():
+        trains = "training" in {f.name for f in dataclasses.fields(s.config_cls)}
+        assert s.progress_bars or not trains, f"stage {name} has a training section: progress_bars=True"
 
 
 def test_every_shipped_config_loads_with_its_stage(monkeypatch):
