@@ -15,12 +15,12 @@ import argparse
 import json
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from localserver import LocalServer
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv-label-studio"
@@ -32,21 +32,14 @@ def find_label_studio() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LabelStudio:
+class LabelStudio(LocalServer):
     """One Label Studio process (its own process group); a context manager."""
 
+    name, log_name = "Label Studio", "label-studio.log"
+
     def __init__(self, root: Path, port: int = 0):
-        self.root, self.port = Path(root), port or free_port()
+        super().__init__(root, port)
         token_file = self.root / "token"
-        self.root.mkdir(parents=True, exist_ok=True)
         if not token_file.exists():  # the token is set when the data dir is first initialised
             token_file.write_text(secrets.token_hex(20))
         self.token = token_file.read_text().strip()
@@ -54,8 +47,6 @@ class LabelStudio:
         if not password_file.exists():
             password_file.write_text(secrets.token_hex(12))
         self.email, self.password = ADMIN_EMAIL, password_file.read_text().strip()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
         return {"LABEL_STUDIO_URL": self.url, "LABEL_STUDIO_API_KEY": self.token}
@@ -69,42 +60,13 @@ class LabelStudio:
         cmd = [exe, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
                "--username", self.email, "--password", self.password, "--user-token", self.token,
                "--enable-legacy-api-token", "--log-level", "WARNING"]
-        log = open(self.root / "label-studio.log", "ab")  # noqa: SIM115 (kept open while the server runs)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Label Studio exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                # /health on the port asked for (a busy port makes Label Studio silently take the next one)
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
-                    if json.load(resp).get("status") == "UP":
-                        return self
-            except OSError:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"Label Studio did not answer on {self.url} within {timeout:.0f} s: {self.log_tail()}")
+        # /health on the port asked for (a busy port makes Label Studio silently take the next one)
+        self.launch(cmd, env, self._healthy, timeout, poll_s=1)
+        return self
 
-    def log_tail(self, lines: int = 30) -> str:
-        path = self.root / "label-studio.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> LabelStudio:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+            return json.load(resp).get("status") == "UP"
 
 
 def main(argv: list[str] | None = None) -> int:

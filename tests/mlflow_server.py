@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from localserver import LocalServer
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv-mlflow"
@@ -30,22 +31,10 @@ def find_mlflow_server() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MlflowServer:
+class MlflowServer(LocalServer):
     """One ``mlflow server`` (its own process group); a context manager."""
 
-    def __init__(self, root: Path, port: int = 0):
-        self.root, self.port = Path(root), port or free_port()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
+    name, log_name = "mlflow server", "mlflow.log"
 
     def env(self) -> dict[str, str]:
         return {"MLFLOW_TRACKING_URI": self.url}
@@ -61,42 +50,12 @@ class MlflowServer:
         cmd = [exe, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                "--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", "1"]
-        log = open(self.root / "mlflow.log", "ab")  # noqa: SIM115 (kept open while the server runs)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=self.root)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
-                    if resp.read().strip() == b"OK":
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer on {self.url} within {timeout:.0f} s: {self.log_tail()}")
+        self.launch(cmd, env, self._healthy, timeout, cwd=self.root)
+        return self
 
-    def log_tail(self, lines: int = 30) -> str:
-        path = self.root / "mlflow.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> MlflowServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+            return resp.read().strip() == b"OK"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -169,7 +169,7 @@ def test_unreachable_or_unauthorised_label_studio_is_a_clear_error(tmp_path, can
     code, err = run_cli(args, capture=True)
     assert code == 2 and "refused the credentials" in err and "LABEL_STUDIO_API_KEY" in err
     assert "0" * 40 not in err  # the key is never printed
-    from labelstudio_server import free_port
+    from localserver import free_port
 
     monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
     code, err = run_cli(args, capture=True)

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 from helpers import cli_command, run, sft_args, subprocess_env, torchrun_command
-from mlflow_server import free_port
+from localserver import free_port
 from test_ppo import ppo_args
 
 SFT = ["training.report_to=[mlflow]", "training.max_steps=2"]

@@ -84,7 +84,7 @@ def check(training: Any) -> None:
 def mlflow_env(training: Any, run: RunDir) -> None:
     """MLflow's environment for this run, and the probe of its store (see the module)."""
     check(training)
-    artifact = run.output_dir if run.remote else str(Path(run.output_dir).resolve())
+    artifact = str(run.output_dir) if run.remote else str(Path(str(run.output_dir)).resolve())
     tags = json.loads(os.environ.get("MLFLOW_TAGS") or "{}")
     os.environ["MLFLOW_TAGS"] = json.dumps({**tags, STAGE_TAG: run.stage, ARTIFACT_TAG: artifact})
     if not is_world_main():
