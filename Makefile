@@ -72,8 +72,8 @@ test-unit: install ## unit tests only (seconds)
 test-integration: install label-studio-install mlflow-server-install ## integration tests only (tiny models, real processes, real S3 and MLflow servers)
 	$(BIN)/python -m pytest tests/integration -q
 
-faults: install ## fault trials: 30 kill -9 runs over the stages, 10 object-store outages, 12 corruptions (docs/reliability.md), and the suite's slow kill-and-resume tests
-	$(BIN)/python tests/faults.py --kills 30 --outages 10 --seed 0
+faults: install ## fault trials: 30 kill -9 runs and 24 SIGTERMs over the stages, 10 object-store outages, 12 corruptions (docs/reliability.md), and the suite's slow kill-and-resume tests
+	$(BIN)/python tests/faults.py --kills 30 --sigterms 24 --outages 10 --seed 0
 	$(BIN)/python -m pytest tests -q -m faults
 
 lint: install ## ruff, and the import layers of docs/architecture.md (import-linter)
