@@ -416,6 +416,35 @@ def test_cluster_modes_launch_the_stage_once_and_report_its_metrics(tmp_path, mo
         run_step("ppo", **{**kwargs, "mode": "cluster"})
 
 
+
+def test_a_cluster_step_hands_its_mlflow_run_to_the_job(tmp_path, monkeypatch):
+    """KFP's MLflow integration sets MLFLOW_TRACKING_URI and MLFLOW_RUN_ID in the step's pod; the job's pods log
+    into that run only if the launcher passes them on (as the task's env: checked like it, the task's own wins)."""
+    from kuberlhf.workflow.steps import run_step
+
+    launched = []
+
+    def launch_stage(stage, config, overrides, *, task_config, manifest_out, **kwargs):
+        launched.append(task_config)
+        output = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
+        fake_artifact(Path(output), {"loss": 1.0})
+
+    monkeypatch.setitem(sys.modules, "kuberlhf.k8s.launcher", SimpleNamespace(launch_stage=launch_stage))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.kubeflow:5000")
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0123abcd")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    run_step("sft", mode="pytorchjob", config=str(REPO / "configs/sft/demo.yaml"), overrides=[], inputs={},
+             output_path=str(tmp_path / "m"), output_uri=f"file://{tmp_path / 'out'}",
+             manifest_path=str(tmp_path / "job.yaml"), run_id="r", task="sft",
+             task_config={"env": [{"name": "MLFLOW_TRACKING_URI", "value": "http://other:5000"}]})
+    (task_config,) = launched
+    assert task_config["env"] == [{"name": "MLFLOW_TRACKING_URI", "value": "http://other:5000"},
+                                  {"name": "MLFLOW_RUN_ID", "value": "0123abcd"}]
+    from kuberlhf.k8s.taskconfig import cluster_values
+
+    assert cluster_values(task_config)["env"] == {"MLFLOW_TRACKING_URI": "http://other:5000", "MLFLOW_RUN_ID": "0123abcd"}
+
 def test_kfp_metrics_keep_numbers_only():
     from kuberlhf.workflow.steps import scalar_metrics
 

@@ -44,6 +44,8 @@ MODES = ("local", "pytorchjob", "trainjob")  # the cluster modes are the launche
 LOCAL_MODE_NOTE = "# mode=local: the stage ran in the step's own process; no job was created.\n"
 # what KFP hands a launching step instead of applying it to the step's own pod (components/passthrough.py)
 FORWARDED_ONLY = ("resources", "nodeSelector", "tolerations", "affinity")
+# KFP's MLflow integration sets these in the step's pod: the job's pods log into the step's run with them
+STEP_ENV_TO_JOB = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
 
 
 def stage_overrides(stage: str, overrides: list[str] | None, inputs: dict[str, str], output_dir: str,
@@ -179,6 +181,7 @@ def run_step(
     args = stage_overrides(stage, overrides, inputs, output_dir, data)
     if mode != "local":
         _cluster_storage_env()
+        task_config = with_step_env(task_config)
     if mode == "local":  # the stage itself finds a finished artifact of this config (artifacts.rundir)
         run_in_step(stage, config, args, procs, log_path)
     elif rundir.finished(output_dir):
@@ -198,6 +201,19 @@ def run_step(
     if log_path and not Path(log_path).exists():
         Path(log_path).write_text(f"# {stage}: see the step's own log (mode={mode})\n")
     return read_metrics(output_dir)
+
+
+def with_step_env(task_config: dict | None) -> dict | None:
+    """The task's settings with :data:`STEP_ENV_TO_JOB` of this step's environment added to its env (the task's
+    own value of one wins), so that the job's pods log into the MLflow run KFP made for this task."""
+    present = {n: os.environ[n] for n in STEP_ENV_TO_JOB if os.environ.get(n)}
+    if not present:
+        return task_config
+    task_config = dict(task_config or {})
+    env = list(task_config.get("env") or [])
+    named = {var.get("name") for var in env if isinstance(var, dict)}
+    task_config["env"] = env + [{"name": n, "value": v} for n, v in present.items() if n not in named]
+    return task_config
 
 
 def _cluster_storage_env() -> None:
