@@ -129,7 +129,7 @@ def test_zero2_sft_on_two_nodes_checkpoints_whole_and_resumes_on_other_machines(
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]  # continued, not restarted
 
 
-@pytest.mark.slow
+@pytest.mark.faults  # a slow kill-and-resume across machines: make faults (the SFT one above stays in the suite)
 def test_zero2_ppo_on_two_nodes_checkpoints_whole_and_resumes_on_other_machines(s3_bucket, tmp_path, trained):
     pytest.importorskip("deepspeed", reason="deepspeed is installed by `make install`")
     from kuberlhf.artifacts import storage

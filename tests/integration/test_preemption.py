@@ -12,7 +12,10 @@ import pytest
 from helpers import run, run_cli, sft_args, stage_command, stop_with_sigterm
 
 
-@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.faults)])  # torchrun: make faults
+# a real SIGTERM to a process and to torchrun: make faults (with tests/sigterm_trials.py); the suite's own
+# SIGTERM tests below send it from inside the stage, at a step or part they choose
+@pytest.mark.faults
+@pytest.mark.parametrize("nproc", [1, 2])
 def test_sigterm_stops_sft_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, nproc):
     def command(out, *extra):
         return stage_command(nproc, *sft_args(out, "training.save_steps=1000", "training.logging_steps=1",
@@ -30,71 +33,66 @@ def test_sigterm_stops_sft_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uni
 
 
 
-def test_a_grace_period_too_short_for_a_checkpoint_stops_without_starting_one(tmp_path):
+def test_a_grace_period_too_short_for_a_checkpoint_stops_without_starting_one(tmp_path, monkeypatch,
+                                                                            sigterm_kept_from_pytest):
     """KUBERLHF_GRACE_PERIOD_S (the pod's terminationGracePeriodSeconds) of 1 s cannot fit a save that took
     anything at all (with its margin of 5 s): the stage exits 143 at once, its periodic checkpoints intact and
     none half-written, and the rerun resumes from the newest of them."""
-    import re
+    import os
     import signal
-    import subprocess
 
-    from helpers import cli_command, sealed_steps, subprocess_env
+    from helpers import sealed_steps
+
+    from kuberlhf.stages import trainer
+
+    real = trainer.stop_callback
+
+    def signalled_at_step_5(stop):
+        callback = real(stop)
+
+        class At5(type(callback)):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 5:  # checkpoint-2 and -4 saved: how long a save takes is known
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return super().on_step_end(args, state, control, **kwargs)
+
+        return At5()
 
     out = tmp_path / "sft"
-    argv = sft_args(out, "training.save_steps=2", "training.logging_steps=1", "data.train=demo://sft?n=2000",
-                    "training.max_steps=400")
-    proc = subprocess.Popen(cli_command(*argv), env=subprocess_env(KUBERLHF_GRACE_PERIOD_S="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = ""
-    for line in proc.stdout:
-        seen += line
-        if seen.count("'loss'") >= 5:  # checkpoint-2 and -4 saved: how long a save takes is known
-            break
-    proc.send_signal(signal.SIGTERM)
-    seen += proc.stdout.read()
-    assert proc.wait(timeout=180) == 143, seen[-4000:]
-    stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+) without a checkpoint", seen).group(1))
-    saved = sealed_steps(out)
-    assert saved and all(s % 2 == 0 and s < stopped_at for s in saved), (saved, stopped_at)
-    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == [f"checkpoint-{s}" for s in saved]
-    resumed = run(cli_command(*argv[:-1], f"training.max_steps={saved[-1] + 1}"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == saved[-1]
+    argv = sft_args(out, "training.save_steps=2", "data.train=demo://sft?n=2000", "training.max_steps=400")
+    monkeypatch.setenv("KUBERLHF_GRACE_PERIOD_S", "1")
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "stop_callback", signalled_at_step_5)
+        code, err = run_cli(argv, capture=True)
+    assert code == 143 and "stopped by SIGTERM at step 5 without a checkpoint" in err, err[-3000:]
+    assert not sigterm_kept_from_pytest  # the stage took it
+    assert sealed_steps(out) == [2, 4]
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert run_cli([*argv[:-1], "training.max_steps=5"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 4
 
 
 # ------------------------------------------------------------------ the stages that work in sealed parts
 
 
-def test_sigterm_stops_generate_after_the_part_in_hand_and_the_rerun_writes_what_a_whole_run_writes(tmp_path,
-                                                                                                   trained):
-    import signal
-    import subprocess
-
-    from helpers import cli_command, sealed_steps, subprocess_env
+def test_sigterm_stops_generate_after_the_part_in_hand_and_the_rerun_writes_what_a_whole_run_writes(
+        tmp_path, trained, monkeypatch, sigterm_kept_from_pytest):
+    from helpers import sealed_steps
     from test_generate import generate_args, rows_of
 
-    def argv(out):
-        return generate_args(out, trained, "data.train=demo://prompts?n=60", "save_every=4")
+    from kuberlhf.stages import generate
 
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(cli_command(*argv(stopped)), env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen = ""
-    for line in proc.stdout:
-        seen += line
-        if "part 1/15" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    seen += proc.stdout.read()
-    assert proc.wait(timeout=120) == 143, seen[-3000:]
-    assert "stopped by SIGTERM after sealing part" in seen
-    parts = sealed_steps(stopped)
-    assert parts == list(range(1, len(parts) + 1)) and 2 <= len(parts) < 15, parts  # the part in hand sealed too
-    assert not (stopped / "manifest.json").exists()
-    assert run(cli_command(*argv(stopped))).returncode == 0
-    assert json.loads((stopped / "metrics.json").read_text())["resumed_prompts"] == 4 * len(parts)
+    with monkeypatch.context() as patch:
+        patch.setattr(generate, "generate_part", sigterm_in_part(generate.generate_part, 2))
+        code, err = run_cli(generate_args(stopped, trained), capture=True)
+    assert code == 143 and "stopped by SIGTERM after sealing part 2" in err, err[-3000:]
+    assert not sigterm_kept_from_pytest
+    assert sealed_steps(stopped) == [1, 2] and not (stopped / "manifest.json").exists()  # the part in hand too
+    assert run_cli(generate_args(stopped, trained)) == 0
+    assert json.loads((stopped / "metrics.json").read_text())["resumed_prompts"] == 16  # 2 parts of 8
     straight = tmp_path / "straight"
-    assert run(cli_command(*argv(straight))).returncode == 0
+    assert run_cli(generate_args(straight, trained)) == 0
     assert rows_of(stopped) == rows_of(straight)
 
 
