@@ -27,3 +27,15 @@ def candidates(tmp_path):
     path = tmp_path / "candidates.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture
+def sigterm_kept_from_pytest():
+    """SIGTERM sent to this process by a test: recorded here when no stage has taken it, never the default
+    (which would end the test session)."""
+    import signal
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    yield got
+    signal.signal(signal.SIGTERM, previous)

@@ -178,7 +178,8 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_runs_no_code(tmp_path, 
 
 
 
-@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.faults)])  # torchrun: make faults
+@pytest.mark.faults  # a real signal to a process and to torchrun; the suite's own test follows
+@pytest.mark.parametrize("nproc", [1, 2])
 def test_sigterm_stops_ppo_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, trained,
                                                                                                nproc):
     """SIGTERM (a pod deleted or preempted) mid-run: every process stops at the same step, seals a checkpoint
@@ -200,6 +201,46 @@ def test_sigterm_stops_ppo_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uni
     a = [json.loads(x) for x in (straight / "train_log.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (stopped / "train_log.jsonl").read_text().splitlines()]
     assert [h["step"] for h in b] == list(range(1, n + 3))
+    for x, y in zip(a, b, strict=True):
+        for key in ("reward", "kl", "kl_coef", "policy_loss", "value_loss"):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), (x["step"], key)
+
+
+def test_sigterm_mid_step_stops_ppo_after_it_with_a_sealed_checkpoint_and_the_rerun_ends_as_an_uninterrupted_run(
+        tmp_path, trained, monkeypatch, sigterm_kept_from_pytest):
+    """SIGTERM in the middle of step 3's update (sent from inside, in this process): the loop finishes the
+    step, seals checkpoint-3 and exits 143; the rerun resumes from it, no step redone, and ends as a run that
+    was never stopped."""
+    import os
+    import signal
+
+    from kuberlhf.rlhf import loop
+
+    real = loop.PpoLoop.update
+
+    def update(self, batch):
+        if self.step == 2:  # the update of step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, batch)
+
+    def argv(out, steps):
+        return ppo_args(out, trained, "training.save_steps=1000", "training.lr_scheduler_type=constant",
+                        f"training.max_steps={steps}")
+
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.PpoLoop, "update", update)
+        code, err = run_cli(argv(stopped, 500), capture=True)
+    assert code == 143 and "stopped by SIGTERM at step 3: checkpoint-3 is sealed" in err, err[-3000:]
+    assert not sigterm_kept_from_pytest  # the stage took it
+    assert run_cli(argv(stopped, 5)) == 0
+    straight = tmp_path / "straight"
+    assert run_cli(argv(straight, 5)) == 0
+    metrics = json.loads((stopped / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 3 and metrics["steps"] == 5
+    a = [json.loads(x) for x in (straight / "train_log.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (stopped / "train_log.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in b] == [1, 2, 3, 4, 5]
     for x, y in zip(a, b, strict=True):
         for key in ("reward", "kl", "kl_coef", "policy_loss", "value_loss"):
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), (x["step"], key)

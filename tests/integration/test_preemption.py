@@ -96,18 +96,6 @@ def test_sigterm_stops_generate_after_the_part_in_hand_and_the_rerun_writes_what
     assert rows_of(stopped) == rows_of(straight)
 
 
-@pytest.fixture
-def sigterm_kept_from_pytest():
-    """SIGTERM sent to this process by a test: recorded here when no stage has taken it, never the default
-    (which would end the test session)."""
-    import signal
-
-    got = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
-    yield got
-    signal.signal(signal.SIGTERM, previous)
-
-
 def sigterm_in_part(real, part):
     """A stand-in for a part's work that gets SIGTERM in the middle of the ``part``-th call (1-based)."""
     import os
