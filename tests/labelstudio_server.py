@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -75,14 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     with LabelStudio(Path(args.dir), args.port) as server:
-        print(f"Label Studio is up on {server.url} (data in {args.dir}); in another shell:")
-        print(f"  export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=$(cat {args.dir}/token)")
-        print("  kuberlhf feedback export --candidates outputs/demo/candidates --project demo-ranking")
-        try:
-            while server.proc and server.proc.poll() is None:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+        server.serve([
+            f"Label Studio is up on {server.url} (data in {args.dir}); in another shell:",
+            f"  export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=$(cat {args.dir}/token)",
+            "  kuberlhf feedback export --candidates outputs/demo/candidates --project demo-ranking",
+        ])
     return 0
 
 

@@ -67,6 +67,15 @@ class LocalServer:
     def start(self) -> LocalServer:
         raise NotImplementedError
 
+    def serve(self, lines: list[str]) -> None:
+        """Print ``lines`` (how to reach it) and wait until the server ends or Ctrl+C (a command line's use)."""
+        print("\n".join(lines), flush=True)
+        try:
+            while self.proc and self.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
     def __enter__(self):
         return self.start()
 

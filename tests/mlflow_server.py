@@ -16,7 +16,6 @@ import argparse
 import os
 import signal
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -65,14 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stops the server too, as Ctrl+C does
     with MlflowServer(Path(args.dir), args.port) as server:
-        print(f"MLflow is up on {server.url} (runs in {args.dir}); in another shell:")
-        print(f"  export MLFLOW_TRACKING_URI={server.url}")
-        print("  kuberlhf sft --config configs/sft/demo.yaml training.report_to=[mlflow]")
-        try:
-            while server.proc and server.proc.poll() is None:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+        server.serve([
+            f"MLflow is up on {server.url} (runs in {args.dir}); in another shell:",
+            f"  export MLFLOW_TRACKING_URI={server.url}",
+            "  kuberlhf sft --config configs/sft/demo.yaml training.report_to=[mlflow]",
+        ])
     return 0
 
 
