@@ -144,7 +144,6 @@ def gold_agreement(pairs: list[dict]) -> float | None:
 
 def run(cfg: RlaifConfig) -> dict:
     """Label the candidates' pairs with the judge and publish the preference dataset; returns the metrics."""
-    from kuberlhf.artifacts.s3 import configure_from
     from kuberlhf.data import load_data
     from kuberlhf.data.formats import with_ids
     from kuberlhf.data.pairs import pair_files, split_by_task
@@ -153,8 +152,7 @@ def run(cfg: RlaifConfig) -> dict:
     from kuberlhf.stages import parts as resumable
     from kuberlhf.stages.runs import open_run, publish_files
 
-    configure_from(cfg.storage)
-    constitution = load_constitution(cfg.constitution)
+    constitution = load_constitution(cfg.constitution)  # a local file, checked before the run dir is made
     if cfg.labeling.mode == "pointwise" and not constitution.questions:
         raise ConfigError(f"config key 'labeling.mode': pointwise judging needs the constitution's yes/no 'questions'; "
                           f"{cfg.constitution} has none")
